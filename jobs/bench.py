@@ -1,0 +1,416 @@
+"""`unlearn bench --config FILE`: the benchmark of a config, every method x seeds, then the report.
+
+Prepares the data if needed, gets the original model (trained once, or taken from the config), and per
+seed trains the gold model (when the config has one) and runs `original` plus every method one after
+another in ONE Ray Train fit (Ray's start-up paid once per seed). The gold model is evaluated as the
+`retrain` row, its training time standing as its unlearning time, so every method's time / retrain
+ratio can be read off the table. Then report.md / report.csv / PNGs / report.html are written under
+the run URI, and the table, the LoTUS / retrain time ratio and the report path are printed.
+
+`--compare PREVIOUS_RUN_URI`: the nightly regression check. Every per-method mean that moved beyond the
+config's tolerance bands is printed with how far it moved, and the exit status is 1.
+
+Rerunning with the same `--out` continues an interrupted run: (method, seed) rows that already have a
+record are not run again, so a rerun of a finished run only rebuilds the report (and the check).
+
+Config schema (YAML; every key is optional except `methods`, defaults in DEFAULTS below):
+
+    name: digits-hard benchmark        # report title
+    out: runs/bench/digits             # each run goes to <out>/<UTC time> unless --out names the run URI
+    models: null                       # where the original and gold models live (default: the run URI);
+                                       #   models already there are reused when made from the same settings
+    data:
+      uri: runs/data/digits-hard       # shard dataset (local or s3://)
+      source: digits-hard              # digits | digits-hard | synthetic | imagefolder:PATH, prepared into
+                                       #   `uri` when it holds no dataset yet; null: `uri` must exist
+      seed: 0                          # the prepared split (and generated images) of `source`
+      synthetic: {classes: 10, size: 64, train_per_class: 20, val_per_class: 5, test_per_class: 5}
+      verify: true                     # sha256 the shards once at the start (the jobs then skip it)
+    model:
+      name: cnn                        # cnn | timm name | vit_b_16 | resnet50 | torchvision:NAME
+      image_size: null                 # model input size (default: the data's)
+      weights: null                    # initial weights when the original / gold models are trained here
+      mean: null                       # input normalisation of original.weights (default: the data's)
+      std: null
+    original:
+      checkpoint: null                 # a checkpoint written by this project: the trained model, used as is
+      weights: null                    # a weights file that IS the trained model (e.g. your ImageNet
+                                       #   vit_b_16 state dict): wrapped into a checkpoint, no training
+      seed: 3407                       # initialisation and shuffling seed when the original is trained here
+    train: {}                          # training recipe of the original and gold models: overrides of the
+                                       #   `retrain` method's defaults (epochs, lr, batch_size, optimizer, ...)
+    gold: true                         # train a gold (retrained) model per seed: JSD, Avg Gap, `retrain` row
+    forget: random:0.1                 # random:F | class:C1,C2 | ids:FILE | limited:F/R
+    seeds: [3407, 13, 12]
+    methods: [finetune, lotus]         # unlearning methods in table order (original/retrain rows are added)
+    common_settings: {}                # settings given to every method in `methods`, e.g. {amp: bf16}
+    settings: {lotus: {epochs: 3}}     # per-method overrides of the method's defaults (`unlearn methods`)
+    best_configs: null                 # a sweep's best configs, YAML {method: {setting: value}}; they win
+                                       #   over common_settings and settings (CLI --set wins over them all)
+    ray: {workers: 1, gpus: false, cpus_per_worker: 1.0, max_failures: 1, channels_last: false}
+    bands: {}                          # tolerance bands for --compare, {metric: {rule: limit}} (see
+                                       #   pipeline/results/regression.py); empty: the built-in bands
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime as dt
+import json
+import sys
+import time
+
+import yaml
+
+from jobs import evaluate, train, unlearn
+from jobs.common import apply_endpoint, log, run_main
+from jobs.report import publish, regression_check
+from pipeline import storage
+from pipeline.config import deep_merge, load_yaml, parse_overrides, parse_value
+from pipeline.data.converters import SyntheticSpec, prepare
+from pipeline.data.shards import META_FILE, read_meta, verify_checksums
+from pipeline.errors import ConfigError, DataError
+from pipeline.methods import REGISTRY, method_class
+from pipeline.results.aggregate import summarize
+from pipeline.results.records import ResultRecord, append_record, load_records, new_run_id
+from pipeline.results.regression import DEFAULT_BANDS, validate_bands
+
+DEFAULTS = {
+    "name": None, "out": "runs/bench", "models": None,
+    "data": {"uri": None, "source": None, "seed": 0, "synthetic": {}, "verify": True},
+    "model": {"name": "cnn", "image_size": None, "weights": None, "mean": None, "std": None},
+    "original": {"checkpoint": None, "weights": None, "seed": 3407},
+    "train": {}, "gold": True, "forget": "random:0.1", "seeds": [3407, 13, 12], "methods": [],
+    "common_settings": {}, "settings": {}, "best_configs": None,
+    "ray": {"workers": 1, "gpus": False, "cpus_per_worker": 1.0, "max_failures": 1, "channels_last": False},
+    "bands": {},
+}
+# Sections whose keys are fixed: a misspelt key there is an error rather than a silently ignored setting.
+CHECKED_SECTIONS = ("data", "model", "original", "ray")
+REFERENCE_ROWS = ("original", "retrain")
+HEADLINE_METHOD = "lotus"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unlearn bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="benchmark config (YAML, local or s3://)")
+    p.add_argument("--out", help="run URI for records, unlearned models and the report "
+                                 "(default: <config out>/<UTC time>; an existing run is continued)")
+    p.add_argument("--compare", nargs="+", default=[], metavar="PREVIOUS_RUN_URI",
+                   help="previous run(s) to check against the config's bands; exit 1 when anything regressed")
+    p.add_argument("--seeds", nargs="+", type=int, help="override the config's seeds")
+    p.add_argument("--methods", nargs="+", help="override the config's methods (names, or one comma list)")
+    p.add_argument("--best-configs", help="a sweep's best configs YAML (overrides the config's best_configs)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override any config value, e.g. --set settings.lotus.epochs=2 --set ray.workers=4")
+    p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
+    return p
+
+
+# ---- the config -----------------------------------------------------------------------------------------
+
+
+def load_config(uri: str, overrides: list[str] = (), seeds: list[int] | None = None,
+                methods: list[str] | None = None, best_configs: str | None = None) -> dict:
+    """The resolved config: defaults < file < best configs (into settings) < --set < --seeds/--methods."""
+    cli = parse_overrides(list(overrides))
+    config = deep_merge(deep_merge(copy.deepcopy(DEFAULTS), load_yaml(uri)), cli)
+    best_uri = best_configs or config["best_configs"]
+    if best_uri:
+        config["best_configs"] = best_uri
+        config["settings"] = deep_merge(deep_merge(config["settings"], read_best_configs(best_uri)),
+                                        cli.get("settings", {}))
+    if seeds:
+        config["seeds"] = list(seeds)
+    if methods:
+        config["methods"] = [name for entry in methods for name in entry.split(",") if name]
+    validate_config(config, uri)
+    return config
+
+
+def read_best_configs(uri: str) -> dict:
+    best = load_yaml(uri)
+    for method, settings in best.items():
+        if method not in REGISTRY or not isinstance(settings, dict):
+            raise ConfigError(f"{uri}: expected {{method: {{setting: value}}}}, got {method!r}: {settings!r}")
+    return best
+
+
+def validate_config(config: dict, uri: str) -> None:
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{uri}: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
+    for section in CHECKED_SECTIONS:
+        extra = sorted(set(config[section]) - set(DEFAULTS[section]))
+        if extra:
+            raise ConfigError(f"{uri}: unknown key(s) {extra} in {section}; known: {sorted(DEFAULTS[section])}")
+    if not config["data"]["uri"]:
+        raise ConfigError(f"{uri}: data.uri is required (the shards, or where to prepare data.source)")
+    if not config["methods"]:
+        raise ConfigError(f"{uri}: `methods` lists no unlearning method")
+    for method in [*config["methods"], *config["settings"]]:
+        if method not in REGISTRY or method in REFERENCE_ROWS:
+            choices = ", ".join(name for name in REGISTRY if name not in REFERENCE_ROWS)
+            raise ConfigError(f"{uri}: {method!r} is not an unlearning method to benchmark; use {choices}")
+    if len(set(config["methods"])) != len(config["methods"]):
+        raise ConfigError(f"{uri}: a method is listed twice in {config['methods']}")
+    if not config["seeds"] or len(set(config["seeds"])) != len(config["seeds"]):
+        raise ConfigError(f"{uri}: seeds must be a non-empty list of distinct integers, not {config['seeds']}")
+    if config["original"]["checkpoint"] and config["original"]["weights"]:
+        raise ConfigError(f"{uri}: give original.checkpoint or original.weights, not both")
+    validate_bands(config["bands"] or DEFAULT_BANDS)
+
+
+def method_settings(config: dict, method: str) -> dict:
+    """common_settings < settings[method]; YAML 1.1 reads `1e-6` as a string, so numbers are re-parsed."""
+    merged = {**config["common_settings"], **config["settings"].get(method, {})}
+    return {key: parse_value(value) if isinstance(value, str) else value for key, value in merged.items()}
+
+
+def default_run_uri(config: dict) -> str:
+    return storage.join(config["out"], dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ"))
+
+
+# ---- steps -----------------------------------------------------------------------------------------------
+
+
+def ray_flags(config: dict) -> list[str]:
+    ray = config["ray"]
+    flags = ["--workers", str(ray["workers"]), "--cpus-per-worker", str(ray["cpus_per_worker"]),
+             "--max-failures", str(ray["max_failures"])]
+    return flags + (["--gpus"] if ray["gpus"] else [])
+
+
+def recipe_flags(config: dict) -> list[str]:
+    return [f"--set=retrain.{key}={value}" for key, value in config["train"].items()]
+
+
+def model_flags(config: dict) -> list[str]:
+    model = config["model"]
+    flags = ["--model", model["name"]]
+    flags += ["--weights", model["weights"]] if model["weights"] else []
+    return flags + (["--image-size", str(model["image_size"])] if model["image_size"] else [])
+
+
+def ensure_data(config: dict) -> str:
+    """The shard URI; a configured source is prepared there first if no dataset is there yet."""
+    data = config["data"]
+    if storage.exists(storage.join(data["uri"], META_FILE)):
+        return data["uri"]
+    if not data["source"]:
+        raise DataError(f"no dataset at {data['uri']} and no data.source to prepare there")
+    log(f"== preparing {data['source']} into {data['uri']} ==")
+    meta = prepare(data["source"], data["uri"], seed=int(data["seed"]), synthetic=SyntheticSpec(**data["synthetic"]),
+                   progress=lambda n: log(f"  {n} images written"))
+    log(f"prepared {meta.name}: {meta.counts}")
+    return data["uri"]
+
+
+def _reusable(folder: str, fingerprint: dict) -> dict | None:
+    """The saved info of a model made from the same settings, or None if there is none yet.
+
+    A model made from other settings is an error, not silently replaced or reused: the models folder is
+    shared across runs, and a stale gold model would skew every JSD and Avg Gap."""
+    info_uri = storage.join(folder, "made.json")
+    if not (storage.exists(storage.join(folder, "model.pt")) and storage.exists(info_uri)):
+        return None
+    info = json.loads(storage.read_text(info_uri))
+    if info["fingerprint"] != fingerprint:
+        raise ConfigError(f"{folder} holds a model made from other settings ({info['fingerprint']}); "
+                          f"remove it or point `models` elsewhere (wanted {fingerprint})")
+    return info
+
+
+def _remember(folder: str, fingerprint: dict, result: dict) -> dict:
+    info = {"fingerprint": fingerprint, "train_seconds": result.get("unlearn_seconds"),
+            "epochs_run": result.get("epochs_run"), "evaluation": result.get("evaluation")}
+    storage.write_text(storage.join(folder, "made.json"), json.dumps(info, indent=2, default=str))
+    return info
+
+
+def _train(argv: list[str]) -> dict:
+    log(f"$ unlearn train {' '.join(argv)}")
+    return train.train(train.parser().parse_args(argv))
+
+
+def ensure_original(config: dict, data: str, models: str) -> str:
+    """The original model's checkpoint: the config's, wrapped from the config's weights, or trained here."""
+    original = config["original"]
+    if original["checkpoint"]:
+        return original["checkpoint"]
+    folder = storage.join(models, "original")
+    uri = storage.join(folder, "model.pt")
+    if original["weights"]:
+        fingerprint = {"weights": original["weights"], "model": config["model"], "data": data}
+        if _reusable(folder, fingerprint) is None:
+            wrap_weights(config, data, original["weights"], uri)
+            _remember(folder, fingerprint, {})
+        return uri
+    fingerprint = {"data": data, "model": config["model"], "train": config["train"], "seed": original["seed"]}
+    if _reusable(folder, fingerprint) is not None:
+        log(f"== original model: reusing {uri} ==")
+        return uri
+    log("== original model: all of train ==")
+    result = _train(["--data", data, "--no-verify", *model_flags(config), "--seed", str(original["seed"]),
+                     *recipe_flags(config), *ray_flags(config), "--out", folder])
+    _remember(folder, fingerprint, result)
+    return uri
+
+
+def wrap_weights(config: dict, data: str, weights: str, uri: str) -> None:
+    """A weights file that already is the trained model, as a project checkpoint (spec + state dict)."""
+    from pipeline.models import ModelSpec, build_model, load_weights, save_checkpoint
+
+    meta, model = read_meta(data), config["model"]
+    spec = ModelSpec(name=model["name"], num_classes=meta.num_classes, channels=meta.channels,
+                     image_size=int(model["image_size"] or meta.height),
+                     mean=list(model["mean"] or meta.mean or [0.5]), std=list(model["std"] or meta.std or [0.25]))
+    log(f"== original model: {weights} as {spec.name} ({spec.num_classes} classes, {spec.image_size} px) ==")
+    network = build_model(spec)
+    load_weights(network, weights)
+    save_checkpoint(network, spec, uri, extra={"weights": weights})
+
+
+def ensure_gold(config: dict, data: str, models: str, seed: int) -> tuple[str, dict]:
+    """The gold model of this seed (trained on D_r) and its training info (seconds, epochs)."""
+    folder = storage.join(models, f"gold-s{seed}")
+    fingerprint = {"data": data, "model": config["model"], "train": config["train"], "seed": seed,
+                   "forget": config["forget"]}
+    info = _reusable(folder, fingerprint)
+    if info is not None:
+        log(f"== gold model (seed {seed}): reusing {folder}/model.pt, trained in {info['train_seconds']:.1f} s ==")
+        return storage.join(folder, "model.pt"), info
+    log(f"== gold model (seed {seed}): retrain on D_r of {config['forget']} ==")
+    result = _train(["--data", data, "--no-verify", *model_flags(config), "--retain-only", "--forget",
+                     config["forget"], "--seed", str(seed), *recipe_flags(config), *ray_flags(config),
+                     "--out", folder])
+    return storage.join(folder, "model.pt"), _remember(folder, fingerprint, result)
+
+
+def run_methods(config: dict, data: str, original: str, gold: str | None, seed: int, methods: list[str],
+                run_uri: str) -> list[ResultRecord]:
+    """`methods` (which may include the `original` reference row) one after another in one Ray Train fit."""
+    argv = ["--data", data, "--no-verify", "--original", original, "--method", methods[0], "--forget",
+            config["forget"], "--seed", str(seed), "--out", run_uri, *ray_flags(config)]
+    argv += (["--gold", gold] if gold else []) + (["--channels-last"] if config["ray"]["channels_last"] else [])
+    runs = [(method, None if method == "original" else method_settings(config, method)) for method in methods]
+    log(f"== seed {seed}: {', '.join(methods)} in one Ray Train fit ==")
+    return unlearn.unlearn_many(unlearn.parser().parse_args(argv), runs, record_kind="unlearn")
+
+
+def record_retrain(config: dict, data: str, original: str, gold: str, gold_info: dict, seed: int,
+                   run_uri: str) -> ResultRecord:
+    """Evaluate the gold model like any unlearned one; its training time stands as its unlearning time."""
+    scratch = storage.join(run_uri, "evaluations", f"gold-s{seed}")
+    argv = ["--data", data, "--no-verify", "--model", gold, "--original", original, "--gold", gold,
+            "--forget", config["forget"], "--seed", str(seed), "--label", "retrain", "--out", scratch,
+            *ray_flags(config)]
+    log(f"== seed {seed}: evaluating the gold model as the retrain row ==")
+    evaluated = evaluate.evaluate(evaluate.parser().parse_args(argv))
+    seconds = gold_info["train_seconds"]
+    record = dataclasses.replace(
+        evaluated, run_id=new_run_id("bench", "retrain", seed), kind="bench", unlearn_seconds=seconds,
+        phases={**evaluated.phases, "unlearn": seconds},
+        config={**evaluated.config, "retrain": training_recipe(config), "epochs_run": gold_info["epochs_run"],
+                "evaluation_record": evaluated.run_id},
+        notes="gold model: trained on D_r by `unlearn train --retain-only`; unlearn_seconds is its training time")
+    append_record(run_uri, record)
+    return record
+
+
+def training_recipe(config: dict) -> dict:
+    return {**method_class("retrain").defaults, **config["train"]}
+
+
+# ---- the run ---------------------------------------------------------------------------------------------
+
+
+def rows_done(run_uri: str) -> set[tuple[str, int]]:
+    """(method, seed) pairs already recorded under the run URI (an interrupted run being continued)."""
+    if not storage.list_files(storage.join(run_uri, "records"), ".json"):
+        return set()
+    return {(record.method, record.seed) for record in load_records(run_uri)}
+
+
+def rows_wanted(config: dict) -> list[str]:
+    return ["original", *(["retrain"] if config["gold"] else []), *config["methods"]]
+
+
+def run_seed(config: dict, data: str, original: str, models: str, seed: int, missing: list[str],
+             run_uri: str) -> None:
+    gold, gold_info = ensure_gold(config, data, models, seed) if config["gold"] else (None, None)
+    methods = [row for row in missing if row != "retrain"]
+    if methods:
+        run_methods(config, data, original, gold, seed, methods, run_uri)
+    if "retrain" in missing:
+        record_retrain(config, data, original, gold, gold_info, seed, run_uri)
+
+
+def run_bench(config: dict, run_uri: str, compare_with: list[str] = ()) -> int:
+    """Run every missing (row, seed) of the config under run_uri, write the report; 1 if anything regressed."""
+    started = time.perf_counter()
+    storage.ensure_bucket(run_uri)
+    storage.write_text(storage.join(run_uri, "bench.yaml"), yaml.safe_dump(config, sort_keys=False))
+    done, wanted = rows_done(run_uri), rows_wanted(config)
+    todo = {seed: [row for row in wanted if (row, seed) not in done] for seed in config["seeds"]}
+    if any(todo.values()):
+        data = ensure_data(config)
+        if config["data"]["verify"]:
+            log(f"verifying the shards' sha256 at {data}")
+            verify_checksums(data, read_meta(data))
+        models = config["models"] or run_uri
+        original = ensure_original(config, data, models)
+        for seed, missing in todo.items():
+            if missing:
+                run_seed(config, data, original, models, seed, missing, run_uri)
+            else:
+                log(f"== seed {seed}: every row already recorded under {run_uri} ==")
+    bands = config["bands"] or DEFAULT_BANDS
+    written = publish([run_uri], previous_uris=list(compare_with), bands=bands,
+                      title=config["name"], method_order=config["methods"])
+    log(time_ratio_line(load_records(run_uri), config["methods"]))
+    log(f"bench finished in {time.perf_counter() - started:.0f} s; records under {run_uri}; "
+        f"report {written['report.html']}")
+    if compare_with and regression_check([run_uri], list(compare_with), bands):
+        return 1
+    return 0
+
+
+def time_ratio_line(records: list[ResultRecord], methods: list[str]) -> str:
+    """LoTUS's mean unlearning time over retrain's (the gold model's training time), per table."""
+    summaries = summarize(records, method_order=methods)
+    lines = []
+    for summary in summaries:
+        if summary.method != HEADLINE_METHOD:
+            continue
+        retrain = next((s for s in summaries if s.group == summary.group and s.method == "retrain"), None)
+        where = f"{summary.dataset} · {summary.model} · forget {summary.forget_spec}"
+        if retrain is None or summary.time_ratio is None:
+            lines.append(f"LoTUS time / retrain time ({where}): no retrain time to compare with (gold: false); "
+                         f"LoTUS took {_seconds(summary.mean('unlearn_seconds'))}")
+        else:
+            lines.append(f"LoTUS time / retrain time ({where}): {summary.time_ratio:.3f} "
+                         f"({_seconds(summary.mean('unlearn_seconds'))} vs {_seconds(retrain.mean('unlearn_seconds'))}, "
+                         f"mean over {len(summary.seeds)} seed(s))")
+    return "\n".join(lines) or f"LoTUS time / retrain time: {HEADLINE_METHOD} is not among the methods run"
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f} s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    apply_endpoint(args)
+    config = load_config(args.config, args.set, args.seeds, args.methods, args.best_configs)
+    run_uri = args.out or default_run_uri(config)
+    log(f"bench {config['name'] or args.config}: {len(config['methods'])} method(s) x seeds {config['seeds']} "
+        f"-> {run_uri}")
+    return run_bench(config, run_uri, args.compare)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,89 @@
+"""What every job shares: common flags, S3 endpoint set-up, and turning user errors into a message and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Callable
+
+from pipeline.errors import UnlearnError
+from pipeline.storage import ENDPOINT_ENV
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="shard dataset URI (local path or s3://bucket/prefix)")
+    parser.add_argument("--s3-endpoint", help=f"S3-compatible endpoint URL (default: ${ENDPOINT_ENV})")
+    parser.add_argument("--no-verify", action="store_true", help="skip sha256 verification of the shards")
+
+
+def add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP processes)")
+    parser.add_argument("--gpus", action="store_true", help="one GPU per worker")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--max-failures", type=int, default=1,
+                        help="worker-group restarts before giving up (each resumes from the last epoch checkpoint)")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU convnets)")
+
+
+def apply_endpoint(args: argparse.Namespace) -> None:
+    """Export the endpoint before Ray starts, so every Ray process inherits it (RAY_NOTES §1)."""
+    if getattr(args, "s3_endpoint", None):
+        os.environ[ENDPOINT_ENV] = args.s3_endpoint
+
+
+class Phases:
+    """Wall-clock seconds per phase (startup, data, unlearn, eval, total)."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self._mark = self.started
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, name: str) -> float:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._mark
+        self._mark = now
+        return self.seconds[name]
+
+    def total(self) -> dict[str, float]:
+        return {**self.seconds, "total": time.perf_counter() - self.started}
+
+
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a job's main; a user error prints one clear line on stderr and exits 2 (no traceback)."""
+    try:
+        return main(argv)
+    except UnlearnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def versions() -> dict:
+    import platform
+
+    import ray
+    import torch
+
+    import pipeline
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
+            "package": pipeline.__version__}
+
+
+def open_dataset(args):
+    """Read and (unless --no-verify) checksum-verify a dataset's metadata; return (meta, index)."""
+    from pipeline.data.shards import read_index, read_meta, verify_checksums
+
+    meta = read_meta(args.data)
+    if not args.no_verify:
+        verify_checksums(args.data, meta)
+    return meta, read_index(args.data, meta)

@@ -1,0 +1,148 @@
+"""`unlearn run`: make a trained model forget a forget set with LoTUS or a baseline, through Ray Data + Ray Train,
+then evaluate it (accuracies, MIA, RF-JSD; JSD and Avg Gap with --gold) and append a result record to --out."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jobs.common import Phases, add_data_flags, add_ray_flags, apply_endpoint, log, open_dataset, run_main, versions
+from pipeline import storage
+from pipeline.config import parse_overrides
+from pipeline.data.splits import make_splits
+from pipeline.errors import ConfigError
+from pipeline.methods import REGISTRY, create_method
+from pipeline.models import load_checkpoint
+from pipeline.results.records import ResultRecord, append_record, new_run_id
+from pipeline.train.datasets import build_datasets, subset_name
+from pipeline.train.runner import absolute, init_ray, run_trainer
+
+EVALUATE = {"forget": "forget", "retain": "retain_all", "test": "test", "unseen": "unseen"}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unlearn run", description=__doc__)
+    add_data_flags(p)
+    add_ray_flags(p)
+    p.add_argument("--original", required=True, help="checkpoint of the trained model (local or s3://)")
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(REGISTRY)}")
+    p.add_argument("--forget", default="random:0.1", help="random:F | class:C1,C2 | ids:FILE | limited:F/R")
+    p.add_argument("--seed", type=int, default=3407)
+    p.add_argument("--gold", help="retrained model checkpoint: adds JSD and Avg Gap")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="method settings, e.g. --set lotus.alpha=2 --set lotus.lr=1e-4")
+    p.add_argument("--out", required=True, help="run URI: unlearned checkpoint, epoch checkpoints, result records")
+    p.add_argument("--name", help="run name (default: METHOD-sSEED); a rerun with the same name resumes")
+    return p
+
+
+def method_settings(method: str, pairs: list[str], base: dict | None = None) -> dict:
+    """The method's resolved settings: its defaults, then a config file's, then --set overrides."""
+    overrides = parse_overrides(pairs)
+    unknown = sorted(set(overrides) - {method})
+    if unknown:
+        raise ConfigError(f"--set names method(s) {unknown} but this run is {method!r}")
+    settings = {**(base or {}), **overrides.get(method, {})}
+    resolved = create_method(method, settings, log=None).config  # validates the keys
+    return {key: value for key, value in resolved.items()}
+
+
+def _roles(retain_fraction: float) -> dict:
+    """Dataset names playing each part; a retain fraction below 1 reads its own seeded subset of D_r."""
+    return {"forget": "forget", "retain": subset_name("retain_all" if retain_fraction >= 1 else "retain", retain_fraction),
+            "mixed": subset_name("mixed", retain_fraction), "unseen": "unseen"}
+
+
+def unlearn(args: argparse.Namespace, method_config: dict | None = None, tune_callbacks: list | None = None,
+            record_kind: str = "unlearn") -> ResultRecord:
+    """Run one method through Ray Train and record it. With `tune_callbacks` (a Tune trial), every epoch is
+    evaluated and reported, so a scheduler can stop the trial early. A rerun with the same name resumes."""
+    return unlearn_many(args, [(args.method, method_config)], tune_callbacks, record_kind)[0]
+
+
+def unlearn_many(args: argparse.Namespace, runs: list[tuple[str, dict | None]], tune_callbacks: list | None = None,
+                 record_kind: str = "unlearn") -> list[ResultRecord]:
+    """Run methods one after another in one Ray Train fit (one start-up), one record each.
+
+    A single run keeps per-epoch checkpoints and resumes; several runs in one fit do not.
+    """
+    apply_endpoint(args)
+    phases = Phases()
+    resolved = [(method, method_settings(method, args.set if method == args.method else [], config))
+                for method, config in runs]
+    meta, index = open_dataset(args)
+    splits = make_splits(index, args.forget, args.seed, meta.num_classes)
+    _, spec, _ = load_checkpoint(args.original)
+    if spec.num_classes != meta.num_classes:
+        raise ConfigError(f"{args.original} predicts {spec.num_classes} classes but {args.data} has {meta.num_classes}")
+    init_ray(args.workers, args.cpus_per_worker)
+    phases.lap("startup")
+
+    fractions = [float(config.get("retain_fraction", 1.0)) for _, config in resolved]
+    needed = sorted({name for fraction in fractions for name in _roles(fraction).values()} | set(EVALUATE.values()))
+    datasets = build_datasets(args.data, meta, splits, needed, spec.image_size, fractions)
+    single = len(resolved) == 1
+    names = [f"{method}-s{args.seed}" for method, _ in resolved]
+    if single and args.name:
+        names = [args.name]
+    run_settings = [{"method": method, "method_config": config, "roles": _roles(fraction),
+                     "model_out": storage.join(absolute(args.out), f"{name}.pt")}
+                    for (method, config), fraction, name in zip(resolved, fractions, names)]
+    loop_config = {
+        "seed": args.seed, "model_uri": absolute(args.original), "gold_uri": absolute(args.gold) if args.gold else None,
+        "datasets": sorted(datasets), "evaluate": EVALUATE, "evaluation": "metrics",
+        "num_classes": meta.num_classes, "forget_classes": list(splits.forget_classes),
+        "channels_last": args.channels_last, "evaluate_every_epoch": bool(tune_callbacks),
+        **(run_settings[0] if single else {"runs": run_settings}),
+    }
+    phases.lap("data")
+    log(f"{', '.join(m for m, _ in resolved)} on {meta.name} ({args.forget}, seed {args.seed}): {dict(splits.counts)}")
+    fit_name = names[0] if single else f"methods-s{args.seed}-{new_run_id('fit', 'many', args.seed)[-8:]}"
+    results = run_trainer(loop_config, datasets, args.out, name=fit_name, workers=args.workers, use_gpu=args.gpus,
+                          cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures,
+                          callbacks=tune_callbacks)
+    results = [results] if single else results
+    phases.lap("run")
+    shared = phases.total()
+    # The workers timed each method (barriers at both ends) and each evaluation; the rest of the fit's
+    # wall time is Ray start-up and streaming set-up, shared by the runs of this fit.
+    overhead = max(0.0, shared.pop("run") - sum(r["unlearn_seconds"] + r["eval_seconds"] for r in results))
+    records = []
+    for (method, config), settings, result in zip(resolved, run_settings, results):
+        seconds = {**shared, "startup": shared["startup"] + overhead, "unlearn": result["unlearn_seconds"],
+                   "eval": result["eval_seconds"]}
+        record = ResultRecord(
+            run_id=new_run_id(record_kind, method, args.seed), kind=record_kind, method=method, dataset=meta.name,
+            model=spec.name, seed=args.seed, forget_spec=args.forget,
+            config={method: config, "data": args.data, "original": args.original, "gold": args.gold,
+                    "workers": args.workers, "gpus": args.gpus, "epochs_run": result["epochs_run"],
+                    "history": result["history"]},
+            metrics=result["evaluation"], phases=seconds, unlearn_seconds=result["unlearn_seconds"],
+            workers=args.workers, gpus=args.workers if args.gpus else 0, versions=versions(),
+            checkpoint_uri=settings["model_out"], checkpoint_sha256=result["checkpoint_sha256"],
+            notes="" if single else f"one of {len(resolved)} runs sharing one Ray Train fit (start-up and data shared)")
+        append_record(args.out, record)
+        print_metrics(method, result["evaluation"], result["unlearn_seconds"])
+        records.append(record)
+    log(f"unlearned model(s) and records under {args.out}")
+    return records
+
+
+def print_metrics(label: str, metrics: dict, seconds: float | None = None) -> None:
+    def show(key, scale=1.0):
+        value = metrics.get(key)
+        return "—" if value is None else f"{value * scale:.4f}" if scale == 1.0 else f"{value * scale:.2f}"
+
+    timing = f"  time {seconds:.1f} s" if seconds is not None else ""
+    log(f"[{label}] Acc_f {show('acc_forget')}  Acc_r {show('acc_retain')}  Acc_test {show('acc_test')}  "
+        f"MIA {show('mia')}  Avg Gap {show('avg_gap')}  JSD {show('jsd')} (x1e4 {show('jsd', 1e4)})  "
+        f"RF-JSD {show('rf_jsd')} (x1e4 {show('rf_jsd', 1e4)}){timing}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    unlearn(parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

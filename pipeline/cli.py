@@ -1,0 +1,49 @@
+"""The `unlearn` command: thin; each subcommand is a job in `jobs/` (also runnable as `python -m jobs.NAME`)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+COMMANDS = {
+    "prepare": ("jobs.prepare", "convert digits / digits-hard / synthetic / an ImageFolder into shards"),
+    "train": ("jobs.train", "train the original (or, with --retain-only, the gold) model through Ray Train"),
+    "run": ("jobs.unlearn", "unlearn a forget set with LoTUS or a baseline through Ray Train, then evaluate"),
+    "eval": ("jobs.evaluate", "evaluate a model: accuracies, MIA, JSD, RF-JSD, Avg Gap"),
+    "methods": ("jobs.methods", "list the unlearning methods with their default settings"),
+    "validate-rfjsd": ("jobs.validate_rfjsd", "correlate RF-JSD with JSD over methods and seeds"),
+    "sweep": ("jobs.sweep", "Ray Tune search of method hyperparameters against RF-JSD"),
+    "report": ("jobs.report", "aggregate result records into tables, plots and an HTML report"),
+    "bench": ("jobs.bench", "run the benchmark of a config (every method x seeds), then the report"),
+    "demo": ("jobs.demo", "the end-to-end demo on digits-hard"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: unlearn COMMAND [options]   (unlearn COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<15} {text}" for name, (_, text) in COMMANDS.items() if _available(name)]
+    return "\n".join(lines)
+
+
+def _available(name: str) -> bool:
+    return importlib.util.find_spec(COMMANDS[name][0]) is not None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS or not _available(name):
+        print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    from jobs.common import run_main
+
+    job = importlib.import_module(COMMANDS[name][0])
+    return run_main(job.main, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Shard format, readers, split manifests and converters (DESIGN §3)."""

@@ -1,0 +1,65 @@
+"""Cross-worker reductions that degrade to no-ops in a single process.
+
+Ray Train creates a torch.distributed process group on its workers; unit tests
+and in-process runs have none. Every reduction in methods and metrics goes
+through here so the same code serves both.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` across workers in place (gloo needs CPU tensors for some dtypes)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def all_gather_1d(values: torch.Tensor) -> torch.Tensor:
+    """Concatenate 1-D tensors of unequal length from every worker (rank order)."""
+    if not is_distributed():
+        return values
+    length = torch.tensor([values.numel()], device=values.device)
+    lengths = [torch.zeros_like(length) for _ in range(world_size())]
+    dist.all_gather(lengths, length)
+    longest = int(max(int(n) for n in lengths))
+    padded = torch.zeros(longest, dtype=values.dtype, device=values.device)
+    padded[: values.numel()] = values
+    gathered = [torch.zeros_like(padded) for _ in range(world_size())]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[: int(n)] for g, n in zip(gathered, lengths)])
+
+
+def broadcast_object(value, source_rank: int):
+    """Send a picklable object from `source_rank` to every worker (collective: all must call it)."""
+    if not is_distributed():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=source_rank)
+    return holder[0]
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

@@ -1,0 +1,319 @@
+"""The loop every unlearning method shares: epochs, batches, optimizer, timing, progress, checkpoints.
+
+A method overrides only what differs: usually `loss(batch)`, sometimes the
+batches it trains on (`train_source`), a pre-pass (`prepare`), an epoch hook
+(`begin_epoch`), or the whole `unlearn` when it has no loop at all (SSD).
+Methods know nothing about Ray: sources are plain iterables of dict batches and
+cross-worker sums go through `pipeline.distributed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from pipeline import distributed
+from pipeline.data.sources import BatchSource
+
+
+@dataclass
+class UnlearnData:
+    """What a method may read. `retain` is D_r or the seeded subset the method asked for (`retain_fraction`)."""
+
+    forget: BatchSource
+    retain: BatchSource
+    mixed: BatchSource | None = None  # forget ∪ retain, with an `is_forget` flag per sample
+    unseen: BatchSource | None = None
+    num_classes: int = 10
+    forget_classes: tuple[int, ...] = ()
+
+
+@dataclass
+class MethodReport:
+    epochs_run: int = 0
+    unlearn_seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under a DistributedDataParallel wrapper (parameter names without `module.`)."""
+    return getattr(model, "module", model)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    teacher = copy.deepcopy(unwrap(model)).eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def count_correct(model: nn.Module, source: BatchSource, device: torch.device, batch_size: int = 256,
+                  remap=None) -> tuple[int, int]:
+    """(correct, total) over the source, summed across workers. Restores the model's train/eval mode."""
+    # The plain module: a DDP forward may broadcast buffers, a collective that would hang
+    # workers holding unequal shards.
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
+    for batch in source.batches(batch_size):
+        labels = batch["label"].to(device)
+        predictions = model(batch["image"].to(device)).argmax(dim=1)
+        totals += torch.stack([(predictions == labels).sum().double(), torch.tensor(float(len(labels)), device=device,
+                                                                                     dtype=torch.float64)])
+    model.train(was_training)
+    distributed.all_reduce_sum(totals)
+    return int(totals[0].item()), int(totals[1].item())
+
+
+def accuracy(model: nn.Module, source: BatchSource, device: torch.device, batch_size: int = 256) -> float:
+    correct, total = count_correct(model, source, device, batch_size)
+    return correct / total if total else 0.0
+
+
+@torch.no_grad()
+def refresh_batchnorm_statistics(model: nn.Module, source, device: torch.device, batch_size: int,
+                                 max_batches: int, seed: int) -> int:
+    """Re-estimate every BatchNorm's running mean/var from (at most `max_batches` of) `source`; return samples seen.
+
+    Why: a method trains with batch statistics but acc_f, tau, early stopping and every metric use the
+    running statistics. With few steps per epoch (momentum 0.1, 3 steps an epoch on digits-hard) those lag
+    far behind the weights, and the eval-mode model collapses (test 0.76 -> 0.30 in two epochs) while
+    looking as if it forgot D_f; with fresh statistics the same weights score test 0.71 and forget 1.0.
+    Workers pool their estimates exactly (weighted by samples), so all hold the same buffers.
+    """
+    module = unwrap(model)  # the plain module: no DDP buffer broadcasts while workers hold unequal shards
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches below, not an exponential one
+    was_training = module.training
+    module.train()
+    seen = 0
+    for index, batch in enumerate(source.batches(batch_size, shuffle=True, seed=seed)):
+        if index >= max_batches:
+            break
+        module(batch["image"].to(device, non_blocking=True))
+        seen += len(batch["label"])
+    module.train(was_training)
+    # Pool per-worker estimates: mean = sum(n_i mean_i) / N, E[x^2] = sum(n_i (var_i + mean_i^2)) / N.
+    weight = float(seen)
+    packed = torch.cat([torch.cat([weight * m.running_mean, weight * (m.running_var + m.running_mean ** 2)])
+                        for m in norms] + [torch.tensor([weight], device=norms[0].running_mean.device)])
+    distributed.all_reduce_sum(packed)
+    total = float(packed[-1])
+    offset = 0
+    for norm, (momentum, old_mean, old_var) in zip(norms, saved):
+        norm.momentum = momentum
+        size = norm.running_mean.numel()
+        if total == 0:  # nothing to estimate from anywhere: keep the old statistics
+            norm.running_mean.copy_(old_mean)
+            norm.running_var.copy_(old_var)
+        else:
+            mean = packed[offset:offset + size] / total
+            norm.running_mean.copy_(mean)
+            norm.running_var.copy_(packed[offset + size:offset + 2 * size] / total - mean ** 2)
+        offset += 2 * size
+    return int(total)
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of -sum_c target_c * log softmax(logits)_c."""
+    return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def synchronized(batches: Iterator[dict], device: torch.device) -> Iterator[tuple[dict, float]]:
+    """Yield (batch, loss weight) for DDP steps that every worker takes together, until all have run out.
+
+    No sample is ever dropped, so workers may hold different numbers of samples
+    (even none). Every step all-reduces how many real samples each worker has:
+    a worker that has run out repeats a batch with weight 0 (it contributes no
+    gradient but keeps DDP's collectives in step), and real batches are
+    weighted n_local·world/n_step so DDP's gradient average equals the mean
+    over the step's real samples. A worker that never had a batch receives one
+    from a worker that has (broadcast once), only to take part.
+    In a single process this is a plain loop with weight 1.
+    """
+    if not distributed.is_distributed():
+        for batch in batches:
+            yield batch, 1.0
+        return
+    world, me = distributed.world_size(), distributed.rank()
+    iterator, last = iter(batches), None
+    while True:
+        batch = next(iterator, None)
+        counts = torch.zeros(world + 1, device=device)
+        counts[me] = 0 if batch is None else len(batch["label"])
+        counts[world] = 1.0 if batch is None and last is None else 0.0
+        distributed.all_reduce_sum(counts)
+        step_total = counts[:world].sum().item()
+        if step_total == 0:
+            return
+        if counts[world].item() > 0:  # someone has never had a batch: lend it one
+            source_rank = int(torch.nonzero(counts[:world]).flatten()[0].item())
+            template = distributed.broadcast_object(batch if me == source_rank else None, source_rank)
+            last = last if last is not None else template
+        if batch is None:
+            yield last, 0.0
+        else:
+            last = batch
+            yield batch, counts[me].item() * world / step_total
+
+
+class UnlearningMethod:
+    """Base class. Subclasses set `name`, `summary`, `defaults` and override `loss` (or more)."""
+
+    name = "base"
+    summary = ""
+    defaults: dict = {"epochs": 1, "lr": 1e-3, "batch_size": 64, "optimizer": "sgd", "momentum": 0.9,
+                      "weight_decay": 5e-4, "log_every": 50,
+                      "amp": None,  # "bf16": bf16 autocast on CUDA (ignored on CPU)
+                      # Not in the papers: re-estimate BatchNorm statistics from this many training batches after
+                      # each epoch (see refresh_batchnorm_statistics); 0 keeps the lagging running statistics.
+                      "batchnorm_refresh_batches": 50}
+    needs_original = False  # the frozen original model is passed as `self.teacher`
+    needs_retain = True  # False only for methods that must never read D_r (JiT)
+
+    def __init__(self, config: dict | None = None, seed: int = 0, log: Callable[[str], None] | None = print):
+        self.config = {**UnlearningMethod.defaults, **type(self).defaults, **(config or {})}
+        self.seed = seed
+        self.log = log if (log and distributed.rank() == 0) else (lambda message: None)
+        self.teacher: nn.Module | None = None
+        self.epoch = 0
+
+    # ---- what a method may override -------------------------------------------------------
+    @property
+    def retain_fraction(self) -> float:
+        return float(self.config.get("retain_fraction", 1.0))
+
+    def prepare(self, model: nn.Module, data: UnlearnData, device: torch.device) -> None:
+        """A pre-pass before the first epoch (Fisher, noise, masks, acc_u)."""
+
+    def begin_epoch(self, epoch: int, model: nn.Module, data: UnlearnData, device: torch.device) -> bool:
+        """Return False to stop before this epoch (early stopping)."""
+        return True
+
+    def train_source(self, data: UnlearnData) -> BatchSource:
+        return data.retain
+
+    def loss(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define loss() or override unlearn()")
+
+    def end_epoch(self, epoch: int, model: nn.Module, data: UnlearnData, device: torch.device) -> None:
+        """Runs after an epoch's last step, before `on_epoch_end`, so per-epoch metrics, checkpoints, the next
+        epoch's decisions (LoTUS's acc_f) and the result all see BatchNorm statistics that fit the weights."""
+        batches = int(self.config.get("batchnorm_refresh_batches", 0))
+        if batches > 0:
+            refresh_batchnorm_statistics(model, self.train_source(data), device, int(self.config["batch_size"]),
+                                         batches, seed=self.seed * 1000 + 500 + epoch)
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Runs between backward and optimizer step (SalUn masks gradients here)."""
+
+    def progress_extras(self) -> dict:
+        """Extra values to show in progress lines and epoch history (LoTUS's tau)."""
+        return {}
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        kind, lr, wd = self.config["optimizer"], float(self.config["lr"]), float(self.config["weight_decay"])
+        if kind == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=float(self.config["momentum"]), weight_decay=wd)
+        if kind == "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        if kind == "adamw":
+            return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        raise ValueError(f"{self.name}: unknown optimizer {kind!r} (sgd, adam, adamw)")
+
+    # ---- the shared loop ------------------------------------------------------------------
+    def autocast(self, device: torch.device):
+        if device.type == "cuda" and self.config.get("amp") == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, weight: float,
+             device: torch.device) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        with self.autocast(device):
+            loss = self.loss(model, batch, device)
+        (loss * weight).backward()
+        self.after_backward(model)
+        optimizer.step()
+        return float(loss.detach())
+
+    def unlearn(self, model: nn.Module, original: nn.Module | None, data: UnlearnData, device: torch.device,
+                on_epoch_end: Callable[[int, nn.Module, dict], None] | None = None,
+                resume: dict | None = None) -> MethodReport:
+        """Run the method on `model` in place. Timing covers the method's work only, barriers at both ends.
+
+        `resume` ({"epoch", "model", "optimizer"} from the last checkpoint) restores the state after the
+        method's pre-pass, so a restarted run continues with the epoch after the checkpointed one.
+        """
+        if self.needs_original:
+            self.teacher = frozen_copy(original if original is not None else model).to(device)
+        report = MethodReport()
+        distributed.barrier()
+        started = time.perf_counter()
+        self.prepare(model, data, device)
+        self.optimizer = self.make_optimizer(model)
+        start_epoch = 0
+        if resume:
+            unwrap(model).load_state_dict(resume["model"])
+            if resume.get("optimizer"):
+                self.optimizer.load_state_dict(resume["optimizer"])
+            start_epoch = int(resume["epoch"]) + 1
+            self.log(f"[{self.name}] resuming after epoch {start_epoch}")
+        epochs = int(self.config["epochs"])
+        for epoch in range(start_epoch, epochs):
+            self.epoch = epoch
+            if not self.begin_epoch(epoch, model, data, device):
+                self.log(f"[{self.name}] early stop before epoch {epoch + 1}/{epochs} {self._extras_text()}")
+                break
+            mean_loss = self._run_epoch(model, data, device, epoch, epochs)
+            self.end_epoch(epoch, model, data, device)
+            entry = {"epoch": epoch, "loss": mean_loss, **self.progress_extras()}
+            report.history.append(entry)
+            report.epochs_run += 1
+            self.log(f"[{self.name}] epoch {epoch + 1}/{epochs} done: loss {mean_loss:.4f} {self._extras_text()}")
+            if on_epoch_end:
+                on_epoch_end(epoch, model, entry)
+        self.finish(model, data, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        distributed.barrier()
+        report.unlearn_seconds = time.perf_counter() - started
+        return report
+
+    def finish(self, model: nn.Module, data: UnlearnData, device: torch.device) -> None:
+        """Runs after the last epoch, inside the timed region (UNSIR's repair phase, for example)."""
+
+    def _run_epoch(self, model, data, device, epoch: int, epochs: int) -> float:
+        model.train()
+        total, steps = 0.0, 0
+        source = self.train_source(data)
+        batches = source.batches(int(self.config["batch_size"]), shuffle=True, seed=self.seed * 1000 + epoch)
+        for batch, weight in synchronized(batches, device):
+            loss = self.step(model, self.optimizer, batch, weight, device)
+            if weight:
+                total, steps = total + loss, steps + 1
+            if steps and steps % int(self.config["log_every"]) == 0:
+                self.log(f"[{self.name}] epoch {epoch + 1}/{epochs} batch {steps} loss {loss:.4f} "
+                         f"{self._extras_text()}")
+        return total / max(steps, 1)
+
+    def _extras_text(self) -> str:
+        return " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.progress_extras().items())
+
+
+def to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)

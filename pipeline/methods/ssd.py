@@ -1,0 +1,117 @@
+"""ssd: Selective Synaptic Dampening (Foster et al., AAAI 2024). No training: one Fisher pass, then dampening.
+
+I_D and I_f are diagonal Fisher informations (mean over samples of the squared
+per-sample gradient of the cross-entropy) on the training set D = D_f ∪ D_r and
+on D_f. A parameter is "specialised" on D_f when I_f > α·I_D; it is multiplied
+by min(λ·I_D / I_f, 1). Every other parameter stays bit-identical.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline import distributed
+from pipeline.data.sources import BatchSource
+from pipeline.methods.base import MethodReport, UnlearnData, UnlearningMethod, to_device, unwrap
+
+
+class SelectiveSynapticDampening(UnlearningMethod):
+    name = "ssd"
+    summary = "dampen parameters whose D_f Fisher exceeds alpha x the D Fisher (no training)"
+    # Tuned for a memorised model and an i.i.d. forget set (digits-hard, random:0.1); the
+    # paper's α = 10, λ = 1 and its mini-batch estimator were set for class forgetting.
+    # - fisher_batch_size 1: the exact per-sample Fisher. Squared mini-batch gradients select
+    #   by batch noise here: every setting that moved D_f cost test accuracy 0.12-0.4.
+    # - α 1.85: with a per-sample Fisher, I_D ≥ (|D_f|/|D|)·I_f because D ⊇ D_f, so
+    #   I_f > α·I_D needs α < |D|/|D_f| (10 for a 10 % forget set): α = 10 selects nothing.
+    #   α 2 selects 0.6 % of the weights and changes no prediction; 1.5 selects 6 % and costs
+    #   0.17 test accuracy.
+    # - λ 0.1: at λ 1 (α 1.8-2) the selected weights keep ≥ 1/α of their value and no D_f
+    #   prediction changes.
+    defaults = {"alpha": 1.85, "lambda": 0.1, "fisher_batch_size": 1}
+
+    def unlearn(self, model, original, data: UnlearnData, device, on_epoch_end=None, resume=None) -> MethodReport:
+        report = MethodReport()
+        distributed.barrier()
+        started = time.perf_counter()
+        module = unwrap(model)
+        self.forget_importance, self.train_importance = self.importances(module, data, device)
+        self.selected = dampen(module, self.train_importance, self.forget_importance,
+                               float(self.config["alpha"]), float(self.config["lambda"]))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        distributed.barrier()
+        report.unlearn_seconds = time.perf_counter() - started
+        report.history.append(self.selection_summary())
+        self.log(f"[{self.name}] dampened {report.history[0]['selected']} of {report.history[0]['parameters']} "
+                 f"parameters (alpha {self.config['alpha']}, lambda {self.config['lambda']})")
+        return report
+
+    def importances(self, module: nn.Module, data: UnlearnData, device: torch.device):
+        """(I_f, I_D), D's batches shuffled like a training loader so most hold forget and retain samples together."""
+        if data.mixed is None:
+            raise ValueError("ssd needs the training set D = D_f ∪ D_r (UnlearnData.mixed)")
+        batch_size = int(self.config["fisher_batch_size"])
+        forget_sums, forget_count = squared_gradient_sums(module, data.forget, device, batch_size)
+        train_sums, train_count = squared_gradient_sums(module, data.mixed, device, batch_size, shuffle=True,
+                                                        seed=self.seed)
+        if forget_count == 0:
+            raise ValueError("ssd: the forget set is empty on every worker")
+        forget_importance = {name: total / forget_count for name, total in forget_sums.items()}
+        train_importance = {name: total / train_count for name, total in train_sums.items()}
+        return forget_importance, train_importance
+
+    def selection_summary(self) -> dict:
+        selected = sum(int(mask.sum()) for mask in self.selected.values())
+        total = sum(mask.numel() for mask in self.selected.values())
+        return {"epoch": 0, "selected": selected, "parameters": total, "selected_fraction": selected / max(total, 1)}
+
+
+def squared_gradient_sums(module: nn.Module, source: BatchSource, device: torch.device, batch_size: int,
+                          shuffle: bool = False, seed: int = 0) -> tuple[dict[str, torch.Tensor], int]:
+    """Σ over mini-batches of |b|·(∂ mean CE_b / ∂θ)², per parameter, and the sample count; summed across workers.
+
+    Divided by the count this is the estimator of the SSD and LoTUS reference
+    code (the squared mini-batch gradient, averaged), weighted by batch size so
+    that short last batches and unequal worker shards count per sample. With
+    batch size 1 it is the exact empirical Fisher; exact per-sample gradients
+    cost one backward pass per sample, which ImageNet cannot afford. Eval mode:
+    BatchNorm uses its running statistics and they stay untouched.
+    """
+    was_training = module.training
+    module.eval()
+    parameters = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    sums = {name: torch.zeros_like(p) for name, p in parameters.items()}
+    count = torch.zeros(1, dtype=torch.float64, device=device)
+    for batch in source.batches(batch_size, shuffle=shuffle, seed=seed):
+        images, labels = to_device(batch, device)
+        gradients = torch.autograd.grad(F.cross_entropy(module(images), labels), list(parameters.values()),
+                                        allow_unused=True)
+        for name, gradient in zip(parameters, gradients):
+            if gradient is not None:
+                sums[name] += len(labels) * gradient.pow(2)
+        count += len(labels)
+    module.train(was_training)
+    for total in sums.values():
+        distributed.all_reduce_sum(total)
+    return sums, int(distributed.all_reduce_sum(count).item())
+
+
+@torch.no_grad()
+def dampen(module: nn.Module, train_importance: dict, forget_importance: dict, alpha: float,
+           dampening: float) -> dict[str, torch.Tensor]:
+    """Multiply the selected parameters by min(λ·I_D / I_f, 1) in place; return the selection masks."""
+    selected_masks = {}
+    for name, parameter in module.named_parameters():
+        if name not in forget_importance:
+            continue
+        forget, train = forget_importance[name], train_importance[name]
+        selected = forget > alpha * train  # I_f > 0 wherever this holds, so the ratio below is finite there
+        factor = (dampening * train / forget.clamp_min(torch.finfo(forget.dtype).tiny)).clamp(max=1.0)
+        parameter.copy_(torch.where(selected, parameter * factor, parameter))
+        selected_masks[name] = selected
+    return selected_masks

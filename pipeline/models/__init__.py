@@ -1,0 +1,152 @@
+"""Model builders by name, checkpoints, and the input normalisation every model carries.
+
+Names: `cnn` (small CNN for 8x8/32x32 inputs), torchvision models as
+`torchvision:NAME` (`vit_b_16` and `resnet50` are aliases for those), anything
+else is a timm name (`resnet18`, `vit_tiny_patch16_224`, ...). No weights are
+ever downloaded: `weights` is a local or s3:// file the user provides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from pipeline import storage
+from pipeline.errors import ConfigError, DataError
+
+TORCHVISION_ALIASES = {"vit_b_16": "torchvision:vit_b_16", "resnet50": "torchvision:resnet50"}
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    num_classes: int
+    channels: int
+    image_size: int
+    mean: list[float] = field(default_factory=lambda: [0.5])
+    std: list[float] = field(default_factory=lambda: [0.25])
+
+
+class SmallCNN(nn.Module):
+    """Conv-BN-ReLU blocks (32/64/128/256 channels), pooling while the map is at least 2x2, then a linear head."""
+
+    def __init__(self, num_classes: int, in_chans: int, image_size: int, widths=(32, 64, 128, 256)):
+        super().__init__()
+        layers, channels, size = [], in_chans, image_size
+        for width in widths:
+            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            if size >= 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class Classifier(nn.Module):
+    """Backbone plus the input convention of the whole project: uint8 or [0, 1] images in, logits out."""
+
+    def __init__(self, backbone: nn.Module, mean, std, backbone_channels: int):
+        super().__init__()
+        self.backbone = backbone
+        self.backbone_channels = backbone_channels
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images
+        x = (x - self.mean) / self.std
+        if x.shape[1] != self.backbone_channels:  # grey data into an RGB backbone
+            x = x.expand(-1, self.backbone_channels, -1, -1)
+        return self.backbone(x)
+
+
+def _timm_model(name: str, spec: ModelSpec) -> tuple[nn.Module, int]:
+    import timm
+
+    try:
+        kwargs = {"pretrained": False, "num_classes": spec.num_classes, "in_chans": spec.channels}
+        if name.startswith(("vit_", "deit_", "swin")):
+            kwargs["img_size"] = spec.image_size
+        model = timm.create_model(name, **kwargs)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown model {name!r}: {exc}") from exc
+    if name.startswith("resnet") and spec.image_size <= 64 and hasattr(model, "conv1"):
+        # CIFAR-style stem: a 7x7/2 conv plus max-pool would shrink 32x32 inputs to 8x8 before the first block.
+        model.conv1 = nn.Conv2d(spec.channels, model.conv1.out_channels, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+    return model, spec.channels
+
+
+def _torchvision_model(name: str, spec: ModelSpec) -> tuple[nn.Module, int]:
+    import torchvision
+
+    try:
+        kwargs = {"weights": None, "num_classes": spec.num_classes}
+        if name.startswith("vit_"):
+            kwargs["image_size"] = spec.image_size
+        return torchvision.models.get_model(name, **kwargs), 3
+    except ValueError as exc:
+        raise ConfigError(f"unknown torchvision model {name!r}: {exc}") from exc
+
+
+def build_model(spec: ModelSpec) -> Classifier:
+    name = TORCHVISION_ALIASES.get(spec.name, spec.name)
+    if name == "cnn":
+        backbone, channels = SmallCNN(spec.num_classes, spec.channels, spec.image_size), spec.channels
+    elif name.startswith("torchvision:"):
+        backbone, channels = _torchvision_model(name.split(":", 1)[1], spec)
+    else:
+        backbone, channels = _timm_model(name, spec)
+    mean = (list(spec.mean) * channels)[:channels] if len(spec.mean) != channels else spec.mean
+    std = (list(spec.std) * channels)[:channels] if len(spec.std) != channels else spec.std
+    return Classifier(backbone, mean, std, channels)
+
+
+def _load_state(uri: str) -> dict:
+    try:
+        return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as exc:
+        raise DataError(f"cannot load weights from {uri}: {exc}") from exc
+
+
+def load_weights(model: Classifier, uri: str) -> None:
+    """Load a project checkpoint or a plain backbone state dict (e.g. torchvision's official ImageNet weights)."""
+    state = _load_state(uri)
+    if isinstance(state, dict) and "state_dict" in state and "spec" in state:
+        model.load_state_dict(state["state_dict"])
+        return
+    try:
+        model.backbone.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DataError(f"weights in {uri} do not fit this model: {str(exc)[:500]}") from exc
+
+
+def save_checkpoint(model: nn.Module, spec: ModelSpec, uri: str, extra: dict | None = None) -> str:
+    """Write {state_dict, spec, extra} atomically; return the sha256 of the bytes written."""
+    module = getattr(model, "module", model)  # unwrap DDP
+    buffer = io.BytesIO()
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    torch.save({"state_dict": state, "spec": asdict(spec), "extra": extra or {}}, buffer)
+    data = buffer.getvalue()
+    storage.write_bytes(uri, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_checkpoint(uri: str) -> tuple[Classifier, ModelSpec, dict]:
+    state = _load_state(uri)
+    if not isinstance(state, dict) or "spec" not in state or "state_dict" not in state:
+        raise DataError(f"{uri} is not a checkpoint written by this project (no spec/state_dict)")
+    spec = ModelSpec(**state["spec"])
+    model = build_model(spec)
+    model.load_state_dict(state["state_dict"])
+    return model, spec, state.get("extra", {})

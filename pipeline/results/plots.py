@@ -1,0 +1,200 @@
+"""PNG plots for reports: time vs RF-JSD / Avg Gap, per-phase runtimes, and Tune sweep heatmaps.
+
+Figures are built on matplotlib's object API with the Agg canvas, never through
+pyplot: no global backend switch, no display needed, and safe to call from
+several threads in a job driver. Each function writes one PNG to a local path
+and returns it, or returns None when there is nothing to plot (so a report
+never shows an empty chart).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from pipeline.errors import DataError
+from pipeline.results.aggregate import MethodSummary, groups_of
+from pipeline.results.tables import group_title
+
+PHASES = (("startup", "start-up"), ("data", "data"), ("unlearn", "unlearning"), ("eval", "evaluation"))
+METRIC_LABELS = {"rf_jsd_e4": "RF-JSD ×1e4 (lower is better)", "avg_gap": "Avg Gap (lower is better)",
+                 "jsd_e4": "JSD ×1e4 (lower is better)"}
+# A time axis spanning more than this factor goes logarithmic, so seconds-long
+# methods and an hours-long retrain are both readable.
+LOG_SPAN = 20.0
+DPI = 110
+REDUCERS = {"min": np.min, "max": np.max, "mean": np.mean}
+
+
+def _save(figure: Figure, path: str) -> str:
+    FigureCanvasAgg(figure)
+    figure.savefig(path, format="png", dpi=DPI)
+    return path
+
+
+def _figure(panels: int, width: float = 6.0, height: float = 4.5) -> tuple[Figure, list]:
+    figure = Figure(figsize=(width * panels, height), layout="constrained")
+    return figure, [figure.add_subplot(1, panels, index + 1) for index in range(panels)]
+
+
+def _wants_log(values: list[float]) -> bool:
+    return bool(values) and min(values) > 0 and max(values) / min(values) >= LOG_SPAN
+
+
+def time_vs_metric(summaries: list[MethodSummary], metric: str, path: str) -> str | None:
+    """One point per method: mean unlearning minutes vs mean `metric`, error bars = std over seeds."""
+    panels = []
+    for group in groups_of(summaries):
+        points = [s for s in summaries if s.group == group
+                  and s.mean("unlearn_minutes") is not None and s.mean(metric) is not None]
+        if points:
+            panels.append(points)
+    if not panels:
+        return None
+    figure, axes_list = _figure(len(panels))
+    for axes, points in zip(axes_list, panels):
+        for summary in points:
+            x, y = summary.mean("unlearn_minutes"), summary.mean(metric)
+            axes.errorbar(x, y, xerr=summary.std("unlearn_minutes") or 0, yerr=summary.std(metric) or 0,
+                          fmt="o", capsize=3)
+            axes.annotate(summary.method, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
+        if _wants_log([s.mean("unlearn_minutes") for s in points]):
+            axes.set_xscale("log")
+        axes.set_xlabel("unlearning time (min)")
+        axes.set_ylabel(METRIC_LABELS.get(metric, metric))
+        axes.set_title(group_title(points[0]), fontsize=10)
+        axes.grid(True, alpha=0.3)
+    return _save(figure, path)
+
+
+def time_vs_rf_jsd(summaries: list[MethodSummary], path: str) -> str | None:
+    return time_vs_metric(summaries, "rf_jsd_e4", path)
+
+
+def time_vs_avg_gap(summaries: list[MethodSummary], path: str) -> str | None:
+    return time_vs_metric(summaries, "avg_gap", path)
+
+
+def _phase_seconds(summary: MethodSummary, phase: str) -> float:
+    seconds = summary.phases.get(phase)
+    if seconds is None and phase == "unlearn":
+        seconds = summary.mean("unlearn_seconds")  # records that only set unlearn_seconds
+    return seconds or 0.0
+
+
+def phase_bars(summaries: list[MethodSummary], path: str) -> str | None:
+    """Stacked bars per method: mean seconds of start-up, data, unlearning and evaluation."""
+    groups = [[s for s in summaries if s.group == group] for group in groups_of(summaries)]
+    groups = [members for members in groups
+              if any(_phase_seconds(s, phase) for s in members for phase, _ in PHASES)]
+    if not groups:
+        return None
+    figure, axes_list = _figure(len(groups), width=max(6.0, 0.7 * max(len(g) for g in groups) + 2))
+    for axes, members in zip(axes_list, groups):
+        positions = np.arange(len(members))
+        bottom = np.zeros(len(members))
+        for phase, label in PHASES:
+            heights = np.array([_phase_seconds(s, phase) for s in members])
+            if heights.any():
+                axes.bar(positions, heights, bottom=bottom, label=label)
+                bottom += heights
+        axes.set_xticks(positions, [s.method for s in members], rotation=30, ha="right")
+        axes.set_ylabel("seconds (mean over seeds)")
+        axes.set_title(group_title(members[0]), fontsize=10)
+        axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def _format_number(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _axis_cells(values: pd.Series, max_cells: int) -> tuple[np.ndarray, list[str], str]:
+    """Map each value to a cell index: one cell per distinct value when there are few, else bins.
+
+    Bins are log-spaced when all values are positive and span more than a decade
+    (learning rates, alphas), linear otherwise. Returns (indices, labels, note).
+    """
+    distinct = np.unique(values.to_numpy(dtype=float))
+    if len(distinct) <= max_cells:
+        return np.searchsorted(distinct, values.to_numpy(dtype=float)), [_format_number(v) for v in distinct], ""
+    low, high = distinct[0], distinct[-1]
+    log = low > 0 and high / low > 10
+    edges = np.geomspace(low, high, max_cells + 1) if log else np.linspace(low, high, max_cells + 1)
+    indices = np.clip(np.searchsorted(edges, values.to_numpy(dtype=float), side="right") - 1, 0, max_cells - 1)
+    labels = [f"{_format_number(a)}–{_format_number(b)}" for a, b in zip(edges[:-1], edges[1:])]
+    return indices, labels, " (log bins)" if log else " (bins)"
+
+
+def _feasible_mask(frame: pd.DataFrame, infeasible_column: str | None) -> np.ndarray:
+    if not infeasible_column or infeasible_column not in frame.columns:
+        return np.ones(len(frame), dtype=bool)  # no feasibility recorded: every trial counts
+    return frame[infeasible_column].fillna(True).astype(bool).to_numpy()
+
+
+def heatmap(frame: pd.DataFrame, path: str, *, x: str = "alpha", y: str = "lr", value: str = "rf_jsd",
+            infeasible_column: str | None = "feasible", reduce: str = "min", max_cells: int = 12,
+            title: str | None = None) -> str:
+    """Tune sweep: cell colour = `reduce` (min: the best trial) of `value` over the feasible trials in the cell.
+
+    `infeasible_column` names a boolean column that is True for feasible trials;
+    cells holding infeasible trials get a red ×, cells with no feasible trial are grey.
+    """
+    missing = [column for column in (x, y, value) if column not in frame.columns]
+    if missing:
+        raise DataError(f"heatmap needs columns {missing}; the frame has {list(frame.columns)}")
+    if reduce not in REDUCERS:
+        raise DataError(f"heatmap reduce must be one of {sorted(REDUCERS)}, not {reduce!r}")
+    trials = frame.dropna(subset=[x, y])
+    if trials.empty:
+        raise DataError(f"no trials with both {x} and {y} set to plot")
+    columns, x_labels, x_note = _axis_cells(trials[x], max_cells)
+    rows, y_labels, y_note = _axis_cells(trials[y], max_cells)
+    feasible = _feasible_mask(trials, infeasible_column)
+    values = trials[value].to_numpy(dtype=float)
+
+    grid = _reduce_cells((len(y_labels), len(x_labels)), rows, columns, feasible, values, reduce)
+    infeasible_cells = sorted({(row, column) for row, column, ok in zip(rows, columns, feasible) if not ok})
+
+    figure, (axes,) = _figure(1, width=max(6.0, 0.8 * len(x_labels) + 2), height=max(4.5, 0.5 * len(y_labels) + 2))
+    colormap = _colormap()
+    image = axes.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=colormap)
+    figure.colorbar(image, ax=axes, label=f"{reduce} {value} over feasible trials")
+    for (row, column), cell_value in np.ndenumerate(grid):
+        if not math.isnan(cell_value):
+            axes.text(column, row, _format_number(cell_value), ha="center", va="center", fontsize=8,
+                      bbox={"facecolor": "white", "alpha": 0.6, "linewidth": 0, "pad": 1})
+    if infeasible_cells:
+        marks = np.array(infeasible_cells)
+        axes.scatter(marks[:, 1], marks[:, 0], marker="x", s=140, color="red", linewidths=2, zorder=3,
+                     label="infeasible trial(s)")
+        axes.legend(loc="upper left", bbox_to_anchor=(0, -0.15), fontsize=8)
+    axes.set_xticks(range(len(x_labels)), x_labels, rotation=45, ha="right", fontsize=8)
+    axes.set_yticks(range(len(y_labels)), y_labels, fontsize=8)
+    axes.set_xlabel(x + x_note)
+    axes.set_ylabel(y + y_note)
+    axes.set_title(title or f"{value} over {x} × {y} ({len(trials)} trials)", fontsize=10)
+    return _save(figure, path)
+
+
+def _reduce_cells(shape, rows, columns, feasible, values, reduce: str) -> np.ndarray:
+    """Grid of reduce(values of the feasible, finished trials) per cell; NaN where there are none."""
+    cells: dict[tuple[int, int], list[float]] = {}
+    for row, column, ok, cell_value in zip(rows, columns, feasible, values):
+        if ok and not math.isnan(cell_value):
+            cells.setdefault((row, column), []).append(cell_value)
+    grid = np.full(shape, np.nan)
+    for (row, column), cell_values in cells.items():
+        grid[row, column] = REDUCERS[reduce](cell_values)
+    return grid
+
+
+def _colormap():
+    from matplotlib import colormaps
+
+    # viridis: the best (lowest) RF-JSD is the darkest cell; cells without a feasible trial are light grey.
+    return colormaps["viridis"].with_extremes(bad="lightgrey")

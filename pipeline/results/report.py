@@ -1,0 +1,191 @@
+"""`unlearn report`: records of one or more runs → report.md, report.csv, PNG plots and report.html.
+
+Plots are drawn into a local temp folder (matplotlib writes files) and then
+uploaded through pipeline.storage, so out_uri may be local or s3:// alike.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline import storage
+from pipeline.errors import DataError
+from pipeline.results import plots
+from pipeline.results.aggregate import record_values, summarize
+from pipeline.results.html import render_html
+from pipeline.results.records import ResultRecord, load_records
+from pipeline.results.regression import compare, format_regressions
+from pipeline.results.tables import csv_text, markdown_table
+
+DEFAULT_OUT_DIR = "report"
+# Axis preferences for sweep heatmaps: LoTUS sweeps alpha × learning rate (DESIGN.md §1).
+X_AXIS_NAMES = ("alpha",)
+Y_AXIS_NAMES = ("lr", "learning_rate")
+NOT_HYPERPARAMETERS = ("seed",)
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def sweep_frame(records: list[ResultRecord]) -> pd.DataFrame:
+    """One row per sweep-trial record: method, flattened config ('lotus.alpha'), metrics, feasible."""
+    rows = []
+    for record in records:
+        if record.kind != "sweep-trial":
+            continue
+        feasible = record.metrics.get("feasible")
+        rows.append({**{f"config.{k}": v for k, v in _flatten(record.config).items()},
+                     **record_values(record), "rf_jsd": record.metrics.get("rf_jsd"),
+                     "method": record.method, "run_id": record.run_id, "seed": record.seed,
+                     "feasible": True if feasible is None else bool(feasible)})
+    return pd.DataFrame(rows)
+
+
+def _last_part(column: str) -> str:
+    return column.rsplit(".", 1)[-1]
+
+
+def sweep_axes(trials: pd.DataFrame) -> tuple[str, str] | None:
+    """The two config columns a method's sweep varied (alpha and lr preferred), or None if fewer than two."""
+    varying = []
+    for column in sorted(c for c in trials.columns if c.startswith("config.")):
+        values = pd.to_numeric(trials[column], errors="coerce")
+        if _last_part(column) not in NOT_HYPERPARAMETERS and values.notna().all() and values.nunique() > 1:
+            varying.append(column)
+    if len(varying) < 2:
+        return None
+    x = next((c for c in varying if _last_part(c) in X_AXIS_NAMES), varying[0])
+    y = next((c for c in varying if _last_part(c) in Y_AXIS_NAMES and c != x), next(c for c in varying if c != x))
+    return x, y
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "x"
+
+
+def _sweep_plots(records: list[ResultRecord], folder: str) -> dict[str, str]:
+    """{caption: local PNG path}, one heatmap per method whose sweep varied two numeric config values."""
+    frame = sweep_frame(records)
+    written = {}
+    for method in sorted(frame["method"].unique()) if not frame.empty else []:
+        trials = frame[frame["method"] == method].reset_index(drop=True)
+        axes = sweep_axes(trials)
+        if axes is None:
+            continue
+        value = "rf_jsd_e4" if trials["rf_jsd_e4"].notna().any() else "avg_gap"
+        if not trials[value].notna().any():
+            continue
+        path = os.path.join(folder, f"sweep_{_safe_name(method)}.png")
+        plots.heatmap(trials, path, x=axes[0], y=axes[1], value=value, infeasible_column="feasible",
+                      title=f"{method} sweep: best {value} per cell ({len(trials)} trials; × = infeasible)")
+        written[f"{method} sweep: {value} over {axes[0]} × {axes[1]}"] = path
+    return written
+
+
+def _method_plots(summaries, folder: str) -> dict[str, str]:
+    candidates = {
+        "Unlearning time vs RF-JSD ×1e4": (plots.time_vs_rf_jsd, "time_vs_rf_jsd.png"),
+        "Unlearning time vs Avg Gap": (plots.time_vs_avg_gap, "time_vs_avg_gap.png"),
+        "Runtime per phase": (plots.phase_bars, "phases.png"),
+    }
+    written = {}
+    for caption, (draw, name) in candidates.items():
+        path = draw(summaries, os.path.join(folder, name))
+        if path is not None:
+            written[caption] = path
+    return written
+
+
+def _best_trials_table(records: list[ResultRecord]) -> str:
+    """Markdown table of each method's sweep: trials, feasible trials, the best feasible RF-JSD and its run."""
+    frame = sweep_frame(records)
+    if frame.empty:
+        return ""
+    lines = ["| Method | Trials | Feasible | Best RF-JSD×1e4 | Best trial |", "|---|---:|---:|---:|---|"]
+    for method in sorted(frame["method"].unique()):
+        trials = frame[frame["method"] == method]
+        feasible = trials[trials["feasible"] & trials["rf_jsd_e4"].notna()]
+        if feasible.empty:
+            best_value, best_id = "—", "—"
+        else:
+            best = feasible.loc[feasible["rf_jsd_e4"].idxmin()]
+            best_value, best_id = f"{best['rf_jsd_e4']:.2f}", best["run_id"]
+        lines.append(f"| {method} | {len(trials)} | {int(trials['feasible'].sum())} | {best_value} | {best_id} |")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(title: str, run_uris: list[str], generated: str, summaries, records, regression_text: str | None,
+              images: dict[str, str]) -> str:
+    parts = [f"# {title}", "", f"Generated {generated} from:", "", *(f"- `{uri}`" for uri in run_uris), "",
+             "## Results", "", markdown_table(summaries)]
+    sweeps = _best_trials_table(records)
+    if sweeps:
+        parts += ["## Sweeps", "", sweeps]
+    if regression_text is not None:
+        parts += ["## Regressions against the previous run", "", "```", regression_text, "```", ""]
+    if images:
+        parts += ["## Plots", ""] + [f"![{caption}]({os.path.basename(path)})\n" for caption, path in images.items()]
+    return "\n".join(parts)
+
+
+def write_report(run_uris: list[str] | tuple[str, ...], out_uri: str | None = None, *, title: str | None = None,
+                 previous_uris: list[str] | tuple[str, ...] = (), bands: dict | None = None,
+                 method_order: list[str] | None = None) -> dict[str, str]:
+    """Write report.md, report.csv, *.png and report.html under out_uri (default: <first run>/report).
+
+    With previous_uris, the per-method means are also checked against that run
+    (regression.compare with `bands`, default regression.DEFAULT_BANDS), and the
+    result goes into the report and regressions.txt. Returns {file name: URI}.
+    """
+    run_uris = list(run_uris)
+    if not run_uris:
+        raise DataError("no run URI given to report on")
+    out_uri = out_uri or storage.join(run_uris[0], DEFAULT_OUT_DIR)
+    records = load_records(*run_uris)
+    summaries = summarize(records, method_order=method_order)
+    if not summaries and not any(r.kind == "sweep-trial" for r in records):
+        kinds = sorted({r.kind for r in records})
+        raise DataError(f"nothing to report under {', '.join(run_uris)}: records are of kind {kinds}, "
+                        "none unlearn/eval/bench or sweep-trial")
+    regression_text = None
+    if previous_uris:
+        regression_text = format_regressions(compare(records, load_records(*previous_uris), bands))
+    title = title or f"Unlearning report: {', '.join(sorted({r.dataset for r in records}))}"
+    generated = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+    with tempfile.TemporaryDirectory(prefix="unlearn-report-") as folder:
+        images = {**_method_plots(summaries, folder), **_sweep_plots(records, folder)}
+        pngs = {caption: Path(path).read_bytes() for caption, path in images.items()}
+        outputs: dict[str, bytes] = {os.path.basename(path): pngs[caption] for caption, path in images.items()}
+    outputs["report.md"] = _markdown(title, run_uris, generated, summaries, records, regression_text,
+                                     images).encode("utf-8")
+    outputs["report.csv"] = csv_text(summaries).encode("utf-8")
+    sections = [("Sweeps", sweeps)] if (sweeps := _best_trials_table(records)) else []
+    if regression_text is not None:
+        sections.append(("Regressions against the previous run", regression_text))
+    outputs["report.html"] = render_html(title, run_uris, summaries, pngs, sections=sections,
+                                         generated=generated).encode("utf-8")
+    if regression_text is not None:
+        outputs["regressions.txt"] = (regression_text + "\n").encode("utf-8")
+
+    storage.ensure_bucket(out_uri)
+    written = {}
+    for name, data in outputs.items():
+        uri = storage.join(out_uri, name)
+        storage.write_bytes(uri, data)
+        written[name] = uri
+    return written

@@ -1,0 +1,120 @@
+"""Paper-layout tables (rows = methods, as in the LoTUS paper) in Markdown, and the same numbers as CSV.
+
+Cells read "0.912 ± 0.013"; a single seed shows the mean alone; a value that was
+not measured (e.g. gold metrics without a retrained model) shows "—". In the
+lower-is-better columns the best unlearning method is bold; original and
+retrain are references and never compete for bold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pipeline.results.aggregate import REFERENCE_METHODS, STD_DDOF, MethodSummary, groups_of, summary_frame
+
+MISSING = "—"
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    header: str
+    metric: str  # a key of MethodSummary.stats, or "time_ratio"
+    decimals: int
+    lower_is_better: bool = False
+
+
+COLUMNS = (
+    Column("Acc_f", "acc_forget", 3),
+    Column("Acc_r", "acc_retain", 3),
+    Column("Acc_test", "acc_test", 3),
+    Column("MIA", "mia", 3),
+    Column("Avg Gap ↓", "avg_gap", 3, lower_is_better=True),
+    Column("JSD×1e4 ↓", "jsd_e4", 2, lower_is_better=True),
+    Column("RF-JSD×1e4 ↓", "rf_jsd_e4", 2, lower_is_better=True),
+    Column("Time (min)", "unlearn_minutes", 2),
+    Column("Time / retrain", "time_ratio", 2),
+)
+
+
+def format_cell(mean: float | None, std: float | None, decimals: int) -> str:
+    if mean is None:
+        return MISSING
+    if std is None:
+        return f"{mean:.{decimals}f}"
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def _mean_std(summary: MethodSummary, column: Column) -> tuple[float | None, float | None]:
+    if column.metric == "time_ratio":
+        return summary.time_ratio, None
+    return summary.mean(column.metric), summary.std(column.metric)
+
+
+def _best_methods(summaries: list[MethodSummary], column: Column) -> set[str]:
+    """Methods holding the lowest mean in a lower-is-better column, if at least two compete."""
+    if not column.lower_is_better:
+        return set()
+    means = {s.method: s.mean(column.metric) for s in summaries
+             if s.method not in REFERENCE_METHODS and s.mean(column.metric) is not None}
+    if len(means) < 2:
+        return set()
+    # Compare at the printed precision so two cells that read the same are both bold.
+    rounded = {method: round(mean, column.decimals) for method, mean in means.items()}
+    best = min(rounded.values())
+    return {method for method, value in rounded.items() if value == best}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    text: str
+    bold: bool = False
+
+
+def table_cells(summaries: list[MethodSummary]) -> list[list[Cell]]:
+    """Rows of cells (method name first) for the summaries of one group; shared by Markdown and HTML."""
+    best = {column.metric: _best_methods(summaries, column) for column in COLUMNS}
+    rows = []
+    for summary in summaries:
+        cells = [Cell(summary.method)]
+        for column in COLUMNS:
+            cells.append(Cell(format_cell(*_mean_std(summary, column), column.decimals),
+                              bold=summary.method in best[column.metric]))
+        rows.append(cells)
+    return rows
+
+
+def group_title(summary: MethodSummary) -> str:
+    return f"{summary.dataset} · {summary.model} · forget {summary.forget_spec}"
+
+
+def caption(summaries: list[MethodSummary]) -> str:
+    seeds = ", ".join(f"{s.method} {len(s.seeds)}" for s in summaries)
+    return (f"Mean ± sample std (ddof={STD_DDOF}) over seeds (one seed: mean only); seeds per method: {seeds}. "
+            "↓ lower is better; **bold** = best unlearning method (original and retrain are references); "
+            f"{MISSING} = not measured.")
+
+
+def _markdown_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def markdown_table(summaries: list[MethodSummary]) -> str:
+    """One '### dataset · model · forget spec' section with a table per group."""
+    if not summaries:
+        return "_No unlearning records (kinds unlearn/eval/bench) to tabulate._\n"
+    sections = []
+    for group in groups_of(summaries):
+        members = [s for s in summaries if s.group == group]
+        lines = [f"### {group_title(members[0])}", "",
+                 _markdown_row(["Method", *(column.header for column in COLUMNS)]),
+                 "|" + "---|" + "---:|" * len(COLUMNS)]
+        for cells in table_cells(members):
+            lines.append(_markdown_row([f"**{c.text}**" if c.bold else c.text for c in cells]))
+        lines += ["", caption(members), ""]
+        sections.append("\n".join(lines))
+    return "\n".join(sections)
+
+
+def csv_text(summaries: list[MethodSummary]) -> str:
+    """The table's numbers unrounded, mean and std as separate columns (see aggregate.summary_frame)."""
+    return summary_frame(summaries).to_csv(index=False)

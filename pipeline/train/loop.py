@@ -1,0 +1,162 @@
+"""The Ray Train worker loop: thin glue between Ray (shards, checkpoints, reports) and a method.
+
+Everything the loop needs arrives in `config` (plain data): the method and its
+settings, where the model comes from, which datasets exist, and where the final
+model goes. The algorithm lives in `pipeline.methods`, the metrics in `pipeline.metrics`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import torch
+
+from pipeline import distributed
+from pipeline.methods import create_method
+from pipeline.methods.base import UnlearnData, count_correct, unwrap
+from pipeline.models import ModelSpec, build_model, load_checkpoint, load_weights, save_checkpoint
+from pipeline.train.checkpoints import read_resume_state, write_epoch_checkpoint
+from pipeline.train.ray_sources import ShardSource
+
+
+def load_model(config: dict) -> tuple[torch.nn.Module, ModelSpec]:
+    """The starting model: a project checkpoint (`model_uri`), or a fresh one built from `model_spec` (+ weights)."""
+    if config.get("model_uri"):
+        model, spec, _ = load_checkpoint(config["model_uri"])
+        return model, spec
+    spec = ModelSpec(**config["model_spec"])
+    torch.manual_seed(config.get("seed", 0))
+    model = build_model(spec)
+    if config.get("weights"):
+        load_weights(model, config["weights"])
+    return model, spec
+
+
+def _place(model: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def _shard_sources(names) -> dict:
+    import ray.train
+
+    return {name: ShardSource(ray.train.get_dataset_shard(name)) for name in names}
+
+
+def _checkpoint_reporter(spec: ModelSpec, method, epoch_metrics=None):
+    """on_epoch_end callback: every rank reports (a barrier); rank 0 attaches the checkpoint.
+
+    `epoch_metrics(model)` (sweeps) adds an evaluation to every epoch's report, so a Tune
+    scheduler such as ASHA can stop a trial between epochs.
+    """
+    import ray.train
+
+    def report(epoch: int, model, entry: dict) -> None:
+        if epoch_metrics is not None:
+            entry = {**entry, **_scalars(epoch_metrics(model))}
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint = None
+            if ray.train.get_context().get_world_rank() == 0:
+                write_epoch_checkpoint(directory, model, spec, epoch, method.optimizer)
+                checkpoint = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report({**entry, "epoch": epoch}, checkpoint=checkpoint)
+
+    return report
+
+
+def _scalars(metrics: dict) -> dict:
+    """The numeric entries of a metrics dict (what Tune schedulers and searchers can compare)."""
+    return {key: value for key, value in metrics.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def _resume_state():
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return read_resume_state(directory)
+
+
+def split_accuracies(model, sources: dict, device, batch_size: int = 256) -> dict[str, float]:
+    """Accuracy on each named source, all-reduced across workers (every worker takes part)."""
+    out = {}
+    for name, source in sources.items():
+        correct, total = count_correct(model, source, device, batch_size)
+        out[name] = correct / total if total else None
+    return out
+
+
+def worker_loop(config: dict):
+    """Run one method (training is the `retrain` method) on this worker's shards, then evaluate.
+
+    With `config["runs"]` (a list of per-run settings: method, method_config, roles, model_out), the
+    runs go one after another in the same worker group, each from the starting model: a benchmark
+    pays Ray's start-up once, not once per method. Such runs keep no epoch checkpoints.
+    """
+    import ray.train.torch
+
+    device = ray.train.torch.get_device()
+    sources = _shard_sources(config["datasets"])
+    if "runs" not in config:
+        return _run_one(config, sources, device, checkpointing=True)
+    return [_run_one({**config, **run}, sources, device, checkpointing=False) for run in config["runs"]]
+
+
+def _run_one(config: dict, sources: dict, device, checkpointing: bool) -> dict:
+    import ray.train
+    import ray.train.torch
+
+    model, spec = load_model(config)
+    reference_uri = config.get("original_uri") or config.get("model_uri")
+    original = _place(load_checkpoint(reference_uri)[0], device, False) if reference_uri else None
+    model = _place(model, device, config.get("channels_last", False))
+    if distributed.world_size() > 1:
+        model = ray.train.torch.prepare_model(model, move_to_device=False)
+
+    roles = config["roles"]  # which dataset plays which part for the method
+    data = UnlearnData(forget=sources[roles["forget"]], retain=sources[roles["retain"]],
+                       mixed=sources.get(roles.get("mixed", "")), unseen=sources.get(roles.get("unseen", "")),
+                       num_classes=spec.num_classes, forget_classes=tuple(config.get("forget_classes", ())))
+    method = create_method(config["method"], config.get("method_config"), seed=config.get("seed", 0))
+    epoch_metrics = None
+    if config.get("evaluate_every_epoch"):
+        def epoch_metrics(current):
+            return evaluate_on_worker(config, current, original, sources, device)
+    on_epoch_end = _checkpoint_reporter(spec, method, epoch_metrics) if checkpointing else None
+    report = method.unlearn(model, original, data, device, on_epoch_end=on_epoch_end,
+                            resume=_resume_state() if checkpointing else None)
+
+    eval_started = time.perf_counter()
+    evaluation = evaluate_on_worker(config, model, original, sources, device)
+    eval_seconds = time.perf_counter() - eval_started
+    sha256 = None
+    if ray.train.get_context().get_world_rank() == 0:
+        sha256 = save_checkpoint(unwrap(model), spec, config["model_out"],
+                                 extra={"method": config["method"], "seed": config.get("seed", 0)})
+    return {"unlearn_seconds": report.unlearn_seconds, "epochs_run": report.epochs_run, "history": report.history,
+            "evaluation": evaluation, "eval_seconds": eval_seconds, "checkpoint_sha256": sha256}
+
+
+def evaluate_on_worker(config: dict, model, original, sources: dict, device) -> dict:
+    """Evaluate on the sets named in `config["evaluate"]` (a {split: dataset name} map).
+
+    "accuracy" (training runs): accuracy per set. "metrics" (unlearning runs):
+    one pass per model per split for accuracies, MIA, RF-JSD, and JSD / Avg Gap
+    when a gold model is given.
+    """
+    named = {label: sources[name] for label, name in config.get("evaluate", {}).items()}
+    if config.get("evaluation", "accuracy") == "accuracy":
+        return split_accuracies(unwrap(model), named, device)
+    from pipeline.metrics.evaluate import evaluate
+    from pipeline.metrics.summary import summarize
+
+    models = {"unlearned": unwrap(model), "original": original}
+    if config.get("gold_uri"):
+        models["gold"] = _place(load_checkpoint(config["gold_uri"])[0], device, False)
+    result = evaluate(models, named, device, num_classes=config["num_classes"],
+                      batch_size=int(config.get("eval_batch_size", 256)))
+    return summarize(result, seed=config.get("seed", 0))

@@ -1,0 +1,56 @@
+"""BatchSource over a Ray Train dataset shard, and a DataConfig that never drops a sample."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from ray.train import DataConfig
+
+
+class ShardSource:
+    """A Ray Data iterator seen as a BatchSource: each `batches` call streams one pass (an epoch)."""
+
+    def __init__(self, iterator, shuffle_buffer: int = 2048):
+        self.iterator, self.shuffle_buffer = iterator, shuffle_buffer
+
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[dict]:
+        for batch in self.iterator.iter_batches(
+                batch_size=batch_size, batch_format="numpy",
+                local_shuffle_buffer_size=self.shuffle_buffer if shuffle else None,
+                local_shuffle_seed=seed if shuffle else None):
+            if len(batch["label"]) == 0:
+                continue
+            out = {"image": torch.from_numpy(np.ascontiguousarray(batch["image"])),
+                   "label": torch.from_numpy(batch["label"].astype(np.int64)),
+                   "sample_id": batch["sample_id"]}
+            if "is_forget" in batch:
+                out["is_forget"] = torch.from_numpy(batch["is_forget"].astype(bool))
+            yield out
+
+
+class LosslessDataConfig(DataConfig):
+    """Split every dataset across workers with `equal=False`.
+
+    Ray Train's default `streaming_split(..., equal=True)` may drop rows that do
+    not divide evenly: harmless for plain training data, wrong for a forget set
+    (every sample must be unlearned) and for evaluation (every sample counted).
+    Unequal shards are safe here because the method loop pads with zero-weight
+    steps (`methods.base.synchronized`).
+    """
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        output = [{} for _ in range(world_size)]
+        for name, dataset in datasets.items():
+            dataset = dataset.copy(dataset)
+            if dataset.name is None:
+                dataset.set_name(name)
+            dataset.context.execution_options = self._resolve_execution_options(name)
+            if world_size == 1:
+                output[0][name] = dataset.iterator()
+                continue
+            hints = worker_node_ids if self._enable_shard_locality else None
+            for rank, split in enumerate(dataset.streaming_split(world_size, equal=False, locality_hints=hints)):
+                output[rank][name] = split
+        return output

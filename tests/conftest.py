@@ -1,0 +1,127 @@
+"""Shared fixtures. Ray starts once per session and only for the tests that ask for it."""
+
+import hashlib
+import os
+import pathlib
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+import socket
+
+import pytest
+import torch
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# S3 tests talk to moto's server on loopback only. The endpoint and fake keys are
+# exported before anything (Ray included) starts, so every process inherits them.
+MOTO_PORT = _free_port()
+os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{MOTO_PORT}"
+os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+    os.environ.pop(_var, None)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FORGET_SPEC, SEED = "random:0.1", 3407
+CPU = torch.device("cpu")
+
+
+def _code_hash(*relative_paths: str) -> str:
+    digest = hashlib.sha256()
+    for rel in relative_paths:
+        digest.update((ROOT / rel).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def digits_hard_uri(tmp_path_factory) -> str:
+    from pipeline.data.converters import prepare
+
+    uri = str(tmp_path_factory.mktemp("digits-hard"))
+    prepare("digits-hard", uri, seed=0)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def digits_hard(digits_hard_uri):
+    """{forget, retain, unseen, test, train} TensorSources for random:0.1, seed 3407, plus the Splits."""
+    from pipeline.data.local import load_sources
+
+    sources, splits = load_sources(digits_hard_uri, spec=FORGET_SPEC, seed=SEED)
+    return sources, splits
+
+
+def model_spec():
+    from pipeline.models import ModelSpec
+
+    return ModelSpec(name="cnn", num_classes=10, channels=1, image_size=32, mean=[0.2], std=[0.25])
+
+
+@pytest.fixture(scope="session")
+def original_checkpoint(digits_hard, request) -> str:
+    """The original model (all of train, default recipe), cached across runs while its code is unchanged."""
+    from pipeline.methods import create_method
+    from pipeline.methods.base import UnlearnData
+    from pipeline.models import build_model, save_checkpoint
+
+    key = _code_hash("pipeline/data/converters.py", "pipeline/models/__init__.py", "pipeline/methods/retrain.py",
+                     "pipeline/methods/base.py", "pipeline/data/sources.py")
+    cache = pathlib.Path(request.config.cache.mkdir("original-model")) / f"digits-hard-{key}.pt"
+    if not cache.exists():
+        sources, _ = digits_hard
+        torch.manual_seed(0)
+        model = build_model(model_spec())
+        create_method("retrain", seed=0, log=None).unlearn(
+            model, None, UnlearnData(forget=sources["forget"], retain=sources["train"]), CPU)
+        save_checkpoint(model, model_spec(), str(cache))
+    return str(cache)
+
+
+@pytest.fixture
+def original_model(original_checkpoint):
+    """A fresh copy of the trained original model for each test to modify."""
+    from pipeline.models import load_checkpoint
+
+    model, _, _ = load_checkpoint(original_checkpoint)
+    return model
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False,
+             object_store_memory=256 * 1024**2)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=MOTO_PORT, verbose=False)
+    server.start()
+    yield os.environ["AWS_ENDPOINT_URL"]
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request) -> str:
+    """A fresh bucket on the moto server; returns its name."""
+    import boto3
+
+    name = "t-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:20]
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
+    return name

@@ -1,0 +1,106 @@
+"""Metrics on 2 gloo workers equal metrics in one process; plus the tiny models and data the metric tests share.
+
+Spawned workers import this module, so it imports only what they need (no scipy,
+no pytest, no conftest): on a busy 2-core machine every import costs seconds.
+"""
+
+import json
+import socket
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from pipeline.data.sources import TensorSource
+from pipeline.metrics import evaluate, summarize
+
+CPU = torch.device("cpu")
+TINY_SPLIT_SIZES = {"forget": 61, "retain": 101, "test": 73, "unseen": 67}  # odd: 2-worker shards are uneven
+
+
+class TinyClassifier(nn.Module):
+    """uint8 8x8 images -> logits with a single linear layer: fast enough for a 2-process test."""
+
+    def __init__(self, num_classes: int, seed: int, pixels: int = 64, scale: float = 4.0):
+        super().__init__()
+        with torch.random.fork_rng():  # seeded weights without moving the global RNG other tests rely on
+            torch.manual_seed(seed)
+            self.linear = nn.Linear(pixels, num_classes)
+        with torch.no_grad():
+            self.linear.weight.mul_(scale)  # peaked, model-specific softmaxes, so divergences are far from 0
+
+    def forward(self, images):
+        return self.linear(images.float().flatten(1) / 255.0)
+
+
+def random_source(size: int, num_classes: int, seed: int, prefix: str) -> TensorSource:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (size, 1, 8, 8), generator=generator, dtype=torch.uint8)
+    labels = torch.randint(0, num_classes, (size,), generator=generator)
+    return TensorSource(images, labels, [f"{prefix}-{i}" for i in range(size)])
+
+
+def tiny_setup(num_classes: int = 5):
+    """Three different tiny models and four random splits."""
+    models = {"unlearned": TinyClassifier(num_classes, 1), "original": TinyClassifier(num_classes, 2),
+              "gold": TinyClassifier(num_classes, 3)}
+    sources = {name: random_source(size, num_classes, seed, name)
+               for seed, (name, size) in enumerate(TINY_SPLIT_SIZES.items())}
+    return models, sources
+
+
+def keep_shard(source: TensorSource, rank: int, world_size: int) -> TensorSource:
+    """This worker's part of a split: index parity for 2 workers, no sample dropped or repeated."""
+    return source.subset(np.arange(len(source)) % world_size == rank)
+
+
+def tiny_evaluation(batch_size: int, rank: int = 0, world_size: int = 1, num_classes: int = 5):
+    models, sources = tiny_setup(num_classes)
+    shards = {name: keep_shard(source, rank, world_size) for name, source in sources.items()}
+    return evaluate(models, shards, CPU, num_classes, batch_size=batch_size)
+
+
+def assert_same_metrics(a, b, tolerance: float = 1e-6, path: str = "summary"):
+    """Floats within `tolerance`; everything else (None, bools, ints, class lists, keys) exactly equal."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), (path, a, b)
+        for key in a:
+            assert_same_metrics(a[key], b[key], tolerance, f"{path}.{key}")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert abs(a - b) <= tolerance, (path, a, b)
+    else:
+        assert a == b and type(a) is type(b), (path, a, b)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _evaluate_on_worker(rank: int, world_size: int, port: int, out_path: str) -> None:
+    """One gloo process: evaluates its half; rank 0 summarises (no collectives in summarize) and writes the summary."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=120))
+    try:
+        result = tiny_evaluation(batch_size=16, rank=rank, world_size=world_size)
+        if rank == 0:
+            with open(out_path, "w") as out:
+                json.dump(summarize(result, seed=0), out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_metric_is_the_same_on_one_and_two_workers(tmp_path):
+    single = summarize(tiny_evaluation(batch_size=32), seed=0)
+    out_path = str(tmp_path / "rank0.json")
+    mp.spawn(_evaluate_on_worker, args=(2, free_port(), out_path), nprocs=2, join=True)
+    with open(out_path) as written:
+        two_workers = json.load(written)
+    assert_same_metrics(two_workers, single)
+    assert single["split_sizes"] == TINY_SPLIT_SIZES  # every sample counted once across the two shards
+    assert single["gold"] is True and single["jsd"] > 0 and single["rf_jsd"] > 0 and single["mia"] is not None

@@ -1,0 +1,43 @@
+"""validate-rfjsd: Pearson correlation of RF-JSD with JSD over (method, seed) points of a benchmark run."""
+
+import pytest
+
+from jobs import validate_rfjsd
+from pipeline.results.records import ResultRecord, append_record
+
+
+def _record(method, seed, jsd, rf):
+    return ResultRecord(run_id=f"r-{method}-{seed}", kind="unlearn", method=method, dataset="d", model="cnn", seed=seed,
+                        forget_spec="random:0.1", metrics={"jsd": jsd, "rf_jsd": rf, "gold": True})
+
+
+def test_correlation_over_points_and_per_seed():
+    records = [_record(m, s, jsd, 2 * jsd + 0.001 * s) for s in (1, 2) for m, jsd in
+               (("a", 0.01), ("b", 0.02), ("c", 0.04), ("original", 0.05), ("retrain", 0.0))]
+    records.append(_record("x", 1, None, 0.3))  # no gold: not a point
+    rows = validate_rfjsd.points(records)
+    assert len(rows) == 10
+    summary = validate_rfjsd.correlation_summary(rows)
+    assert summary["pcc_all"] == pytest.approx(1.0, abs=1e-3) and summary["pcc_mean"] == pytest.approx(1.0)
+    assert validate_rfjsd.reference_rows(rows) == pytest.approx({"original": 1015.0, "retrain": 15.0})
+
+
+def test_anti_correlated_values_give_negative_pcc():
+    rows = [{"method": str(i), "seed": 0, "jsd": i, "rf_jsd": -i} for i in range(5)]
+    assert validate_rfjsd.correlation_summary(rows)["pcc_all"] == pytest.approx(-1.0)
+
+
+def test_command_reads_a_run_and_writes_its_summary(tmp_path, capsys):
+    for method, jsd, rf in (("a", 0.01, 0.02), ("b", 0.02, 0.05), ("c", 0.03, 0.05)):
+        append_record(str(tmp_path), _record(method, 3407, jsd, rf))
+    assert validate_rfjsd.main(["--run", str(tmp_path)]) == 0
+    assert "PCC(RF-JSD, JSD) over 3 points: 0.866" in capsys.readouterr().out
+    assert (tmp_path / "rfjsd_validation.json").exists()
+
+
+def test_a_run_without_gold_metrics_is_a_clear_error(tmp_path):
+    from pipeline.errors import DataError
+
+    append_record(str(tmp_path), _record("a", 1, None, 0.1))
+    with pytest.raises(DataError, match="has both JSD and RF-JSD"):
+        validate_rfjsd.main(["--run", str(tmp_path)])
