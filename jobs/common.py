@@ -10,12 +10,16 @@ from typing import Callable
 
 from pipeline.errors import UnlearnError
 from pipeline.storage import ENDPOINT_ENV
+from pipeline.train.datasets import DATA_MODES
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="shard dataset URI (local path or s3://bucket/prefix)")
     parser.add_argument("--s3-endpoint", help=f"S3-compatible endpoint URL (default: ${ENDPOINT_ENV})")
     parser.add_argument("--no-verify", action="store_true", help="skip sha256 verification of the shards")
+    parser.add_argument("--data-mode", choices=DATA_MODES, default="auto",
+                        help="stream: read and decode the shards every epoch; memory: decode once into Ray's "
+                             "object store; auto (default): memory when the decoded data is under 256 MiB")
 
 
 def add_ray_flags(parser: argparse.ArgumentParser) -> None:

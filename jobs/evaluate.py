@@ -37,7 +37,8 @@ def evaluate(args: argparse.Namespace) -> ResultRecord:
     _, spec, _ = load_checkpoint(args.model)
     init_ray(args.workers, args.cpus_per_worker)
     phases.lap("startup")
-    datasets = build_datasets(args.data, meta, splits, sorted(set(EVALUATE.values())), spec.image_size)
+    datasets = build_datasets(args.data, meta, splits, sorted(set(EVALUATE.values())), spec.image_size,
+                              mode=args.data_mode)
     loop_config = {
         "method": "original", "seed": args.seed, "model_uri": absolute(args.model),
         "original_uri": absolute(args.original or args.model), "gold_uri": absolute(args.gold) if args.gold else None,

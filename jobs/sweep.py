@@ -152,7 +152,7 @@ def evaluate_original(args: argparse.Namespace) -> dict:
     argv = ["--data", args.data, "--model", args.original, "--forget", args.forget, "--seed", str(args.seed),
             "--label", "original", "--out", storage.join(args.out, ORIGINAL_DIR), "--no-verify",
             "--workers", str(args.workers), "--cpus-per-worker", str(args.cpus_per_worker),
-            "--max-failures", str(args.max_failures)]
+            "--max-failures", str(args.max_failures), "--data-mode", getattr(args, "data_mode", "auto")]
     argv += ["--gpus"] if args.gpus else []
     record = evaluate(evaluate_parser().parse_args(argv))
     return {"acc_retain": float(record.metrics["acc_retain"]), "acc_test": float(record.metrics["acc_test"]),
@@ -169,6 +169,7 @@ def trial_context(args: argparse.Namespace, method: str, rule: FeasibilityRule) 
             "forget": args.forget, "seed": args.seed, "gold": args.gold, "workers": args.workers,
             "cpus_per_worker": args.cpus_per_worker, "max_failures": args.max_failures, "gpus": args.gpus,
             "channels_last": args.channels_last, "s3_endpoint": args.s3_endpoint,
+            "data_mode": getattr(args, "data_mode", "auto"),  # sweeps started before the flag existed
             "rule": {"acc_retain": rule.acc_retain, "acc_test": rule.acc_test, "max_drop": rule.max_drop}}
 
 

@@ -67,7 +67,8 @@ def train(args: argparse.Namespace) -> dict:
         log(f"gold model on D_r of {args.forget} (seed {args.seed}): {dict(splits.counts)}")
     else:
         train_set, evaluate = "train", {"train": "train", "val": "unseen", "test": "test"}
-    datasets = build_datasets(args.data, meta, splits, sorted(set(evaluate.values()) | {train_set}), image_size)
+    datasets = build_datasets(args.data, meta, splits, sorted(set(evaluate.values()) | {train_set}), image_size,
+                              mode=args.data_mode)
     model_uri = storage.join(absolute(args.out), "model.pt")
     config = recipe(args)
     loop_config = {

@@ -80,7 +80,7 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple[str, dict | None]], 
 
     fractions = [float(config.get("retain_fraction", 1.0)) for _, config in resolved]
     needed = sorted({name for fraction in fractions for name in _roles(fraction).values()} | set(EVALUATE.values()))
-    datasets = build_datasets(args.data, meta, splits, needed, spec.image_size, fractions)
+    datasets = build_datasets(args.data, meta, splits, needed, spec.image_size, fractions, args.data_mode)
     single = len(resolved) == 1
     names = [f"{method}-s{args.seed}" for method, _ in resolved]
     if single and args.name:

@@ -108,7 +108,7 @@ def _wait_for_job_server(address: str, head: subprocess.Popen, log_path: pathlib
 
 def _stop(head: subprocess.Popen) -> None:
     """End the process group this fixture started: `ray start --block` takes its Ray processes with it."""
-    for sig, wait_s in ((signal.SIGTERM, 60), (signal.SIGKILL, 10)):
+    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
         try:
             os.killpg(head.pid, sig)
         except ProcessLookupError:

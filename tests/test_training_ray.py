@@ -27,7 +27,9 @@ def _train(data, out, *extra):
 
 
 def test_small_cnn_trained_through_ray_from_s3_reaches_90_percent_and_resumes(ray_session, digits_uri, tmp_path):
-    first = _train(digits_uri, tmp_path / "run", "--epochs", "2")
+    # Streamed, as large data is (read_parquet over S3, decoding in map_batches); the resumed run holds the
+    # small data in memory, the default for it: both paths must feed the same training.
+    first = _train(digits_uri, tmp_path / "run", "--epochs", "2", "--data-mode", "stream")
     assert first["epochs_run"] == 2
     # The same run URI with more epochs resumes from the epoch-2 checkpoint: only epoch 3 runs.
     resumed = _train(digits_uri, tmp_path / "run", "--epochs", "3")

@@ -3,7 +3,8 @@
 read_parquet streams the shards; one `map_batches` selects the rows of a split
 (before decoding, so unused images are never decoded) and decodes the rest to
 uint8 arrays. Forget ids are broadcast with the function; seeded subsets hash
-(seed, salt, sample_id), so every read task decides alone.
+(seed, salt, sample_id), so every read task decides alone. Small data skips the
+streaming read: it is decoded once and each set is held in the object store.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pyarrow as pa
 
 from pipeline import storage
 from pipeline.data.images import decode_batch
-from pipeline.data.shards import DatasetMeta, shard_uris
+from pipeline.data.shards import DatasetMeta, read_table, shard_uris
 from pipeline.data.splits import STORED_SPLITS, Splits, hash_unit
 from pipeline.methods.harness import RETAIN_SALT
 
@@ -132,8 +133,10 @@ def read_decoded(uri: str, meta: DatasetMeta, selection: Selection, forget_ids: 
     return dataset.map_batches(decode, batch_format="pyarrow", batch_size=batch_rows)
 
 
-MATERIALIZE_LIMIT_BYTES = 1024**3
+# Decoded data below this is read once by the driver and held in Ray's object store (see build_datasets).
+IN_MEMORY_LIMIT_BYTES = 256 * 1024**2
 BLOCKS_PER_SMALL_SET = 16
+DATA_MODES = ("auto", "memory", "stream")
 
 
 def decoded_bytes(meta: DatasetMeta, image_size: int) -> int:
@@ -141,21 +144,32 @@ def decoded_bytes(meta: DatasetMeta, image_size: int) -> int:
 
 
 def build_datasets(uri: str, meta: DatasetMeta, splits: Splits | None, names, image_size: int,
-                   retain_fractions=(), materialize: str = "auto") -> dict:
+                   retain_fractions=(), mode: str = "auto") -> dict:
     """{name: Ray Dataset} for the named selections (see `selections`).
 
-    Large data streams from the shards every epoch, each set decoding only its
-    own rows. Small data (decoded under 1 GiB, `materialize="auto"`) is read and
-    decoded once into the object store and each set selects from that copy:
-    re-running a read/decode pipeline per set and epoch would cost more than the epoch.
+    `stream`: every set streams from the shards each epoch (read_parquet, then one
+    map_batches that selects its rows and decodes only those). `memory`: the driver
+    reads and decodes the shards once and each set becomes its own materialised
+    dataset. Ray Data costs seconds per pipeline and about half a second per pass
+    on top of the work, which on small data is many times the work itself; `auto`
+    (the default) picks `memory` when the decoded data is under 256 MiB.
     """
+    if mode not in DATA_MODES:
+        raise ValueError(f"data mode must be one of {DATA_MODES}, not {mode!r}")
     available = selections(splits, retain_fractions)
     forget_ids = frozenset(splits.forget_ids) if splits else frozenset()
-    small = materialize == "always" or (materialize == "auto" and decoded_bytes(meta, image_size) < MATERIALIZE_LIMIT_BYTES)
-    if not small:
+    if mode == "stream" or (mode == "auto" and decoded_bytes(meta, image_size) >= IN_MEMORY_LIMIT_BYTES):
         return {name: read_decoded(uri, meta, available[name], forget_ids, image_size) for name in names}
-    # Many small blocks let streaming_split hand every worker a share of a small set.
-    decoded = read_decoded(uri, meta, Selection(), forget_ids, image_size).materialize()
-    decoded = decoded.repartition(BLOCKS_PER_SMALL_SET).materialize()
-    return {name: decoded.map_batches(SelectDecoded(available[name], forget_ids), batch_format="numpy")
-            for name in names}
+    decoded = SelectAndDecode(Selection(), forget_ids, meta.channels, image_size, image_size)(read_table(uri, meta))
+    return {name: in_memory_dataset(SelectDecoded(available[name], forget_ids)(decoded)) for name in names}
+
+
+def in_memory_dataset(columns: dict):
+    """A materialised Ray Dataset of numpy columns, in up to 16 blocks so streaming_split gives every worker a share."""
+    import ray.data
+    from ray.data.block import BlockAccessor
+
+    rows = len(columns["label"])
+    chunks = np.array_split(np.arange(rows), max(1, min(BLOCKS_PER_SMALL_SET, rows)))
+    return ray.data.from_arrow([BlockAccessor.batch_to_block({key: value[chunk] for key, value in columns.items()})
+                                for chunk in chunks])
