@@ -22,7 +22,8 @@ class ShardSource:
                 local_shuffle_seed=seed if shuffle else None):
             if len(batch["label"]) == 0:
                 continue
-            out = {"image": torch.from_numpy(np.ascontiguousarray(batch["image"])),
+            # Ray Data hands out read-only views of the object store; torch wants a writable array.
+            out = {"image": torch.from_numpy(np.require(batch["image"], requirements=["C", "W"])),
                    "label": torch.from_numpy(batch["label"].astype(np.int64)),
                    "sample_id": batch["sample_id"]}
             if "is_forget" in batch:

@@ -15,6 +15,9 @@ def init_ray(num_workers: int = 1, cpus_per_worker: float = 1.0) -> None:
 
     A local Ray needs logical CPUs beyond the Train workers' or Ray Data's read
     tasks never get scheduled (RAY_NOTES §6); logical CPUs may exceed cores.
+    A local Ray has no dashboard, so Ray Train's placement-group cleaner cannot
+    reach the state API and warns every second: Ray's own log level is raised
+    to ERROR there, which leaves the progress lines (plain prints) readable.
     """
     import ray
 
@@ -24,9 +27,13 @@ def init_ray(num_workers: int = 1, cpus_per_worker: float = 1.0) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
+        # Train V2 routes workers' prints through its logger and also prints them, so every progress
+        # line would appear twice on a local console.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         needed = int(num_workers * cpus_per_worker) + 2
         ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False,
-                 object_store_memory=512 * 1024**2 if not os.environ.get("CI") else 256 * 1024**2)
+                 object_store_memory=512 * 1024**2 if not os.environ.get("CI") else 256 * 1024**2,
+                 logging_config=ray.LoggingConfig(log_level="ERROR"))
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
