@@ -121,6 +121,9 @@ def _run_one(config: dict, sources: dict, device, checkpointing: bool) -> dict:
     data = UnlearnData(forget=sources[roles["forget"]], retain=sources[roles["retain"]],
                        mixed=sources.get(roles.get("mixed", "")), unseen=sources.get(roles.get("unseen", "")),
                        num_classes=spec.num_classes, forget_classes=tuple(config.get("forget_classes", ())))
+    # Every method starts from the seed's random state, as it would alone: in a fit that runs several, what
+    # ran before it must not shift its draws (LoTUS's Gumbel noise varied from one bench run to the next).
+    torch.manual_seed(config.get("seed", 0))
     method = create_method(config["method"], config.get("method_config"), seed=config.get("seed", 0))
     epoch_metrics = None
     if config.get("evaluate_every_epoch"):
