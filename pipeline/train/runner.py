@@ -30,6 +30,7 @@ def init_ray(num_workers: int = 1, cpus_per_worker: float = 1.0) -> None:
         # Train V2 routes workers' prints through its logger and also prints them, so every progress
         # line would appear twice on a local console.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # not a line per pass over every set
         needed = int(num_workers * cpus_per_worker) + 2
         ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False,
                  object_store_memory=512 * 1024**2 if not os.environ.get("CI") else 256 * 1024**2,
