@@ -52,7 +52,7 @@ def trial_arguments(context: dict, trial_id: str):
             "--forget", context["forget"], "--seed", str(context["seed"]), "--no-verify",
             "--out", trial_run_uri(context["run_uri"], trial_id), "--name", trial_id,
             "--workers", str(context["workers"]), "--cpus-per-worker", str(context["cpus_per_worker"]),
-            "--max-failures", str(context["max_failures"]), "--data-mode", context.get("data_mode", "auto")]
+            "--max-failures", str(context["max_failures"]), "--data-mode", context["data_mode"]]
     argv += ["--gold", context["gold"]] if context.get("gold") else []
     argv += ["--s3-endpoint", context["s3_endpoint"]] if context.get("s3_endpoint") else []
     argv += ["--gpus"] if context.get("gpus") else []
