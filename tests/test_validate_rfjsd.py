@@ -1,14 +1,17 @@
 """validate-rfjsd: Pearson correlation of RF-JSD with JSD over (method, seed) points of a benchmark run."""
 
+import json
+
 import pytest
 
 from jobs import validate_rfjsd
 from pipeline.results.records import ResultRecord, append_record
 
 
-def _record(method, seed, jsd, rf):
+def _record(method, seed, jsd, rf, config=None):
     return ResultRecord(run_id=f"r-{method}-{seed}", kind="unlearn", method=method, dataset="d", model="cnn", seed=seed,
-                        forget_spec="random:0.1", metrics={"jsd": jsd, "rf_jsd": rf, "gold": True})
+                        forget_spec="random:0.1", metrics={"jsd": jsd, "rf_jsd": rf, "gold": True},
+                        config=config or {})
 
 
 def test_correlation_over_points_and_per_seed():
@@ -31,8 +34,26 @@ def test_command_reads_a_run_and_writes_its_summary(tmp_path, capsys):
     for method, jsd, rf in (("a", 0.01, 0.02), ("b", 0.02, 0.05), ("c", 0.03, 0.05)):
         append_record(str(tmp_path), _record(method, 3407, jsd, rf))
     assert validate_rfjsd.main(["--run", str(tmp_path)]) == 0
-    assert "PCC(RF-JSD, JSD) over 3 points: 0.866" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "PCC(RF-JSD, JSD) over 3 points: 0.866" in out
+    assert "RF-JSD floor: skipped (the records name no data or original model)" in out
     assert (tmp_path / "rfjsd_validation.json").exists()
+
+
+def test_the_floor_comes_from_the_runs_data_and_original_and_flags_methods_below_it(tmp_path, capsys, digits_hard_uri,
+                                                                                   original_checkpoint):
+    from tests.conftest import SEED
+
+    config = {"data": digits_hard_uri, "original": original_checkpoint}
+    # RF-JSD x1e4 of 1 (far below any sampling floor at 8 samples per class) and 5000 (far above it).
+    for method, jsd, rf in (("smooth", 0.05, 1e-4), ("sharp", 0.1, 0.5), ("original", 0.2, 0.6)):
+        append_record(str(tmp_path), _record(method, SEED, jsd, rf, config))
+    assert validate_rfjsd.main(["--run", str(tmp_path), "--floor-draws", "20"]) == 0
+    out = capsys.readouterr().out
+    assert f"below that floor (smoother on D_f than unseen data looks, not better forgetting): smooth s{SEED} 1.0" in out
+    saved = json.loads((tmp_path / "rfjsd_validation.json").read_text())
+    floor = saved["floors"][str(SEED)]
+    assert 10 < floor["mean_e4"] < 5000 and floor["draws"] == 20 and floor["below"] == [["smooth", 1.0]]
 
 
 def test_a_run_without_gold_metrics_is_a_clear_error(tmp_path):
