@@ -18,7 +18,7 @@ def npo_loss_and_gradient(label_logit: float, beta: float) -> tuple[float, float
     logits = torch.tensor([[label_logit, 0.0]], requires_grad=True)
     loss = method.forget_loss(logits, torch.tensor([0]), torch.zeros(1, 1)).sum()
     loss.backward()
-    return float(loss), float(logits.grad[0, 0])
+    return loss.item(), logits.grad[0, 0].item()
 
 
 def test_npo_forget_loss_starts_like_gradient_ascent_and_saturates():
