@@ -2,8 +2,8 @@
 
 Prepares the data if needed, gets the original model (trained once, or taken from the config), and per
 seed trains the gold model (when the config has one) and runs `original` plus every method one after
-another in ONE Ray Train fit (Ray's start-up paid once per seed). The gold model is evaluated as the
-`retrain` row, its training time standing as its unlearning time, so every method's time / retrain
+another in ONE Ray Train fit (Ray's start-up paid once per seed). The gold model is evaluated in the
+same fit as the `retrain` row, its training time standing as its unlearning time, so every method's time / retrain
 ratio can be read off the table. Then report.md / report.csv / PNGs / report.html are written under
 the run URI, and the table, the LoTUS / retrain time ratio and the report path are printed.
 
@@ -64,7 +64,7 @@ import time
 
 import yaml
 
-from jobs import evaluate, train, unlearn
+from jobs import train, unlearn
 from jobs.common import apply_endpoint, log, run_main
 from jobs.report import publish, regression_check
 from pipeline import storage
@@ -74,7 +74,7 @@ from pipeline.data.shards import META_FILE, read_meta, verify_checksums
 from pipeline.errors import ConfigError, DataError
 from pipeline.methods import REGISTRY, method_class
 from pipeline.results.aggregate import summarize
-from pipeline.results.records import ResultRecord, append_record, load_records, new_run_id
+from pipeline.results.records import ResultRecord, load_records
 from pipeline.results.regression import DEFAULT_BANDS, validate_bands
 
 DEFAULTS = {
@@ -290,35 +290,33 @@ def ensure_gold(config: dict, data: str, models: str, seed: int) -> tuple[str, d
     return storage.join(folder, "model.pt"), _remember(folder, fingerprint, result)
 
 
-def run_methods(config: dict, data: str, original: str, gold: str | None, seed: int, methods: list[str],
-                run_uri: str) -> list[ResultRecord]:
-    """`methods` (which may include the `original` reference row) one after another in one Ray Train fit."""
-    argv = ["--data", data, "--no-verify", "--original", original, "--method", methods[0], "--forget",
+def run_methods(config: dict, data: str, original: str, gold: str | None, gold_info: dict | None, seed: int,
+                rows: list[str], run_uri: str) -> list[ResultRecord]:
+    """`rows` (methods, and the `original` / `retrain` reference rows) one after another in one Ray Train fit.
+
+    The retrain row is the gold model evaluated like any unlearned one (the `original` method started from
+    it), in the same fit as the methods, with its training time standing as its unlearning time.
+    """
+    argv = ["--data", data, "--no-verify", "--original", original, "--method", rows[0], "--forget",
             config["forget"], "--seed", str(seed), "--out", run_uri, *ray_flags(config)]
     argv += (["--gold", gold] if gold else []) + (["--channels-last"] if config["ray"]["channels_last"] else [])
-    runs = [(method, None if method == "original" else method_settings(config, method)) for method in methods]
-    log(f"== seed {seed}: {', '.join(methods)} in one Ray Train fit ==")
+    runs = [retrain_row(config, gold, gold_info) if row == "retrain" else
+            (row, None if row == "original" else method_settings(config, row)) for row in rows]
+    log(f"== seed {seed}: {', '.join(rows)} in one Ray Train fit ==")
     return unlearn.unlearn_many(unlearn.parser().parse_args(argv), runs, record_kind="unlearn")
 
 
-def record_retrain(config: dict, data: str, original: str, gold: str, gold_info: dict, seed: int,
-                   run_uri: str) -> ResultRecord:
-    """Evaluate the gold model like any unlearned one; its training time stands as its unlearning time."""
-    scratch = storage.join(run_uri, "evaluations", f"gold-s{seed}")
-    argv = ["--data", data, "--no-verify", "--model", gold, "--original", original, "--gold", gold,
-            "--forget", config["forget"], "--seed", str(seed), "--label", "retrain", "--out", scratch,
-            *ray_flags(config)]
-    log(f"== seed {seed}: evaluating the gold model as the retrain row ==")
-    evaluated = evaluate.evaluate(evaluate.parser().parse_args(argv))
+def retrain_row(config: dict, gold: str, gold_info: dict) -> tuple:
+    """The gold model as a run of `unlearn_many`: unchanged, recorded as `retrain` with its training time."""
     seconds = gold_info["train_seconds"]
-    record = dataclasses.replace(
-        evaluated, run_id=new_run_id("bench", "retrain", seed), kind="bench", unlearn_seconds=seconds,
-        phases={**evaluated.phases, "unlearn": seconds},
-        config={**evaluated.config, "retrain": training_recipe(config), "epochs_run": gold_info["epochs_run"],
-                "evaluation_record": evaluated.run_id},
-        notes="gold model: trained on D_r by `unlearn train --retain-only`; unlearn_seconds is its training time")
-    append_record(run_uri, record)
-    return record
+
+    def finalize(record: ResultRecord) -> ResultRecord:
+        return dataclasses.replace(
+            record, kind="bench", unlearn_seconds=seconds, phases={**record.phases, "unlearn": seconds},
+            config={**record.config, "retrain": training_recipe(config), "epochs_run": gold_info["epochs_run"]},
+            notes="gold model: trained on D_r by `unlearn train --retain-only`; unlearn_seconds is its training time")
+
+    return "original", None, {"label": "retrain", "model_uri": gold, "finalize": finalize}
 
 
 def training_recipe(config: dict) -> dict:
@@ -342,11 +340,7 @@ def rows_wanted(config: dict) -> list[str]:
 def run_seed(config: dict, data: str, original: str, models: str, seed: int, missing: list[str],
              run_uri: str) -> None:
     gold, gold_info = ensure_gold(config, data, models, seed) if config["gold"] else (None, None)
-    methods = [row for row in missing if row != "retrain"]
-    if methods:
-        run_methods(config, data, original, gold, seed, methods, run_uri)
-    if "retrain" in missing:
-        record_retrain(config, data, original, gold, gold_info, seed, run_uri)
+    run_methods(config, data, original, gold, gold_info, seed, missing, run_uri)
 
 
 def run_bench(config: dict, run_uri: str, compare_with: list[str] = ()) -> int:

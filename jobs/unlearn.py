@@ -60,16 +60,21 @@ def unlearn(args: argparse.Namespace, method_config: dict | None = None, tune_ca
     return unlearn_many(args, [(args.method, method_config)], tune_callbacks, record_kind)[0]
 
 
-def unlearn_many(args: argparse.Namespace, runs: list[tuple[str, dict | None]], tune_callbacks: list | None = None,
+def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: list | None = None,
                  record_kind: str = "unlearn") -> list[ResultRecord]:
     """Run methods one after another in one Ray Train fit (one start-up), one record each.
 
+    `runs` holds (method, settings) pairs, or (method, settings, row) where `row` may name the record's
+    method (`label`), a starting model other than --original (`model_uri`), and a `finalize(record)`
+    that returns the record to store: the benchmark evaluates its gold model as the `retrain` row this
+    way, as the `original` method started from the gold model. Such a row saves no checkpoint copy.
     A single run keeps per-epoch checkpoints and resumes; several runs in one fit do not.
     """
     apply_endpoint(args)
     phases = Phases()
+    rows = [run[2] if len(run) > 2 else {} for run in runs]
     resolved = [(method, method_settings(method, args.set if method == args.method else [], config))
-                for method, config in runs]
+                for method, config, *_ in runs]
     meta, index = open_dataset(args)
     splits = make_splits(index, args.forget, args.seed, meta.num_classes)
     _, spec, _ = load_checkpoint(args.original)
@@ -82,21 +87,24 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple[str, dict | None]], 
     needed = sorted({name for fraction in fractions for name in _roles(fraction).values()} | set(EVALUATE.values()))
     datasets = build_datasets(args.data, meta, splits, needed, spec.image_size, fractions, args.data_mode)
     single = len(resolved) == 1
-    names = [f"{method}-s{args.seed}" for method, _ in resolved]
+    labels = [row.get("label", method) for (method, _), row in zip(resolved, rows)]
+    names = [f"{label}-s{args.seed}" for label in labels]
     if single and args.name:
         names = [args.name]
     run_settings = [{"method": method, "method_config": config, "roles": _roles(fraction),
-                     "model_out": storage.join(absolute(args.out), f"{name}.pt")}
-                    for (method, config), fraction, name in zip(resolved, fractions, names)]
+                     "model_uri": absolute(row.get("model_uri", args.original)),
+                     "model_out": None if "model_uri" in row else storage.join(absolute(args.out), f"{name}.pt")}
+                    for (method, config), fraction, name, row in zip(resolved, fractions, names, rows)]
     loop_config = {
-        "seed": args.seed, "model_uri": absolute(args.original), "gold_uri": absolute(args.gold) if args.gold else None,
+        "seed": args.seed, "original_uri": absolute(args.original),
+        "gold_uri": absolute(args.gold) if args.gold else None,
         "datasets": sorted(datasets), "evaluate": EVALUATE, "evaluation": "metrics",
         "num_classes": meta.num_classes, "forget_classes": list(splits.forget_classes),
         "channels_last": args.channels_last, "evaluate_every_epoch": bool(tune_callbacks),
         **(run_settings[0] if single else {"runs": run_settings}),
     }
     phases.lap("data")
-    log(f"{', '.join(m for m, _ in resolved)} on {meta.name} ({args.forget}, seed {args.seed}): {dict(splits.counts)}")
+    log(f"{', '.join(labels)} on {meta.name} ({args.forget}, seed {args.seed}): {dict(splits.counts)}")
     fit_name = names[0] if single else f"methods-s{args.seed}-{new_run_id('fit', 'many', args.seed)[-8:]}"
     results = run_trainer(loop_config, datasets, args.out, name=fit_name, workers=args.workers, use_gpu=args.gpus,
                           cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures,
@@ -108,21 +116,22 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple[str, dict | None]], 
     # wall time is Ray start-up and streaming set-up, shared by the runs of this fit.
     overhead = max(0.0, shared.pop("run") - sum(r["unlearn_seconds"] + r["eval_seconds"] for r in results))
     records = []
-    for (method, config), settings, result in zip(resolved, run_settings, results):
+    for (method, config), label, row, settings, result in zip(resolved, labels, rows, run_settings, results):
         seconds = {**shared, "startup": shared["startup"] + overhead, "unlearn": result["unlearn_seconds"],
                    "eval": result["eval_seconds"]}
         record = ResultRecord(
-            run_id=new_run_id(record_kind, method, args.seed), kind=record_kind, method=method, dataset=meta.name,
+            run_id=new_run_id(record_kind, label, args.seed), kind=record_kind, method=label, dataset=meta.name,
             model=spec.name, seed=args.seed, forget_spec=args.forget,
             config={method: config, "data": args.data, "original": args.original, "gold": args.gold,
                     "workers": args.workers, "gpus": args.gpus, "epochs_run": result["epochs_run"],
                     "history": result["history"]},
             metrics=result["evaluation"], phases=seconds, unlearn_seconds=result["unlearn_seconds"],
             workers=args.workers, gpus=args.workers if args.gpus else 0, versions=versions(),
-            checkpoint_uri=settings["model_out"], checkpoint_sha256=result["checkpoint_sha256"],
+            checkpoint_uri=settings["model_out"] or row.get("model_uri"), checkpoint_sha256=result["checkpoint_sha256"],
             notes="" if single else f"one of {len(resolved)} runs sharing one Ray Train fit (start-up and data shared)")
+        record = row["finalize"](record) if "finalize" in row else record
         append_record(args.out, record)
-        print_metrics(method, result["evaluation"], result["unlearn_seconds"])
+        print_metrics(label, record.metrics, record.unlearn_seconds)
         records.append(record)
     log(f"unlearned model(s) and records under {args.out}")
     return records

@@ -49,6 +49,10 @@ def test_tiny_bench_ends_with_records_and_a_report(tiny_bench):
     assert retrain.kind == "bench" and retrain.unlearn_seconds == pytest.approx(gold_info["train_seconds"])
     assert retrain.unlearn_seconds > 0 and gold_info["epochs_run"] == 1
     assert retrain.metrics["gold"] and retrain.metrics["avg_gap"] == pytest.approx(0.0, abs=1e-9)
+    assert retrain.metrics["jsd"] == pytest.approx(0.0, abs=1e-12)
+    assert retrain.checkpoint_uri == str(tiny_bench["folder"] / "models" / f"gold-s{SEED}" / "model.pt")
+    # ... evaluated in the same Ray Train fit as the methods: one start-up per seed.
+    assert f"== seed {SEED}: original, retrain, {', '.join(CHEAP_METHODS)} in one Ray Train fit ==" in tiny_bench["printed"]
     assert records["original"].unlearn_seconds == 0.0
     for method in CHEAP_METHODS:
         assert records[method].metrics["gold"] and records[method].metrics["avg_gap"] is not None

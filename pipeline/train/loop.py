@@ -137,7 +137,7 @@ def _run_one(config: dict, sources: dict, device, checkpointing: bool) -> dict:
     evaluation = evaluate_on_worker(config, model, original, sources, device)
     eval_seconds = time.perf_counter() - eval_started
     sha256 = None
-    if ray.train.get_context().get_world_rank() == 0:
+    if config.get("model_out") and ray.train.get_context().get_world_rank() == 0:
         sha256 = save_checkpoint(unwrap(model), spec, config["model_out"],
                                  extra={"method": config["method"], "seed": config.get("seed", 0)})
     return {"unlearn_seconds": report.unlearn_seconds, "epochs_run": report.epochs_run, "history": report.history,
