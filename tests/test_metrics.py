@@ -14,7 +14,8 @@ from pipeline.data.sources import TensorSource
 from pipeline.metrics import (avg_gap, evaluate, js_divergence, kl_divergence, mia_member_rate, retrain_free_jsd,
                               summarize)
 from tests.conftest import CPU
-from tests.test_metrics_workers import TinyClassifier, assert_same_metrics, random_source, tiny_setup
+from tests.test_metrics_workers import (TINY_SPLIT_SIZES, TinyClassifier, assert_same_metrics, random_source,
+                                       tiny_setup)
 
 LN2 = math.log(2.0)
 SPLITS = ("forget", "retain", "test", "unseen")
@@ -227,6 +228,20 @@ def test_summary_with_gold_reports_avg_gap_of_the_gold_row():
     assert summary["gold"] is True and set(summary["gold_metrics"]) == {f"acc_{s}" for s in SPLITS} | {"mia"}
     assert summary["avg_gap"] == pytest.approx(avg_gap(summary, summary["gold_metrics"]))
     assert summary["avg_gap"] > 0
+
+
+def test_reused_reference_statistics_give_the_same_metrics_without_running_those_models_again():
+    models, sources = tiny_setup()
+    first_result = evaluate(models, sources, CPU, 5)
+    reference = {key: stats for key, stats in first_result.split_stats.items() if key[0] in ("original", "gold")}
+    calls = {name: 0 for name in models}
+    for name, model in models.items():
+        model.register_forward_hook(lambda module, args, out, name=name: calls.__setitem__(name, calls[name] + 1))
+    again = evaluate(models, sources, CPU, 5, batch_size=16, reuse=reference)
+    assert_same_metrics(summarize(again, seed=0), summarize(first_result, seed=0), tolerance=1e-12)
+    # The original ran only on D_u, now reused; the gold model runs only on D_f (per-sample JSD needs its logits).
+    forget_batches = -(-TINY_SPLIT_SIZES["forget"] // 16)
+    assert calls["original"] == 0 and calls["gold"] == forget_batches and calls["unlearned"] > forget_batches
 
 
 # --- invariance ----------------------------------------------------------------------------------------------------

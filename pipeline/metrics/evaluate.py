@@ -111,14 +111,20 @@ def _check_plan(plan: EvalPlan, models: dict, sources: dict) -> None:
 
 
 def evaluate(models: dict[str, nn.Module], sources: dict[str, BatchSource], device: torch.device, num_classes: int,
-             batch_size: int = 256, plan: EvalPlan | None = None) -> EvalResult:
+             batch_size: int = 256, plan: EvalPlan | None = None,
+             reuse: dict[tuple[str, str], SplitStats] | None = None) -> EvalResult:
     """Run the plan (default: `default_plan`) and reduce across workers; every worker gets the full result.
 
     `sources` are this worker's shards; collectives happen only after all batches, so shards
     may differ in size. Models are put in eval mode and given back in the mode they came in.
+    `reuse`: reduced statistics of (model, split) runs from an earlier call whose model has not changed
+    since (a frozen original or gold model); those runs are taken as they are instead of run again.
+    Every worker must pass the same keys, so all issue the same collectives.
     """
     plan = plan or default_plan(models, sources)
     _check_plan(plan, models, sources)
+    reused = {key: stats for key, stats in (reuse or {}).items() if key in plan.runs}
+    plan = EvalPlan(plan.runs - reused.keys(), plan.pairs)
     modules = {name: _plain_module(model) for name, model in models.items()}
     was_training = {name: module.training for name, module in modules.items()}
     result = EvalResult(num_classes)
@@ -135,4 +141,5 @@ def evaluate(models: dict[str, nn.Module], sources: dict[str, BatchSource], devi
         result.split_stats[key].reduce()
     for key in sorted(result.pair_stats):
         result.pair_stats[key].reduce()
+    result.split_stats.update(reused)
     return result

@@ -101,12 +101,13 @@ def worker_loop(config: dict):
 
     device = ray.train.torch.get_device()
     sources = _shard_sources(config["datasets"])
+    evaluator = WorkerEvaluator(sources, device)
     if "runs" not in config:
-        return _run_one(config, sources, device, checkpointing=True)
-    return [_run_one({**config, **run}, sources, device, checkpointing=False) for run in config["runs"]]
+        return _run_one(config, sources, device, evaluator, checkpointing=True)
+    return [_run_one({**config, **run}, sources, device, evaluator, checkpointing=False) for run in config["runs"]]
 
 
-def _run_one(config: dict, sources: dict, device, checkpointing: bool) -> dict:
+def _run_one(config: dict, sources: dict, device, evaluator: WorkerEvaluator, checkpointing: bool) -> dict:
     import ray.train
     import ray.train.torch
 
@@ -128,13 +129,13 @@ def _run_one(config: dict, sources: dict, device, checkpointing: bool) -> dict:
     epoch_metrics = None
     if config.get("evaluate_every_epoch"):
         def epoch_metrics(current):
-            return evaluate_on_worker(config, current, original, sources, device)
+            return evaluator(config, current, original)
     on_epoch_end = _checkpoint_reporter(spec, method, epoch_metrics) if checkpointing else None
     report = method.unlearn(model, original, data, device, on_epoch_end=on_epoch_end,
                             resume=_resume_state() if checkpointing else None)
 
     eval_started = time.perf_counter()
-    evaluation = evaluate_on_worker(config, model, original, sources, device)
+    evaluation = evaluator(config, model, original)
     eval_seconds = time.perf_counter() - eval_started
     sha256 = None
     if config.get("model_out") and ray.train.get_context().get_world_rank() == 0:
@@ -144,22 +145,40 @@ def _run_one(config: dict, sources: dict, device, checkpointing: bool) -> dict:
             "evaluation": evaluation, "eval_seconds": eval_seconds, "checkpoint_sha256": sha256}
 
 
-def evaluate_on_worker(config: dict, model, original, sources: dict, device) -> dict:
-    """Evaluate on the sets named in `config["evaluate"]` (a {split: dataset name} map).
+class WorkerEvaluator:
+    """Evaluates on this worker's shards of the sets named in `config["evaluate"]` ({split: dataset name}).
 
-    "accuracy" (training runs): accuracy per set. "metrics" (unlearning runs):
-    one pass per model per split for accuracies, MIA, RF-JSD, and JSD / Avg Gap
-    when a gold model is given.
+    "accuracy" (training runs): accuracy per set. "metrics" (unlearning runs): one pass per model per
+    split for accuracies, MIA, RF-JSD, and JSD / Avg Gap when a gold model is given. The reference
+    models (the original, the gold model) are frozen checkpoints, so their statistics are computed once
+    per worker and reused by every later evaluation against the same checkpoints: a sweep's per-epoch
+    evaluations and the per-method evaluations of a benchmark fit then run only the model being
+    evaluated (and the gold model on D_f, for per-sample JSD), about half the forward passes.
     """
-    named = {label: sources[name] for label, name in config.get("evaluate", {}).items()}
-    if config.get("evaluation", "accuracy") == "accuracy":
-        return split_accuracies(unwrap(model), named, device)
-    from pipeline.metrics.evaluate import evaluate
-    from pipeline.metrics.summary import summarize
 
-    models = {"unlearned": unwrap(model), "original": original}
-    if config.get("gold_uri"):
-        models["gold"] = _place(load_checkpoint(config["gold_uri"])[0], device, False)
-    result = evaluate(models, named, device, num_classes=config["num_classes"],
-                      batch_size=int(config.get("eval_batch_size", 256)))
-    return summarize(result, seed=config.get("seed", 0))
+    REFERENCE_ROLES = ("original", "gold")
+
+    def __init__(self, sources: dict, device):
+        self.sources, self.device = sources, device
+        self.gold_models: dict[str, torch.nn.Module] = {}
+        self.reference_stats: dict[tuple, dict] = {}  # (original uri, gold uri, evaluate map) -> {(role, split): stats}
+
+    def __call__(self, config: dict, model, original) -> dict:
+        named = {label: self.sources[name] for label, name in config.get("evaluate", {}).items()}
+        if config.get("evaluation", "accuracy") == "accuracy":
+            return split_accuracies(unwrap(model), named, self.device)
+        from pipeline.metrics.evaluate import evaluate
+        from pipeline.metrics.summary import summarize
+
+        models = {"unlearned": unwrap(model), "original": original}
+        gold_uri = config.get("gold_uri")
+        if gold_uri:
+            if gold_uri not in self.gold_models:
+                self.gold_models[gold_uri] = _place(load_checkpoint(gold_uri)[0], self.device, False)
+            models["gold"] = self.gold_models[gold_uri]
+        key = (config.get("original_uri") or config.get("model_uri"), gold_uri, tuple(sorted(named.items())))
+        result = evaluate(models, named, self.device, num_classes=config["num_classes"],
+                          batch_size=int(config.get("eval_batch_size", 256)), reuse=self.reference_stats.get(key))
+        self.reference_stats[key] = {(role, split): stats for (role, split), stats in result.split_stats.items()
+                                     if role in self.REFERENCE_ROLES}
+        return summarize(result, seed=config.get("seed", 0))
