@@ -176,7 +176,8 @@ class WorkerEvaluator:
             if gold_uri not in self.gold_models:
                 self.gold_models[gold_uri] = _place(load_checkpoint(gold_uri)[0], self.device, False)
             models["gold"] = self.gold_models[gold_uri]
-        key = (config.get("original_uri") or config.get("model_uri"), gold_uri, tuple(sorted(named.items())))
+        key = (config.get("original_uri") or config.get("model_uri"), gold_uri,
+               tuple(sorted(config.get("evaluate", {}).items())))
         result = evaluate(models, named, self.device, num_classes=config["num_classes"],
                           batch_size=int(config.get("eval_batch_size", 256)), reuse=self.reference_stats.get(key))
         self.reference_stats[key] = {(role, split): stats for (role, split), stats in result.split_stats.items()
