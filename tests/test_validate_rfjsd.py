@@ -62,3 +62,13 @@ def test_a_run_without_gold_metrics_is_a_clear_error(tmp_path):
     append_record(str(tmp_path), _record("a", 1, None, 0.1))
     with pytest.raises(DataError, match="has both JSD and RF-JSD"):
         validate_rfjsd.main(["--run", str(tmp_path)])
+
+
+def test_a_floor_that_cannot_be_computed_is_skipped_with_the_reason_and_the_summary_still_written(tmp_path, capsys):
+    config = {"data": str(tmp_path / "moved-data"), "original": str(tmp_path / "moved.pt")}
+    for method, jsd, rf in (("a", 0.01, 0.02), ("b", 0.02, 0.05), ("c", 0.03, 0.05)):
+        append_record(str(tmp_path), _record(method, 3407, jsd, rf, config))
+    assert validate_rfjsd.main(["--run", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "RF-JSD floor: skipped (seed 3407: " in out and "moved-data" in out
+    assert json.loads((tmp_path / "rfjsd_validation.json").read_text())["pcc_all"] is not None
