@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     references = reference_rows(rows)
     log(f"RF-JSD x1e4: original {fmt(references['original'])}, retrained {fmt(references['retrain'])}")
     floors = floors_per_seed(records, rows, args.floor_draws) if args.floor_draws > 0 else {
-        "skipped": "--floor-draws 0"}
+        "skipped": f"--floor-draws {args.floor_draws}"}
     log_floors(floors)
     storage.write_text(storage.join(run_uris[0], "rfjsd_validation.json"),
                        json.dumps({**summary, "references_e4": references, "floors": floors, "rows": rows},
