@@ -21,7 +21,7 @@ import torch
 from jobs.validate_rfjsd import pearson
 from pipeline.data.local import load_sources
 from pipeline.metrics.divergence import js_divergence, retrain_free_jsd
-from pipeline.metrics.floor import predict_probabilities
+from pipeline.metrics.floor import class_probability_sums, predict_probabilities
 from pipeline.models import load_checkpoint
 from pipeline.results.records import load_records
 
@@ -39,29 +39,22 @@ def reference_js(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((m * (m.log() - p.log())).sum(dim=1) + (m * (m.log() - q.log())).sum(dim=1))
 
 
-def class_means(probs: torch.Tensor, labels: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    sums = torch.zeros(classes, classes, dtype=torch.float64).index_add_(0, labels, probs.double())
-    return sums, torch.bincount(labels, minlength=classes).double()
-
-
-def seed_points(records: list, cache: dict) -> list[dict]:
+def seed_points(records: list) -> list[dict]:
     """JSD and RF-JSD with both formulas for every record of one seed that has a checkpoint and a gold model."""
     first = records[0]
     data_uri, original_uri, gold_uri = (first.config.get(key) for key in ("data", "original", "gold"))
     sources, _ = load_sources(data_uri, spec=first.forget_spec, seed=first.seed, verify=False)
     forget, unseen = sources["forget"], sources["unseen"]
-    if original_uri not in cache:
-        cache[original_uri] = load_checkpoint(original_uri)[0]
-    unseen_probs, unseen_labels = predict_probabilities(cache[original_uri], unseen, CPU)
+    unseen_probs, unseen_labels = predict_probabilities(load_checkpoint(original_uri)[0], unseen, CPU)
     classes = unseen_probs.shape[1]
-    unseen_sums, unseen_counts = class_means(unseen_probs, unseen_labels, classes)
+    unseen_sums, unseen_counts = class_probability_sums(unseen_probs, unseen_labels, classes)
     gold_probs, _ = predict_probabilities(load_checkpoint(gold_uri)[0], forget, CPU)
     checkpoints = {record.method: record.checkpoint_uri for record in records if record.checkpoint_uri}
     checkpoints["retrain"] = gold_uri
     points = []
     for method, uri in sorted(checkpoints.items()):
         probs, labels = predict_probabilities(load_checkpoint(uri)[0], forget, CPU)
-        sums, counts = class_means(probs, labels, classes)
+        sums, counts = class_probability_sums(probs, labels, classes)
         present = (counts > 0) & (unseen_counts > 0)
         p_means, q_means = sums[present] / counts[present, None], unseen_sums[present] / unseen_counts[present, None]
         points.append({"method": method, "seed": first.seed,
@@ -91,9 +84,9 @@ def main(argv: list[str] | None = None) -> None:
             by_seed[record.seed].append(record)
     if not by_seed:
         raise SystemExit(f"{args.run}: no unlearning records with a gold model and data to recompute")
-    cache, points = {}, []
+    points = []
     for seed in sorted(by_seed):
-        points += seed_points(by_seed[seed], cache)
+        points += seed_points(by_seed[seed])
     print(f"{len(points)} (method, seed) points from {args.run}")
     for label, subset in (("all points", points),
                           ("without the retrained model", [p for p in points if p["method"] != "retrain"])):

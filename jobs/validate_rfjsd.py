@@ -26,7 +26,6 @@ from pipeline import storage
 from pipeline.errors import DataError, UnlearnError
 from pipeline.results.records import load_records
 
-FLOOR_MAX_DECODED_BYTES = 256 * 1024**2  # the floor decodes the whole dataset in this process
 
 
 def parser() -> argparse.ArgumentParser:
@@ -84,14 +83,16 @@ def seed_floor(record, draws: int):
 
     from pipeline.data.local import load_sources
     from pipeline.data.shards import read_meta
-    from pipeline.metrics.floor import predict_probabilities, rf_jsd_floor
+    from pipeline.metrics.floor import class_probability_sums, predict_probabilities, rf_jsd_floor
     from pipeline.models import load_checkpoint
+    from pipeline.train.datasets import IN_MEMORY_LIMIT_BYTES
 
     data_uri, original_uri = record.config.get("data"), record.config.get("original")
     if not data_uri or not original_uri:
         return None, "its records name no data or original model"
     meta = read_meta(data_uri)
-    if sum(meta.counts.values()) * meta.channels * meta.height * meta.width > FLOOR_MAX_DECODED_BYTES:
+    # The floor decodes the whole dataset in this process: only data small enough for the in-memory data path.
+    if sum(meta.counts.values()) * meta.channels * meta.height * meta.width > IN_MEMORY_LIMIT_BYTES:
         return None, f"{data_uri} is too large to decode in this process"
     sources, _ = load_sources(data_uri, spec=record.forget_spec, seed=record.seed, meta=meta, verify=False)
     original, _, _ = load_checkpoint(original_uri)
@@ -99,10 +100,10 @@ def seed_floor(record, draws: int):
     unseen_probs, unseen_labels = predict_probabilities(original, sources["unseen"], device)
     test_probs, test_labels = predict_probabilities(original, sources["test"], device)
     classes = unseen_probs.shape[1]
-    unseen_sums = torch.zeros(classes, classes, dtype=torch.float64).index_add_(0, unseen_labels, unseen_probs)
+    unseen_sums, unseen_counts = class_probability_sums(unseen_probs, unseen_labels, classes)
     forget_counts = torch.bincount(sources["forget"].labels, minlength=classes)
-    floor = rf_jsd_floor(test_probs, test_labels, forget_counts, unseen_sums,
-                         torch.bincount(unseen_labels, minlength=classes), draws=draws, seed=record.seed)
+    floor = rf_jsd_floor(test_probs, test_labels, forget_counts, unseen_sums, unseen_counts, draws=draws,
+                         seed=record.seed)
     return floor, None if floor else "no class of D_f has D_test and D_u samples"
 
 

@@ -48,6 +48,12 @@ def predict_probabilities(model: nn.Module, source: BatchSource, device: torch.d
     return torch.cat(probs), torch.cat(labels).long()
 
 
+def class_probability_sums(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """([C, C] float64 sums of p(x) per true class, [C] float64 counts): what RF-JSD's class means come from."""
+    sums = torch.zeros(num_classes, num_classes, dtype=torch.float64).index_add_(0, labels, probs.double())
+    return sums, torch.bincount(labels, minlength=num_classes).double()
+
+
 def rf_jsd_floor(test_probs: torch.Tensor, test_labels: torch.Tensor, forget_class_counts: torch.Tensor,
                  unseen_class_sums: torch.Tensor, unseen_class_counts: torch.Tensor, draws: int = 200,
                  seed: int = 0) -> RfJsdFloor | None:
@@ -67,16 +73,13 @@ def rf_jsd_floor(test_probs: torch.Tensor, test_labels: torch.Tensor, forget_cla
         return None
     sizes = {c: int(forget_class_counts[c]) for c in classes}
     with_replacement = [c for c in classes if len(by_class[c]) < sizes[c]]
-    counts = torch.zeros(num_classes, dtype=torch.float64)
-    counts[classes] = torch.tensor([float(sizes[c]) for c in classes], dtype=torch.float64)
-    probs = test_probs.double().cpu()
+    probs, labels = test_probs.double().cpu(), test_labels.cpu().long()
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(draws):
-        sums = torch.zeros(num_classes, num_classes, dtype=torch.float64)
-        for c in classes:
-            rows = rng.choice(by_class[c], sizes[c], replace=c in with_replacement)
-            sums[c] = probs[torch.from_numpy(rows)].sum(dim=0)
+        rows = torch.from_numpy(np.concatenate([rng.choice(by_class[c], sizes[c], replace=c in with_replacement)
+                                                for c in classes]))
+        sums, counts = class_probability_sums(probs[rows], labels[rows], num_classes)
         values.append(retrain_free_jsd(sums, counts, unseen_class_sums.cpu(), unseen_class_counts.cpu()).value)
     return RfJsdFloor(float(np.mean(values)), float(np.std(values)), draws, classes, with_replacement,
                       sorted(set(wanted) - set(classes)))
