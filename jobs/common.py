@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Callable
 
-from pipeline.errors import UnlearnError
+from pipeline.errors import ConfigError, UnlearnError
 from pipeline.storage import ENDPOINT_ENV
 from pipeline.train.datasets import DATA_MODES
 
@@ -29,6 +29,37 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-failures", type=int, default=1,
                         help="worker-group restarts before giving up (each resumes from the last epoch checkpoint)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU convnets)")
+
+
+def add_floor_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--floor-draws", type=int, default=None,
+                        help="draws from D_test for RF-JSD's sampling floor, what a model that never saw D_f "
+                             "scores by sampling alone (default: 200, fewer for many classes; 0: no floor)")
+
+
+def plan_floor(index, splits, num_classes: int, draws: int | None, seed: int):
+    """RF-JSD floor's draws (pipeline/metrics/floor.py), planned on the driver from the shard index so that
+    every worker sums the same ones; None for --floor-draws 0 or when no class of D_f can be drawn."""
+    import numpy as np
+
+    from pipeline.metrics.floor import default_floor_draws, plan_floor_draws
+
+    if draws == 0:
+        return None
+    if draws is not None and draws < 0:
+        raise ConfigError(f"--floor-draws must be 0 or more, not {draws}")
+    labels = index.column("label").to_numpy()
+    ids = index.column("sample_id").to_numpy(zero_copy_only=False)
+    test = splits.select(index, "test")
+
+    def class_counts(name: str):
+        return np.bincount(labels[splits.select(index, name)], minlength=num_classes)
+
+    plan = plan_floor_draws(ids[test], labels[test], class_counts("forget"), class_counts("unseen"),
+                            draws or default_floor_draws(num_classes), seed)
+    if plan is None:
+        log("RF-JSD floor: skipped (no class of D_f has D_test and D_u samples)")
+    return plan
 
 
 def apply_endpoint(args: argparse.Namespace) -> None:

@@ -1,12 +1,17 @@
 """`unlearn eval`: evaluate a model through Ray (accuracies on D_f/D_r/D_test/D_u, MIA, RF-JSD; JSD and Avg Gap
-with --gold) in one pass per model per split, print the metrics and append a result record to --out."""
+with --gold) in one pass per model per split, print the metrics and append a result record to --out.
+
+It also records RF-JSD's sampling floor: the RF-JSD of the original on seeded draws from D_test with D_f's
+class counts, what a model that never saw D_f scores by sampling alone (pipeline/metrics/floor.py). Where no
+retrained model exists (ImageNet) it is the reference an RF-JSD value is read against, not 0."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from jobs.common import Phases, add_data_flags, add_ray_flags, apply_endpoint, log, open_dataset, run_main, versions
+from jobs.common import (Phases, add_data_flags, add_floor_flag, add_ray_flags, apply_endpoint, log, open_dataset,
+                         plan_floor, run_main, versions)
 from jobs.unlearn import EVALUATE, print_metrics
 from pipeline.data.splits import make_splits
 from pipeline.models import load_checkpoint
@@ -25,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--forget", default="random:0.1")
     p.add_argument("--seed", type=int, default=3407)
     p.add_argument("--label", default="eval", help="the method name to record (e.g. the method that made --model)")
+    add_floor_flag(p)
     p.add_argument("--out", required=True, help="run URI for the result record")
     return p
 
@@ -35,6 +41,7 @@ def evaluate(args: argparse.Namespace) -> ResultRecord:
     meta, index = open_dataset(args)
     splits = make_splits(index, args.forget, args.seed, meta.num_classes)
     _, spec, _ = load_checkpoint(args.model)
+    floor_plan = plan_floor(index, splits, meta.num_classes, args.floor_draws, args.seed)
     init_ray(args.workers, args.cpus_per_worker)
     phases.lap("startup")
     datasets = build_datasets(args.data, meta, splits, sorted(set(EVALUATE.values())), spec.image_size,
@@ -44,7 +51,7 @@ def evaluate(args: argparse.Namespace) -> ResultRecord:
         "original_uri": absolute(args.original or args.model), "gold_uri": absolute(args.gold) if args.gold else None,
         "datasets": sorted(datasets), "roles": {"forget": "forget", "retain": "retain_all"},
         "evaluate": EVALUATE, "evaluation": "metrics", "num_classes": meta.num_classes,
-        "model_out": absolute(f"{args.out}/evaluated.pt"),
+        "model_out": absolute(f"{args.out}/evaluated.pt"), "floor_plan": floor_plan,
     }
     phases.lap("data")
     result = run_trainer(loop_config, datasets, args.out, name=f"eval-{args.label}-s{args.seed}",

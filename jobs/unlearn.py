@@ -1,12 +1,14 @@
 """`unlearn run`: make a trained model forget a forget set with LoTUS or a baseline, through Ray Data + Ray Train,
-then evaluate it (accuracies, MIA, RF-JSD; JSD and Avg Gap with --gold) and append a result record to --out."""
+then evaluate it (accuracies, MIA, RF-JSD and its sampling floor; JSD and Avg Gap with --gold) and append a
+result record to --out."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from jobs.common import Phases, add_data_flags, add_ray_flags, apply_endpoint, log, open_dataset, run_main, versions
+from jobs.common import (Phases, add_data_flags, add_floor_flag, add_ray_flags, apply_endpoint, log, open_dataset,
+                         plan_floor, run_main, versions)
 from pipeline import storage
 from pipeline.config import parse_overrides
 from pipeline.data.splits import make_splits
@@ -33,6 +35,7 @@ def parser() -> argparse.ArgumentParser:
                    help="method settings, e.g. --set lotus.alpha=2 --set lotus.lr=1e-4")
     p.add_argument("--out", required=True, help="run URI: unlearned checkpoint, epoch checkpoints, result records")
     p.add_argument("--name", help="run name (default: METHOD-sSEED); a rerun with the same name resumes")
+    add_floor_flag(p)
     return p
 
 
@@ -80,6 +83,7 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
     _, spec, _ = load_checkpoint(args.original)
     if spec.num_classes != meta.num_classes:
         raise ConfigError(f"{args.original} predicts {spec.num_classes} classes but {args.data} has {meta.num_classes}")
+    floor_plan = plan_floor(index, splits, meta.num_classes, getattr(args, "floor_draws", None), args.seed)
     init_ray(args.workers, args.cpus_per_worker)
     phases.lap("startup")
 
@@ -100,7 +104,7 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
         "gold_uri": absolute(args.gold) if args.gold else None,
         "datasets": sorted(datasets), "evaluate": EVALUATE, "evaluation": "metrics",
         "num_classes": meta.num_classes, "forget_classes": list(splits.forget_classes),
-        "channels_last": args.channels_last, "evaluate_every_epoch": bool(tune_callbacks),
+        "channels_last": args.channels_last, "evaluate_every_epoch": bool(tune_callbacks), "floor_plan": floor_plan,
         **(run_settings[0] if single else {"runs": run_settings}),
     }
     phases.lap("data")
@@ -143,9 +147,12 @@ def print_metrics(label: str, metrics: dict, seconds: float | None = None) -> No
         return "—" if value is None else f"{value * scale:.4f}" if scale == 1.0 else f"{value * scale:.2f}"
 
     timing = f"  time {seconds:.1f} s" if seconds is not None else ""
+    floor = ""
+    if metrics.get("rf_jsd_floor") is not None:  # what a model that never saw D_f scores by sampling alone
+        floor = f" floor x1e4 {metrics['rf_jsd_floor_e4']:.2f} ± {metrics['rf_jsd_floor_std_e4']:.2f}"
     log(f"[{label}] Acc_f {show('acc_forget')}  Acc_r {show('acc_retain')}  Acc_test {show('acc_test')}  "
         f"MIA {show('mia')}  Avg Gap {show('avg_gap')}  JSD {show('jsd')} (x1e4 {show('jsd', 1e4)})  "
-        f"RF-JSD {show('rf_jsd')} (x1e4 {show('rf_jsd', 1e4)}){timing}")
+        f"RF-JSD {show('rf_jsd')} (x1e4 {show('rf_jsd', 1e4)}){floor}{timing}")
 
 
 def main(argv: list[str] | None = None) -> int:

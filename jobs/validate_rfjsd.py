@@ -8,8 +8,8 @@ RF-JSD of the original and of the retrained model side by side. The paper report
 It also prints, per seed, RF-JSD's floor: what a model that never saw D_f scores by sampling alone (the
 original on draws from D_test with D_f's class counts, see pipeline/metrics/floor.py), and the methods
 that score below it: their outputs on D_f are smoother than unseen data looks, which RF-JSD rewards and
-JSD against the retrained model does not. The floor needs the run's data and original model, read in
-this process, so it is computed for data that fits in memory only.
+JSD against the retrained model does not. Records written since the workers compute the floor carry it;
+for older ones it is recomputed here from the run's data and original model, for data that fits in memory.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument("--config", help="run this benchmark config first (e.g. configs/digits.yaml)")
     p.add_argument("--out", help="with --config: the benchmark's run URI")
     p.add_argument("--floor-draws", type=int, default=200,
-                   help="random draws from D_test per seed for RF-JSD's floor (0: skip the floor)")
+                   help="random draws from D_test per seed for RF-JSD's floor where the records carry none "
+                        "(0: skip the floor)")
     return p
 
 
@@ -103,7 +104,7 @@ def seed_floor(record, draws: int):
     unseen_sums, unseen_counts = class_probability_sums(unseen_probs, unseen_labels, classes)
     forget_counts = torch.bincount(sources["forget"].labels, minlength=classes)
     floor = rf_jsd_floor(test_probs, test_labels, forget_counts, unseen_sums, unseen_counts, draws=draws,
-                         seed=record.seed)
+                         seed=record.seed, sample_ids=sources["test"].sample_ids)
     return floor, None if floor else "no class of D_f has D_test and D_u samples"
 
 
@@ -117,17 +118,33 @@ def floors_per_seed(records, rows: list[dict], draws: int) -> dict:
         return {"skipped": "the records name no data or original model"}
     out = {}
     for seed, record in sorted(by_seed.items()):
-        try:
-            floor, reason = seed_floor(record, draws)
-        except (UnlearnError, OSError) as error:  # moved data or model: the correlations still stand
-            floor, reason = None, f"seed {seed}: {error}"
-        if floor is None:
-            return {"skipped": reason}
+        recorded = recorded_floor(records, seed)
+        if recorded:
+            floor = recorded
+        else:
+            try:
+                computed, reason = seed_floor(record, draws)
+            except (UnlearnError, OSError) as error:  # moved data or model: the correlations still stand
+                computed, reason = None, f"seed {seed}: {error}"
+            if computed is None:
+                return {"skipped": reason}
+            floor = {"mean": computed.mean, "std": computed.std, "draws": computed.draws, "from": "recomputed",
+                     "with_replacement": computed.with_replacement}
         below = sorted((r["method"], r["rf_jsd"] * 1e4) for r in rows
-                       if r["seed"] == seed and r["rf_jsd"] < floor.mean)
-        out[seed] = {"mean_e4": floor.mean * 1e4, "std_e4": floor.std * 1e4, "draws": floor.draws,
-                     "with_replacement": floor.with_replacement, "below": below}
+                       if r["seed"] == seed and r["rf_jsd"] < floor["mean"])
+        out[seed] = {"mean_e4": floor["mean"] * 1e4, "std_e4": floor["std"] * 1e4, "below": below,
+                     **{key: value for key, value in floor.items() if key not in ("mean", "std")}}
     return out
+
+
+def recorded_floor(records, seed: int) -> dict | None:
+    """The floor the benchmark's workers recorded for this seed (same original, data and draws for every row)."""
+    for record in records:
+        metrics = record.metrics
+        if record.seed == seed and metrics.get("rf_jsd_floor") is not None:
+            return {"mean": metrics["rf_jsd_floor"], "std": metrics["rf_jsd_floor_std"],
+                    "draws": metrics.get("rf_jsd_floor_draws"), "from": "records"}
+    return None
 
 
 def log_floors(floors: dict) -> None:

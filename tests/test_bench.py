@@ -57,6 +57,10 @@ def test_tiny_bench_ends_with_records_and_a_report(tiny_bench):
     for method in CHEAP_METHODS:
         assert records[method].metrics["gold"] and records[method].metrics["avg_gap"] is not None
         assert records[method].config[method]["epochs"] == 1 and records[method].unlearn_seconds > 0
+    # RF-JSD's floor belongs to the original, data and seed: the same in every row, and in the table's caption.
+    floors = {record.metrics["rf_jsd_floor_e4"] for record in records.values()}
+    assert len(floors) == 1 and floors.pop() > 0
+    assert "RF-JSD's sampling floor ×1e4:" in (pathlib.Path(tiny_bench["run"]) / "report" / "report.md").read_text()
 
     report_dir = pathlib.Path(tiny_bench["run"]) / "report"
     for name in ("report.md", "report.csv", "report.html", "time_vs_rf_jsd.png", "time_vs_avg_gap.png"):

@@ -1,4 +1,5 @@
-"""Metrics on 2 gloo workers equal metrics in one process; plus the tiny models and data the metric tests share.
+"""Metrics (and RF-JSD's floor) on 2 gloo workers equal those in one process; plus the tiny models and data the
+metric tests share.
 
 Spawned workers import this module, so it imports only what they need (no scipy,
 no pytest, no conftest): on a busy 2-core machine every import costs seconds.
@@ -16,6 +17,8 @@ from torch import nn
 
 from pipeline.data.sources import TensorSource
 from pipeline.metrics import evaluate, summarize
+from pipeline.metrics.floor import (class_probability_sums, floor_metrics, original_floor, plan_floor_draws,
+                                    predict_probabilities, rf_jsd_floor)
 
 CPU = torch.device("cpu")
 TINY_SPLIT_SIZES = {"forget": 61, "retain": 101, "test": 73, "unseen": 67}  # odd: 2-worker shards are uneven
@@ -63,6 +66,39 @@ def tiny_evaluation(batch_size: int, rank: int = 0, world_size: int = 1, num_cla
     return evaluate(models, shards, CPU, num_classes, batch_size=batch_size)
 
 
+def tiny_floor_plan(sources, num_classes: int = 5):
+    """Draws planned from ids and labels only, as the `unlearn eval` driver plans them from the shard index."""
+    def class_counts(name):
+        return np.bincount(sources[name].labels.numpy(), minlength=num_classes)
+
+    test = sources["test"]
+    return plan_floor_draws(test.sample_ids, test.labels.numpy(), class_counts("forget"), class_counts("unseen"),
+                            draws=30, seed=4)
+
+
+def tiny_summary_with_floor(batch_size: int, rank: int = 0, world_size: int = 1, num_classes: int = 5) -> dict:
+    """The summary plus the floor, each worker running the original over its own D_test shard."""
+    models, sources = tiny_setup(num_classes)
+    shards = {name: keep_shard(source, rank, world_size) for name, source in sources.items()}
+    result = evaluate(models, shards, CPU, num_classes, batch_size=batch_size)
+    unseen = result.stats("original", "unseen")
+    floor = original_floor(models["original"], shards["test"], tiny_floor_plan(sources, num_classes),
+                           unseen.class_prob_sums, unseen.class_counts, CPU, batch_size)
+    return {**summarize(result, seed=0), **floor_metrics(floor)}
+
+
+def in_process_floor(num_classes: int = 5):
+    """The floor from whole-split probabilities in one process (what `unlearn validate-rfjsd` computes)."""
+    models, sources = tiny_setup(num_classes)
+    original, test = models["original"], sources["test"]
+    unseen_sums, unseen_counts = class_probability_sums(*predict_probabilities(original, sources["unseen"], CPU),
+                                                        num_classes)
+    test_probs, test_labels = predict_probabilities(original, test, CPU)
+    forget_counts = torch.bincount(sources["forget"].labels, minlength=num_classes)
+    return rf_jsd_floor(test_probs, test_labels, forget_counts, unseen_sums, unseen_counts, draws=30, seed=4,
+                        sample_ids=test.sample_ids)
+
+
 def assert_same_metrics(a, b, tolerance: float = 1e-6, path: str = "summary"):
     """Floats within `tolerance`; everything else (None, bools, ints, class lists, keys) exactly equal."""
     if isinstance(a, dict):
@@ -87,16 +123,16 @@ def _evaluate_on_worker(rank: int, world_size: int, port: int, out_path: str) ->
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=120))
     try:
-        result = tiny_evaluation(batch_size=16, rank=rank, world_size=world_size)
+        summary = tiny_summary_with_floor(batch_size=16, rank=rank, world_size=world_size)
         if rank == 0:
             with open(out_path, "w") as out:
-                json.dump(summarize(result, seed=0), out)
+                json.dump(summary, out)
     finally:
         dist.destroy_process_group()
 
 
 def test_every_metric_is_the_same_on_one_and_two_workers(tmp_path):
-    single = summarize(tiny_evaluation(batch_size=32), seed=0)
+    single = tiny_summary_with_floor(batch_size=32)
     out_path = str(tmp_path / "rank0.json")
     mp.spawn(_evaluate_on_worker, args=(2, free_port(), out_path), nprocs=2, join=True)
     with open(out_path) as written:
@@ -104,3 +140,8 @@ def test_every_metric_is_the_same_on_one_and_two_workers(tmp_path):
     assert_same_metrics(two_workers, single)
     assert single["split_sizes"] == TINY_SPLIT_SIZES  # every sample counted once across the two shards
     assert single["gold"] is True and single["jsd"] > 0 and single["rf_jsd"] > 0 and single["mia"] is not None
+    # The floor: the same draws summed over two D_test shards as over the whole split in one process.
+    floor = in_process_floor()
+    for key, value in (("rf_jsd_floor", floor.mean), ("rf_jsd_floor_std", floor.std)):
+        assert abs(two_workers[key] - value) <= 1e-8 * value, (key, two_workers[key], value)  # float32 batchings
+    assert single["rf_jsd_floor_draws"] == 30 and single["rf_jsd_floor_std"] > 0

@@ -228,6 +228,16 @@ def test_markdown_table_cells_for_a_hand_made_case():
     assert rows["finetune"] == ("| finetune | 0.700 | 0.990 | 0.930 | 0.400 | 0.200 | — | 20.00 | 2.00 | 0.20 |")
     assert rows["retrain"].endswith("| 10.00 ± 0.00 | 1.00 |")
     assert "seeds per method: original 3, retrain 3, finetune 1, lotus 3" in text
+    assert "sampling floor" not in text  # records without a floor: no floor claimed
+
+
+def test_the_caption_names_rf_jsd_floor_when_the_records_carry_it():
+    from pipeline.results.tables import markdown_table
+
+    records = [make_record(method, seed, rf_jsd_floor_e4=300.0 + seed) for method in ("original", "lotus")
+               for seed in (0, 1, 2)]
+    assert "RF-JSD's sampling floor ×1e4: 301.00 (the original on draws from D_test" in \
+        markdown_table(summarize(records))
 
 
 def test_csv_holds_the_same_numbers_as_mean_and_std_columns():

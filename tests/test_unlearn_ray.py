@@ -3,6 +3,7 @@
 import hashlib
 
 import pytest
+import torch
 
 from jobs import unlearn
 from pipeline.methods.base import accuracy
@@ -37,3 +38,40 @@ def test_ray_run_matches_in_process_run_and_writes_a_record(ray_session, digits_
         assert hashlib.sha256(handle.read()).hexdigest() == stored.checkpoint_sha256
     model, _, _ = load_checkpoint(stored.checkpoint_uri)
     assert accuracy(model, sources["forget"], CPU) == pytest.approx(record.metrics["acc_forget"])
+
+
+def test_eval_records_the_metrics_and_the_floor_the_driver_planned(ray_session, digits_hard_uri, digits_hard,
+                                                                   original_checkpoint, original_model, tmp_path):
+    from jobs import evaluate as eval_job
+    from pipeline.metrics.floor import class_probability_sums, predict_probabilities, rf_jsd_floor
+
+    args = eval_job.parser().parse_args([
+        "--data", digits_hard_uri, "--model", original_checkpoint, "--gold", original_checkpoint,
+        "--forget", FORGET_SPEC, "--seed", str(SEED), "--floor-draws", "20", "--label", "original",
+        "--out", str(tmp_path), "--max-failures", "0"])
+    record = eval_job.evaluate(args)
+
+    sources, _ = digits_hard
+    metrics = record.metrics
+    assert metrics["acc_test"] == pytest.approx(accuracy(original_model, sources["test"], CPU))
+    assert metrics["jsd"] == pytest.approx(0.0, abs=1e-12) and metrics["avg_gap"] == pytest.approx(0.0)
+    # The workers' floor is the one computed in this process from whole-split probabilities, same draws.
+    unseen_sums, unseen_counts = class_probability_sums(
+        *predict_probabilities(original_model, sources["unseen"], CPU), 10)
+    test_probs, test_labels = predict_probabilities(original_model, sources["test"], CPU)
+    floor = rf_jsd_floor(test_probs, test_labels, torch.bincount(sources["forget"].labels, minlength=10),
+                         unseen_sums, unseen_counts, draws=20, seed=SEED, sample_ids=sources["test"].sample_ids)
+    assert metrics["rf_jsd_floor"] == pytest.approx(floor.mean, rel=1e-8)
+    assert metrics["rf_jsd_floor_std"] == pytest.approx(floor.std, rel=1e-6) and metrics["rf_jsd_floor_draws"] == 20
+    (stored,) = load_records(str(tmp_path))
+    assert stored.metrics["rf_jsd_floor_e4"] == pytest.approx(floor.mean * 1e4, rel=1e-8)
+
+
+def test_eval_rejects_a_negative_number_of_floor_draws(digits_hard_uri, original_checkpoint, tmp_path, capsys):
+    from jobs import evaluate as eval_job
+    from jobs.common import run_main
+
+    code = run_main(eval_job.main, ["--data", digits_hard_uri, "--model", original_checkpoint,
+                                    "--floor-draws", "-1", "--out", str(tmp_path)])
+    assert code == 2 and "--floor-draws must be 0 or more, not -1" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written

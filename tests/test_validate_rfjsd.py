@@ -72,3 +72,17 @@ def test_a_floor_that_cannot_be_computed_is_skipped_with_the_reason_and_the_summ
     out = capsys.readouterr().out
     assert "RF-JSD floor: skipped (seed 3407: " in out and "moved-data" in out
     assert json.loads((tmp_path / "rfjsd_validation.json").read_text())["pcc_all"] is not None
+
+
+def test_a_floor_the_workers_recorded_is_used_without_reading_the_data(tmp_path, capsys):
+    config = {"data": str(tmp_path / "moved-data"), "original": str(tmp_path / "moved.pt")}  # never read
+    for method, jsd, rf in (("a", 0.01, 0.002), ("b", 0.02, 0.05), ("c", 0.03, 0.06)):
+        record = _record(method, 3407, jsd, rf, config)
+        record.metrics.update(rf_jsd_floor=0.03, rf_jsd_floor_std=0.004, rf_jsd_floor_draws=200)
+        append_record(str(tmp_path), record)
+    assert validate_rfjsd.main(["--run", str(tmp_path)]) == 0
+    assert "below that floor (smoother on D_f than unseen data looks, not better forgetting): a s3407 20.0" in \
+        capsys.readouterr().out
+    floor = json.loads((tmp_path / "rfjsd_validation.json").read_text())["floors"]["3407"]
+    assert floor["mean_e4"] == pytest.approx(300.0) and floor["std_e4"] == pytest.approx(40.0)
+    assert floor["from"] == "records" and floor["draws"] == 200

@@ -17,9 +17,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline import distributed
 from pipeline.data.sources import BatchSource
 from pipeline.metrics.accumulate import probabilities
 from pipeline.metrics.divergence import retrain_free_jsd
+
+# Draws x classes x classes float64 sums per worker: cap them near 160 MB (ImageNet-1k: 20 draws).
+FLOOR_SUM_BUDGET = 20_000_000
+MAX_DRAWS = 200
+
+
+def default_floor_draws(num_classes: int) -> int:
+    """200 draws where the per-draw class sums are small, fewer (at least 10) for many classes."""
+    return int(min(MAX_DRAWS, max(10, FLOOR_SUM_BUDGET // num_classes ** 2)))
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,122 @@ class RfJsdFloor:
     classes: list[int]
     with_replacement: list[int]  # classes with fewer D_test than D_f samples
     missing: list[int]  # classes of D_f with no D_test or no D_u sample: not part of the floor
+
+
+@dataclass(frozen=True)
+class FloorDraws:
+    """Which D_test samples every draw takes: `weights[i, r]` = times `sample_ids[i]` is in draw r."""
+
+    sample_ids: tuple[str, ...]
+    weights: np.ndarray  # [N, R] int32
+    class_sizes: np.ndarray  # [C] n_c = |D_f ∩ c| for the classes drawn, 0 elsewhere
+    classes: list[int]
+    with_replacement: list[int]
+    missing: list[int]
+
+    @property
+    def draws(self) -> int:
+        return self.weights.shape[1]
+
+
+def plan_floor_draws(sample_ids, labels, forget_class_counts, unseen_class_counts, draws: int,
+                     seed: int = 0) -> FloorDraws | None:
+    """Seeded draws from D_test (`sample_ids`, `labels`) with D_f's per-class counts; None if no class can be drawn.
+
+    Each draw takes, for every class c of D_f that D_test and D_u both have, n_c samples of class c from
+    D_test (without replacement where D_test has that many, with replacement otherwise). Samples are
+    taken in sample-id order, so the plan does not depend on the order the ids come in.
+    """
+    if draws < 1:
+        raise ValueError(f"the RF-JSD floor needs at least one draw, not {draws}")
+    forget_counts, unseen_counts = np.asarray(forget_class_counts), np.asarray(unseen_class_counts)
+    ids, labels = np.asarray(sample_ids, dtype=object), np.asarray(labels)
+    order = np.argsort(ids.astype(str), kind="stable")
+    ids, labels = ids[order], labels[order]
+    by_class = {c: np.flatnonzero(labels == c) for c in range(len(forget_counts))}
+    wanted = [c for c in range(len(forget_counts)) if forget_counts[c] > 0]
+    classes = [c for c in wanted if len(by_class[c]) and unseen_counts[c] > 0]
+    if not classes:
+        return None
+    with_replacement = [c for c in classes if len(by_class[c]) < forget_counts[c]]
+    weights = np.zeros((len(ids), draws), dtype=np.int32)
+    rng = np.random.default_rng(seed)
+    for draw in range(draws):
+        for c in classes:
+            rows = rng.choice(by_class[c], int(forget_counts[c]), replace=c in with_replacement)
+            np.add.at(weights[:, draw], rows, 1)
+    sizes = np.zeros(len(forget_counts), dtype=np.int64)
+    sizes[classes] = forget_counts[classes]
+    return FloorDraws(tuple(str(i) for i in ids), weights, sizes, classes, with_replacement,
+                      sorted(set(wanted) - set(classes)))
+
+
+class FloorSums:
+    """Per-draw [C, C] sums of p(x) by true class over one worker's D_test samples; reduced by addition."""
+
+    def __init__(self, plan: FloorDraws, num_classes: int, device: torch.device | str = "cpu"):
+        self.plan, self.num_classes = plan, num_classes
+        self.row_of = {sample_id: row for row, sample_id in enumerate(plan.sample_ids)}
+        self.weights = torch.tensor(plan.weights)  # a copy: arrays that came through Ray are read-only
+        self.sums = torch.zeros(plan.draws, num_classes, num_classes, dtype=torch.float64, device=device)
+        self.reduced = False
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, sample_ids) -> None:
+        self.add_probabilities(probabilities(logits.to(self.sums.device)), labels, sample_ids)
+
+    def add_probabilities(self, probs: torch.Tensor, labels: torch.Tensor, sample_ids) -> None:
+        if self.reduced:
+            raise RuntimeError("FloorSums.update after reduce()")
+        rows = torch.tensor([self.row_of.get(str(i), -1) for i in sample_ids], dtype=torch.int64)
+        known = rows >= 0  # a D_test sample outside the plan is in no draw
+        weights = torch.zeros(len(rows), self.plan.draws, dtype=torch.int32)
+        weights[known] = self.weights[rows[known]]
+        sample, draw = torch.nonzero(weights, as_tuple=True)  # only (sample, draw) pairs that count
+        if not len(sample):
+            return
+        device = self.sums.device
+        probs = probs.to(device, torch.float64)
+        flat_rows = draw.to(device) * self.num_classes + labels.to(device)[sample.to(device)]
+        values = weights[sample, draw].to(device, torch.float64).unsqueeze(1) * probs[sample.to(device)]
+        self.sums.view(-1, self.num_classes).index_add_(0, flat_rows, values)
+
+    def reduce(self) -> "FloorSums":
+        if self.reduced:
+            raise RuntimeError("FloorSums.reduce called twice")
+        distributed.all_reduce_sum(self.sums)
+        self.reduced = True
+        return self
+
+    def floor(self, unseen_class_sums: torch.Tensor, unseen_class_counts: torch.Tensor) -> RfJsdFloor:
+        """RF-JSD of each draw against Q_c (the original on D_u); mean and spread over the draws."""
+        counts = torch.from_numpy(self.plan.class_sizes).double()
+        unseen_sums, unseen_counts = unseen_class_sums.double().cpu(), unseen_class_counts.double().cpu()
+        values = [retrain_free_jsd(draw_sums.cpu(), counts, unseen_sums, unseen_counts).value for draw_sums in self.sums]
+        plan = self.plan
+        return RfJsdFloor(float(np.mean(values)), float(np.std(values)), plan.draws, plan.classes,
+                          plan.with_replacement, plan.missing)
+
+
+@torch.no_grad()
+def original_floor(original: nn.Module, test: BatchSource, plan: FloorDraws, unseen_class_sums: torch.Tensor,
+                   unseen_class_counts: torch.Tensor, device: torch.device, batch_size: int = 256) -> RfJsdFloor:
+    """The floor on a cluster: the original over this worker's D_test shard, draws' sums reduced across workers."""
+    was_training = original.training
+    original.eval()
+    sums = FloorSums(plan, unseen_class_sums.shape[0], device)
+    for batch in test.batches(batch_size):
+        sums.update(original(batch["image"].to(device)), batch["label"], batch["sample_id"])
+    original.train(was_training)
+    return sums.reduce().floor(unseen_class_sums, unseen_class_counts)
+
+
+def floor_metrics(floor: RfJsdFloor | None) -> dict:
+    """What a result record stores: the floor and its spread, raw and x1e4 (None when it was not computed)."""
+    mean, std = (floor.mean, floor.std) if floor else (None, None)
+    return {"rf_jsd_floor": mean, "rf_jsd_floor_std": std,
+            "rf_jsd_floor_e4": None if mean is None else mean * 1e4,
+            "rf_jsd_floor_std_e4": None if std is None else std * 1e4,
+            "rf_jsd_floor_draws": floor.draws if floor else None}
 
 
 @torch.no_grad()
@@ -55,31 +181,19 @@ def class_probability_sums(probs: torch.Tensor, labels: torch.Tensor, num_classe
 
 
 def rf_jsd_floor(test_probs: torch.Tensor, test_labels: torch.Tensor, forget_class_counts: torch.Tensor,
-                 unseen_class_sums: torch.Tensor, unseen_class_counts: torch.Tensor, draws: int = 200,
-                 seed: int = 0) -> RfJsdFloor | None:
-    """RF-JSD of `test_probs` (the original on D_test) drawn with D_f's class counts, against Q_c from D_u.
+                 unseen_class_sums: torch.Tensor, unseen_class_counts: torch.Tensor, draws: int = MAX_DRAWS,
+                 seed: int = 0, sample_ids=None) -> RfJsdFloor | None:
+    """In process: RF-JSD of `test_probs` (the original on D_test) drawn with D_f's class counts, against Q_c.
 
-    Each draw takes, for every class c of D_f, n_c = |D_f ∩ c| samples of class c from D_test (without
-    replacement where D_test has that many, with replacement otherwise). None when no class can be drawn.
+    `sample_ids` (default: row numbers) fix the draws; with D_test's real ids the floor equals the one
+    `unlearn eval` computes across workers for the same seed and number of draws.
     """
-    if draws < 1:
-        raise ValueError(f"the RF-JSD floor needs at least one draw, not {draws}")
-    num_classes = unseen_class_sums.shape[0]
-    labels = test_labels.cpu().numpy()
-    by_class = {c: np.flatnonzero(labels == c) for c in range(num_classes)}
-    wanted = [c for c in range(num_classes) if int(forget_class_counts[c]) > 0]
-    classes = [c for c in wanted if len(by_class[c]) and int(unseen_class_counts[c]) > 0]
-    if not classes:
+    sample_ids = list(range(len(test_labels))) if sample_ids is None else list(sample_ids)
+    plan = plan_floor_draws(sample_ids, test_labels.cpu().numpy(), forget_class_counts.cpu().numpy(),
+                            unseen_class_counts.cpu().numpy(), draws, seed)
+    if plan is None:
         return None
-    sizes = {c: int(forget_class_counts[c]) for c in classes}
-    with_replacement = [c for c in classes if len(by_class[c]) < sizes[c]]
-    probs, labels = test_probs.double().cpu(), test_labels.cpu().long()
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(draws):
-        rows = torch.from_numpy(np.concatenate([rng.choice(by_class[c], sizes[c], replace=c in with_replacement)
-                                                for c in classes]))
-        sums, counts = class_probability_sums(probs[rows], labels[rows], num_classes)
-        values.append(retrain_free_jsd(sums, counts, unseen_class_sums.cpu(), unseen_class_counts.cpu()).value)
-    return RfJsdFloor(float(np.mean(values)), float(np.std(values)), draws, classes, with_replacement,
-                      sorted(set(wanted) - set(classes)))
+    num_classes = unseen_class_sums.shape[0]
+    sums = FloorSums(plan, num_classes)
+    sums.add_probabilities(test_probs, test_labels.cpu().long(), sample_ids)
+    return sums.floor(unseen_class_sums, unseen_class_counts)

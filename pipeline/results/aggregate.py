@@ -31,7 +31,7 @@ TABLE_KINDS = ("unlearn", "eval", "bench")
 REFERENCE_METHODS = ("original", "retrain")
 STD_DDOF = 1
 SUMMARY_METRICS = ("acc_forget", "acc_retain", "acc_test", "acc_unseen", "mia", "avg_gap",
-                   "jsd_e4", "rf_jsd_e4", "unlearn_seconds", "unlearn_minutes")
+                   "jsd_e4", "rf_jsd_e4", "rf_jsd_floor_e4", "unlearn_seconds", "unlearn_minutes")
 GroupKey = tuple[str, str, str]
 
 
@@ -80,7 +80,7 @@ def record_values(record: ResultRecord) -> dict[str, float | None]:
     metrics = record.metrics
     values = {key: _number(metrics.get(key)) for key in ("acc_forget", "acc_retain", "acc_test",
                                                          "acc_unseen", "mia", "avg_gap")}
-    for name in ("jsd", "rf_jsd"):
+    for name in ("jsd", "rf_jsd", "rf_jsd_floor"):
         stored = _number(metrics.get(f"{name}_e4"))
         values[f"{name}_e4"] = stored if stored is not None else _scaled(_number(metrics.get(name)), 1e4)
     seconds = _number(record.unlearn_seconds)

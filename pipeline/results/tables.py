@@ -89,9 +89,15 @@ def group_title(summary: MethodSummary) -> str:
 
 def caption(summaries: list[MethodSummary]) -> str:
     seeds = ", ".join(f"{s.method} {len(s.seeds)}" for s in summaries)
-    return (f"Mean ± sample std (ddof={STD_DDOF}) over seeds (one seed: mean only); seeds per method: {seeds}. "
+    text = (f"Mean ± sample std (ddof={STD_DDOF}) over seeds (one seed: mean only); seeds per method: {seeds}. "
             "↓ lower is better; **bold** = best unlearning method (original and retrain are references); "
             f"{MISSING} = not measured.")
+    floors = [s.mean("rf_jsd_floor_e4") for s in summaries if s.mean("rf_jsd_floor_e4") is not None]
+    if floors:  # the same original and draws for every method of a group: one number per group
+        text += (f" RF-JSD's sampling floor ×1e4: {floors[0]:.2f} (the original on draws from D_test with D_f's "
+                 "class counts: what a model that never saw D_f scores by sampling alone; RF-JSD is read "
+                 "against it, not against 0).")
+    return text
 
 
 def _markdown_row(cells: list[str]) -> str:

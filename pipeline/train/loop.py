@@ -162,6 +162,7 @@ class WorkerEvaluator:
         self.sources, self.device = sources, device
         self.gold_models: dict[str, torch.nn.Module] = {}
         self.reference_stats: dict[tuple, dict] = {}  # (original uri, gold uri, evaluate map) -> {(role, split): stats}
+        self.floors: dict[tuple, object] = {}  # (original uri, draws plan) -> RfJsdFloor: the original's, frozen too
 
     def __call__(self, config: dict, model, original) -> dict:
         named = {label: self.sources[name] for label, name in config.get("evaluate", {}).items()}
@@ -182,4 +183,22 @@ class WorkerEvaluator:
                           batch_size=int(config.get("eval_batch_size", 256)), reuse=self.reference_stats.get(key))
         self.reference_stats[key] = {(role, split): stats for (role, split), stats in result.split_stats.items()
                                      if role in self.REFERENCE_ROLES}
-        return summarize(result, seed=config.get("seed", 0))
+        summary = summarize(result, seed=config.get("seed", 0))
+        if config.get("floor_plan") is not None:
+            summary.update(self._floor(config, key[0], original, named, result))
+        return summary
+
+    def _floor(self, config: dict, original_uri: str, original, named: dict, result) -> dict:
+        """RF-JSD's sampling floor (pipeline/metrics/floor.py) for `config["floor_plan"]`, once per worker."""
+        from pipeline.metrics.floor import floor_metrics, original_floor
+
+        plan = config["floor_plan"]
+        unseen = result.stats("original", "unseen")
+        if "test" not in named or unseen is None:
+            return floor_metrics(None)
+        key = (original_uri, config.get("seed", 0), plan.draws)
+        if key not in self.floors:
+            self.floors[key] = original_floor(original, named["test"], plan, unseen.class_prob_sums,
+                                              unseen.class_counts, self.device,
+                                              int(config.get("eval_batch_size", 256)))
+        return floor_metrics(self.floors[key])
