@@ -40,6 +40,8 @@ Config schema (YAML; every key is optional except `methods`, defaults in DEFAULT
     train: {}                          # training recipe of the original and gold models: overrides of the
                                        #   `retrain` method's defaults (epochs, lr, batch_size, optimizer, ...)
     gold: true                         # train a gold (retrained) model per seed: JSD, Avg Gap, `retrain` row
+    floor_draws: null                  # draws for RF-JSD's sampling floor in every record (null: 200, fewer
+                                       #   for many classes; 0: none); see `unlearn eval --help`
     forget: random:0.1                 # random:F | class:C1,C2 | ids:FILE | limited:F/R
     seeds: [3407, 13, 12]
     methods: [finetune, lotus]         # unlearning methods in table order (original/retrain rows are added)
@@ -82,7 +84,7 @@ DEFAULTS = {
     "data": {"uri": None, "source": None, "seed": 0, "synthetic": {}, "verify": True},
     "model": {"name": "cnn", "image_size": None, "weights": None, "mean": None, "std": None},
     "original": {"checkpoint": None, "weights": None, "seed": 3407},
-    "train": {}, "gold": True, "forget": "random:0.1", "seeds": [3407, 13, 12], "methods": [],
+    "train": {}, "gold": True, "floor_draws": None, "forget": "random:0.1", "seeds": [3407, 13, 12], "methods": [],
     "common_settings": {}, "settings": {}, "best_configs": None,
     "ray": {"workers": 1, "gpus": False, "cpus_per_worker": 1.0, "max_failures": 1, "channels_last": False},
     "bands": {},
@@ -300,6 +302,7 @@ def run_methods(config: dict, data: str, original: str, gold: str | None, gold_i
     argv = ["--data", data, "--no-verify", "--original", original, "--method", rows[0], "--forget",
             config["forget"], "--seed", str(seed), "--out", run_uri, *ray_flags(config)]
     argv += (["--gold", gold] if gold else []) + (["--channels-last"] if config["ray"]["channels_last"] else [])
+    argv += [] if config["floor_draws"] is None else ["--floor-draws", str(config["floor_draws"])]
     runs = [retrain_row(config, gold, gold_info) if row == "retrain" else
             (row, None if row == "original" else method_settings(config, row)) for row in rows]
     log(f"== seed {seed}: {', '.join(rows)} in one Ray Train fit ==")

@@ -32,7 +32,7 @@ def tiny_bench(ray_session, digits_hard_uri, original_checkpoint, tmp_path_facto
             "--set", f"data.uri={digits_hard_uri}", "--set", f"original.checkpoint={original_checkpoint}",
             "--set", f"models={folder / 'models'}", "--set", "train.epochs=1",
             "--set", "settings.finetune.epochs=1", "--set", "settings.lotus.epochs=1",
-            "--set", "ray.max_failures=0", "--out", str(folder / "run")]
+            "--set", "ray.max_failures=0", "--set", "floor_draws=20", "--out", str(folder / "run")]
     status, printed = run_job(bench.main, argv)
     return {"argv": argv, "status": status, "printed": printed, "run": str(folder / "run"), "folder": folder}
 
@@ -58,8 +58,8 @@ def test_tiny_bench_ends_with_records_and_a_report(tiny_bench):
         assert records[method].metrics["gold"] and records[method].metrics["avg_gap"] is not None
         assert records[method].config[method]["epochs"] == 1 and records[method].unlearn_seconds > 0
     # RF-JSD's floor belongs to the original, data and seed: the same in every row, and in the table's caption.
-    floors = {record.metrics["rf_jsd_floor_e4"] for record in records.values()}
-    assert len(floors) == 1 and floors.pop() > 0
+    floors = {(record.metrics["rf_jsd_floor_e4"], record.metrics["rf_jsd_floor_draws"]) for record in records.values()}
+    assert len(floors) == 1 and floors.pop()[1] == 20 and records["lotus"].metrics["rf_jsd_floor_e4"] > 0
     assert "RF-JSD's sampling floor ×1e4:" in (pathlib.Path(tiny_bench["run"]) / "report" / "report.md").read_text()
 
     report_dir = pathlib.Path(tiny_bench["run"]) / "report"

@@ -130,7 +130,7 @@ class FloorSums:
 
     def floor(self, unseen_class_sums: torch.Tensor, unseen_class_counts: torch.Tensor) -> RfJsdFloor:
         """RF-JSD of each draw against Q_c (the original on D_u); mean and spread over the draws."""
-        counts = torch.from_numpy(self.plan.class_sizes).double()
+        counts = torch.tensor(self.plan.class_sizes, dtype=torch.float64)  # a copy: read-only after Ray
         unseen_sums, unseen_counts = unseen_class_sums.double().cpu(), unseen_class_counts.double().cpu()
         values = [retrain_free_jsd(draw_sums.cpu(), counts, unseen_sums, unseen_counts).value for draw_sums in self.sums]
         plan = self.plan
