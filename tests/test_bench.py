@@ -69,6 +69,7 @@ def test_tiny_bench_ends_with_records_and_a_report(tiny_bench):
     assert "| lotus |" in printed and "| retrain |" in printed  # the table
     ratio = records["lotus"].unlearn_seconds / retrain.unlearn_seconds
     assert f"LoTUS time / retrain time (digits-hard · cnn · forget {FORGET_SPEC}): {ratio:.3f}" in printed
+    assert "mean over 1 seed(s), both measured in this run)" in printed  # the gold model was trained here
     assert str(report_dir / "report.html") in printed
 
 
@@ -158,3 +159,14 @@ def test_nightly_config_runs_end_to_end_on_imagenet_shaped_shards_without_a_gold
     assert torch.equal(model.backbone.state_dict()["head.weight"], tiny.backbone.state_dict()["head.weight"])
     assert storage.exists(f"{run}/report/report.html")
     assert "no retrain time to compare with (gold: false)" in printed
+
+
+def test_the_time_ratio_says_which_retrain_times_come_from_reused_gold_models():
+    from tests.test_results import make_record
+
+    records = [make_record("lotus", seed, unlearn_seconds=10.0) for seed in (1, 2)]
+    records += [make_record("retrain", seed, unlearn_seconds=100.0, config={"gold_reused": seed == 2})
+                for seed in (1, 2)]
+    line = bench.time_ratio_line(records, ["lotus"])
+    assert line.startswith("LoTUS time / retrain time (digits-hard · cnn · forget random:0.1): 0.100 ")
+    assert "retrain time of seed(s) 2 measured when their reused gold models were trained, not in this run" in line
