@@ -20,7 +20,7 @@ import torch
 
 from jobs.validate_rfjsd import pearson
 from pipeline.data.local import load_sources
-from pipeline.metrics.divergence import js_divergence, retrain_free_jsd
+from pipeline.metrics.divergence import class_means, js_divergence, retrain_free_jsd
 from pipeline.metrics.floor import class_probability_sums, predict_probabilities
 from pipeline.models import load_checkpoint
 from pipeline.results.records import load_records
@@ -55,8 +55,7 @@ def seed_points(records: list) -> list[dict]:
     for method, uri in sorted(checkpoints.items()):
         probs, labels = predict_probabilities(load_checkpoint(uri)[0], forget, CPU)
         sums, counts = class_probability_sums(probs, labels, classes)
-        present = (counts > 0) & (unseen_counts > 0)
-        p_means, q_means = sums[present] / counts[present, None], unseen_sums[present] / unseen_counts[present, None]
+        _, _, p_means, q_means = class_means(sums, counts, unseen_sums, unseen_counts)
         points.append({"method": method, "seed": first.seed,
                        "jsd": js_divergence(probs, gold_probs).mean().item(),
                        "rf_jsd": retrain_free_jsd(sums, counts, unseen_sums, unseen_counts).value,

@@ -50,13 +50,21 @@ def retrain_free_jsd(forget_class_sums: torch.Tensor, forget_class_counts: torch
     A class of D_f without any D_u sample has no Q_c: it is excluded and listed, never
     compared with a made-up reference.
     """
+    classes, excluded, forget_means, unseen_means = class_means(forget_class_sums, forget_class_counts,
+                                                                unseen_class_sums, unseen_class_counts)
+    if not classes:
+        return RetrainFreeJsd(None, [], excluded)
+    value = js_divergence(forget_means, unseen_means).mean().item()
+    return RetrainFreeJsd(value, classes, excluded)
+
+
+def class_means(forget_class_sums: torch.Tensor, forget_class_counts: torch.Tensor, unseen_class_sums: torch.Tensor,
+                unseen_class_counts: torch.Tensor) -> tuple[list[int], list[int], torch.Tensor, torch.Tensor]:
+    """(classes compared, classes of D_f excluded for want of D_u samples, [k, C] P_c, [k, C] Q_c) of RF-JSD."""
     present = forget_class_counts > 0
     comparable = present & (unseen_class_counts > 0)
     classes = torch.nonzero(comparable).flatten()
     excluded = torch.nonzero(present & ~comparable).flatten().tolist()
-    if classes.numel() == 0:
-        return RetrainFreeJsd(None, [], excluded)
     forget_means = forget_class_sums[classes].double() / forget_class_counts[classes].double().unsqueeze(1)
     unseen_means = unseen_class_sums[classes].double() / unseen_class_counts[classes].double().unsqueeze(1)
-    value = js_divergence(forget_means, unseen_means).mean().item()
-    return RetrainFreeJsd(value, classes.tolist(), excluded)
+    return classes.tolist(), excluded, forget_means, unseen_means
