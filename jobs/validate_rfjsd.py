@@ -84,7 +84,7 @@ def seed_floor(record, draws: int):
 
     from pipeline.data.local import load_sources
     from pipeline.data.shards import read_meta
-    from pipeline.metrics.floor import class_probability_sums, predict_probabilities, rf_jsd_floor
+    from pipeline.metrics.floor import whole_split_floor
     from pipeline.models import load_checkpoint
     from pipeline.train.datasets import IN_MEMORY_LIMIT_BYTES
 
@@ -97,39 +97,19 @@ def seed_floor(record, draws: int):
         return None, f"{data_uri} is too large to decode in this process"
     sources, _ = load_sources(data_uri, spec=record.forget_spec, seed=record.seed, meta=meta, verify=False)
     original, _, _ = load_checkpoint(original_uri)
-    device = torch.device("cpu")
-    unseen_probs, unseen_labels = predict_probabilities(original, sources["unseen"], device)
-    test_probs, test_labels = predict_probabilities(original, sources["test"], device)
-    classes = unseen_probs.shape[1]
-    unseen_sums, unseen_counts = class_probability_sums(unseen_probs, unseen_labels, classes)
-    forget_counts = torch.bincount(sources["forget"].labels, minlength=classes)
-    floor = rf_jsd_floor(test_probs, test_labels, forget_counts, unseen_sums, unseen_counts, draws=draws,
-                         seed=record.seed, sample_ids=sources["test"].sample_ids)
+    floor = whole_split_floor(original, sources, torch.device("cpu"), draws=draws, seed=record.seed)
     return floor, None if floor else "no class of D_f has D_test and D_u samples"
 
 
 def floors_per_seed(records, rows: list[dict], draws: int) -> dict:
-    """{seed: {"mean_e4", "std_e4", "below": [(method, rf_jsd_e4)]}} or {"skipped": reason}."""
-    by_seed = {}
-    for record in records:
-        if record.metrics.get("rf_jsd") is not None and record.config.get("data"):
-            by_seed.setdefault(record.seed, record)
-    if not by_seed:
-        return {"skipped": "the records name no data or original model"}
+    """{seed: {"mean_e4", "std_e4", "below": [(method, rf_jsd_e4)], ...}} or {"skipped": reason}."""
     out = {}
-    for seed, record in sorted(by_seed.items()):
-        recorded = recorded_floor(records, seed)
-        if recorded:
-            floor = recorded
-        else:
-            try:
-                computed, reason = seed_floor(record, draws)
-            except (UnlearnError, OSError) as error:  # moved data or model: the correlations still stand
-                computed, reason = None, f"seed {seed}: {error}"
-            if computed is None:
+    for seed in sorted({row["seed"] for row in rows}):
+        floor = recorded_floor(records, seed)
+        if floor is None:
+            floor, reason = recomputed_floor(records, seed, draws)
+            if floor is None:
                 return {"skipped": reason}
-            floor = {"mean": computed.mean, "std": computed.std, "draws": computed.draws, "from": "recomputed",
-                     "with_replacement": computed.with_replacement}
         below = sorted((r["method"], r["rf_jsd"] * 1e4) for r in rows
                        if r["seed"] == seed and r["rf_jsd"] < floor["mean"])
         out[seed] = {"mean_e4": floor["mean"] * 1e4, "std_e4": floor["std"] * 1e4, "below": below,
@@ -145,6 +125,22 @@ def recorded_floor(records, seed: int) -> dict | None:
             return {"mean": metrics["rf_jsd_floor"], "std": metrics["rf_jsd_floor_std"],
                     "draws": metrics.get("rf_jsd_floor_draws"), "from": "records"}
     return None
+
+
+def recomputed_floor(records, seed: int, draws: int) -> tuple[dict | None, str | None]:
+    """The floor recomputed in this process for records written before the workers recorded it."""
+    record = next((r for r in records if r.seed == seed and r.metrics.get("rf_jsd") is not None
+                   and r.config.get("data")), None)
+    if record is None:
+        return None, "the records name no data or original model"
+    try:
+        computed, reason = seed_floor(record, draws)
+    except (UnlearnError, OSError) as error:  # moved data or model: the correlations still stand
+        return None, f"seed {seed}: {error}"
+    if computed is None:
+        return None, reason
+    return {"mean": computed.mean, "std": computed.std, "draws": computed.draws, "from": "recomputed",
+            "with_replacement": computed.with_replacement}, None
 
 
 def log_floors(floors: dict) -> None:

@@ -17,8 +17,7 @@ from torch import nn
 
 from pipeline.data.sources import TensorSource
 from pipeline.metrics import evaluate, summarize
-from pipeline.metrics.floor import (class_probability_sums, floor_metrics, original_floor, plan_floor_draws,
-                                    predict_probabilities, rf_jsd_floor)
+from pipeline.metrics.floor import floor_metrics, original_floor, plan_floor_draws, whole_split_floor
 
 CPU = torch.device("cpu")
 TINY_SPLIT_SIZES = {"forget": 61, "retain": 101, "test": 73, "unseen": 67}  # odd: 2-worker shards are uneven
@@ -90,13 +89,7 @@ def tiny_summary_with_floor(batch_size: int, rank: int = 0, world_size: int = 1,
 def in_process_floor(num_classes: int = 5):
     """The floor from whole-split probabilities in one process (what `unlearn validate-rfjsd` computes)."""
     models, sources = tiny_setup(num_classes)
-    original, test = models["original"], sources["test"]
-    unseen_sums, unseen_counts = class_probability_sums(*predict_probabilities(original, sources["unseen"], CPU),
-                                                        num_classes)
-    test_probs, test_labels = predict_probabilities(original, test, CPU)
-    forget_counts = torch.bincount(sources["forget"].labels, minlength=num_classes)
-    return rf_jsd_floor(test_probs, test_labels, forget_counts, unseen_sums, unseen_counts, draws=30, seed=4,
-                        sample_ids=test.sample_ids)
+    return whole_split_floor(models["original"], sources, CPU, draws=30, seed=4)
 
 
 def assert_same_metrics(a, b, tolerance: float = 1e-6, path: str = "summary"):

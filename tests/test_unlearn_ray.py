@@ -3,7 +3,6 @@
 import hashlib
 
 import pytest
-import torch
 
 from jobs import unlearn
 from pipeline.methods.base import accuracy
@@ -43,7 +42,7 @@ def test_ray_run_matches_in_process_run_and_writes_a_record(ray_session, digits_
 def test_eval_records_the_metrics_and_the_floor_the_driver_planned(ray_session, digits_hard_uri, digits_hard,
                                                                    original_checkpoint, original_model, tmp_path):
     from jobs import evaluate as eval_job
-    from pipeline.metrics.floor import class_probability_sums, predict_probabilities, rf_jsd_floor
+    from pipeline.metrics.floor import whole_split_floor
 
     args = eval_job.parser().parse_args([
         "--data", digits_hard_uri, "--model", original_checkpoint, "--gold", original_checkpoint,
@@ -56,11 +55,7 @@ def test_eval_records_the_metrics_and_the_floor_the_driver_planned(ray_session, 
     assert metrics["acc_test"] == pytest.approx(accuracy(original_model, sources["test"], CPU))
     assert metrics["jsd"] == pytest.approx(0.0, abs=1e-12) and metrics["avg_gap"] == pytest.approx(0.0)
     # The workers' floor is the one computed in this process from whole-split probabilities, same draws.
-    unseen_sums, unseen_counts = class_probability_sums(
-        *predict_probabilities(original_model, sources["unseen"], CPU), 10)
-    test_probs, test_labels = predict_probabilities(original_model, sources["test"], CPU)
-    floor = rf_jsd_floor(test_probs, test_labels, torch.bincount(sources["forget"].labels, minlength=10),
-                         unseen_sums, unseen_counts, draws=20, seed=SEED, sample_ids=sources["test"].sample_ids)
+    floor = whole_split_floor(original_model, sources, CPU, draws=20, seed=SEED)
     assert metrics["rf_jsd_floor"] == pytest.approx(floor.mean, rel=1e-8)
     assert metrics["rf_jsd_floor_std"] == pytest.approx(floor.std, rel=1e-6) and metrics["rf_jsd_floor_draws"] == 20
     (stored,) = load_records(str(tmp_path))

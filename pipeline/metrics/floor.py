@@ -197,3 +197,18 @@ def rf_jsd_floor(test_probs: torch.Tensor, test_labels: torch.Tensor, forget_cla
     sums = FloorSums(plan, num_classes)
     sums.add_probabilities(test_probs, test_labels.cpu().long(), sample_ids)
     return sums.floor(unseen_class_sums, unseen_class_counts)
+
+
+def whole_split_floor(original: nn.Module, sources: dict, device: torch.device, draws: int = MAX_DRAWS,
+                      seed: int = 0) -> RfJsdFloor | None:
+    """The floor in one process from whole splits (`sources`: "forget", "unseen", "test", with labels and ids).
+
+    Same draws as the workers' for the same seed and number of draws (they are planned from D_test's ids).
+    """
+    unseen_probs, unseen_labels = predict_probabilities(original, sources["unseen"], device)
+    num_classes = unseen_probs.shape[1]
+    unseen_sums, unseen_counts = class_probability_sums(unseen_probs, unseen_labels, num_classes)
+    test_probs, test_labels = predict_probabilities(original, sources["test"], device)
+    forget_counts = torch.bincount(sources["forget"].labels, minlength=num_classes)
+    return rf_jsd_floor(test_probs, test_labels, forget_counts, unseen_sums, unseen_counts, draws=draws, seed=seed,
+                        sample_ids=sources["test"].sample_ids)

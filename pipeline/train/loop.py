@@ -162,7 +162,7 @@ class WorkerEvaluator:
         self.sources, self.device = sources, device
         self.gold_models: dict[str, torch.nn.Module] = {}
         self.reference_stats: dict[tuple, dict] = {}  # (original uri, gold uri, evaluate map) -> {(role, split): stats}
-        self.floors: dict[tuple, object] = {}  # (original uri, draws plan) -> RfJsdFloor: the original's, frozen too
+        self.floors: dict[tuple, object] = {}  # (original uri, seed, draws) -> RfJsdFloor: the original's, frozen too
 
     def __call__(self, config: dict, model, original) -> dict:
         named = {label: self.sources[name] for label, name in config.get("evaluate", {}).items()}
