@@ -69,7 +69,7 @@ def apply_endpoint(args: argparse.Namespace) -> None:
 
 
 class Phases:
-    """Wall-clock seconds per phase (startup, data, unlearn, eval, total)."""
+    """Wall-clock seconds per phase (startup, data, unlearn, epoch_reports, eval, total)."""
 
     def __init__(self):
         self.started = time.perf_counter()

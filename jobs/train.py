@@ -85,7 +85,8 @@ def train(args: argparse.Namespace) -> dict:
     phases.lap("train")
     accuracies = "  ".join(f"{name} {value:.3f}" for name, value in result["evaluation"].items())
     log(f"accuracy: {accuracies}")
-    log(f"trained {result['epochs_run']} epoch(s) in {result['unlearn_seconds']:.1f} s; model: {model_uri}")
+    log(f"trained {result['epochs_run']} epoch(s) in {result['unlearn_seconds']:.1f} s "
+        f"(+{result['epoch_report_seconds']:.1f} s of epoch checkpoints); model: {model_uri}")
     return result
 
 

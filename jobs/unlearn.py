@@ -116,13 +116,13 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
     results = [results] if single else results
     phases.lap("run")
     shared = phases.total()
-    # The workers timed each method (barriers at both ends) and each evaluation; the rest of the fit's
-    # wall time is Ray start-up and streaming set-up, shared by the runs of this fit.
-    overhead = max(0.0, shared.pop("run") - sum(r["unlearn_seconds"] + r["eval_seconds"] for r in results))
+    # The workers timed each method (barriers at both ends), its per-epoch checkpoints and reports, and each
+    # evaluation; the rest of the fit's wall time is Ray start-up and streaming set-up, shared by its runs.
+    overhead = max(0.0, shared.pop("run") - sum(_worker_seconds(r) for r in results))
     records = []
     for (method, config), label, row, settings, result in zip(resolved, labels, rows, run_settings, results):
         seconds = {**shared, "startup": shared["startup"] + overhead, "unlearn": result["unlearn_seconds"],
-                   "eval": result["eval_seconds"]}
+                   "epoch_reports": result["epoch_report_seconds"], "eval": result["eval_seconds"]}
         record = ResultRecord(
             run_id=new_run_id(record_kind, label, args.seed), kind=record_kind, method=label, dataset=meta.name,
             model=spec.name, seed=args.seed, forget_spec=args.forget,
@@ -139,6 +139,10 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
         records.append(record)
     log(f"unlearned model(s) and records under {args.out}")
     return records
+
+
+def _worker_seconds(result: dict) -> float:
+    return result["unlearn_seconds"] + result["epoch_report_seconds"] + result["eval_seconds"]
 
 
 def print_metrics(label: str, metrics: dict, seconds: float | None = None) -> None:

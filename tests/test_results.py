@@ -68,7 +68,7 @@ def test_record_fills_missing_standard_keys_and_rejects_bad_fields():
     record = ResultRecord(run_id="r1", kind="eval", method="ssd", dataset="d", model="m", seed=0,
                           forget_spec="class:3", metrics={"acc_test": 0.5})
     assert record.metrics["rf_jsd"] is None and record.metrics["gold"] is False
-    assert set(record.phases) == {"startup", "data", "unlearn", "eval", "total"}
+    assert set(record.phases) == {"startup", "data", "unlearn", "epoch_reports", "eval", "total"}
     with pytest.raises(DataError, match="kind"):
         ResultRecord(run_id="r1", kind="training", method="x", dataset="d", model="m", seed=0, forget_spec="f")
     with pytest.raises(DataError, match="run_id"):

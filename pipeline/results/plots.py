@@ -20,7 +20,8 @@ from pipeline.errors import DataError
 from pipeline.results.aggregate import MethodSummary, groups_of
 from pipeline.results.tables import group_title
 
-PHASES = (("startup", "start-up"), ("data", "data"), ("unlearn", "unlearning"), ("eval", "evaluation"))
+PHASES = (("startup", "start-up"), ("data", "data"), ("unlearn", "unlearning"), ("epoch_reports", "epoch checkpoints"),
+          ("eval", "evaluation"))
 METRIC_LABELS = {"rf_jsd_e4": "RF-JSD ×1e4 (lower is better)", "avg_gap": "Avg Gap (lower is better)",
                  "jsd_e4": "JSD ×1e4 (lower is better)"}
 # A time axis spanning more than this factor goes logarithmic, so seconds-long
@@ -87,7 +88,7 @@ def _phase_seconds(summary: MethodSummary, phase: str) -> float:
 
 
 def phase_bars(summaries: list[MethodSummary], path: str) -> str | None:
-    """Stacked bars per method: mean seconds of start-up, data, unlearning and evaluation."""
+    """Stacked bars per method: mean seconds of start-up, data, unlearning, epoch checkpoints and evaluation."""
     groups = [[s for s in summaries if s.group == group] for group in groups_of(summaries)]
     groups = [members for members in groups
               if any(_phase_seconds(s, phase) for s in members for phase, _ in PHASES)]

@@ -35,7 +35,7 @@ from pipeline.errors import DataError
 RECORD_KINDS = ("train", "unlearn", "eval", "sweep-trial", "bench")
 METRIC_KEYS = ("acc_forget", "acc_retain", "acc_test", "acc_unseen", "mia", "jsd", "jsd_e4",
                "rf_jsd", "rf_jsd_e4", "rf_jsd_floor", "rf_jsd_floor_e4", "avg_gap", "gold")
-PHASE_KEYS = ("startup", "data", "unlearn", "eval", "total")
+PHASE_KEYS = ("startup", "data", "unlearn", "epoch_reports", "eval", "total")
 VERSION_KEYS = ("python", "torch", "ray", "package")
 # Nested dicts that are flattened to "<name>.<key>" columns; `config` is kept whole as a JSON string
 # because its shape differs per method and a column per knob would explode the schema.

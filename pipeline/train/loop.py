@@ -141,7 +141,8 @@ def _run_one(config: dict, sources: dict, device, evaluator: WorkerEvaluator, ch
     if config.get("model_out") and ray.train.get_context().get_world_rank() == 0:
         sha256 = save_checkpoint(unwrap(model), spec, config["model_out"],
                                  extra={"method": config["method"], "seed": config.get("seed", 0)})
-    return {"unlearn_seconds": report.unlearn_seconds, "epochs_run": report.epochs_run, "history": report.history,
+    return {"unlearn_seconds": report.unlearn_seconds, "epoch_report_seconds": report.epoch_report_seconds,
+            "epochs_run": report.epochs_run, "history": report.history,
             "evaluation": evaluation, "eval_seconds": eval_seconds, "checkpoint_sha256": sha256}
 
 
