@@ -54,6 +54,50 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return teacher
 
 
+class FrozenOutputs:
+    """A frozen model's outputs per sample id: computed the first time a sample is seen, looked up after.
+
+    Exact, not an approximation: the model never changes, and the ingest path gives a sample the
+    same input every epoch (decoding and resizing are deterministic; there is no random
+    augmentation). A distillation method's teacher forward is a quarter of its step; from its
+    second epoch on that becomes a lookup. Past `max_bytes` it stops storing and just computes.
+    """
+
+    def __init__(self, model: nn.Module, max_bytes: int):
+        self.model, self.max_bytes = model, max_bytes
+        self.rows: dict = {}  # sample id -> row of the stored outputs
+        self.chunks: list[torch.Tensor] = []  # one per batch that added rows; joined on the first lookup
+        self.stored_bytes = 0
+        self.forward_passes = 0
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, sample_ids) -> torch.Tensor:
+        rows = [self.rows.get(sample_id) for sample_id in sample_ids]
+        if None not in rows:
+            return self._lookup(rows, images.device)
+        outputs = self.model(images)
+        self.forward_passes += 1
+        self._store(outputs, sample_ids, rows)
+        return outputs
+
+    def _store(self, outputs: torch.Tensor, sample_ids, rows: list) -> None:
+        missing = [index for index, row in enumerate(rows) if row is None]
+        new = outputs[missing]
+        size = new.numel() * new.element_size()
+        if self.stored_bytes + size > self.max_bytes:
+            return
+        first_row = sum(len(chunk) for chunk in self.chunks)
+        for offset, index in enumerate(missing):
+            self.rows[sample_ids[index]] = first_row + offset
+        self.chunks.append(new)
+        self.stored_bytes += size
+
+    def _lookup(self, rows: list, device: torch.device) -> torch.Tensor:
+        if len(self.chunks) > 1:
+            self.chunks = [torch.cat(self.chunks)]
+        return self.chunks[0].index_select(0, torch.tensor(rows, device=self.chunks[0].device)).to(device)
+
+
 @torch.no_grad()
 def count_correct(model: nn.Module, source: BatchSource, device: torch.device, batch_size: int = 256,
                   remap=None) -> tuple[int, int]:
@@ -272,6 +316,10 @@ class UnlearningMethod:
         """
         if self.needs_original:
             self.teacher = frozen_copy(original if original is not None else model).to(device)
+            # Methods that ask the teacher about the same samples every epoch set `teacher_cache_mb`: memory on the
+            # model's device for its outputs per sample (FrozenOutputs); without it nothing is stored.
+            cache_bytes = int(float(self.config.get("teacher_cache_mb", 0)) * 1024**2)
+            self.teacher_outputs = FrozenOutputs(self.teacher, cache_bytes)
         report = MethodReport()
         pay_one_time_import_costs()
         distributed.barrier()

@@ -78,6 +78,7 @@ class LoTUS(UnlearningMethod):
         "alpha": None,  # None: 8 for <=10 classes, 2 otherwise, class_alpha for class unlearning
         "class_alpha": 32.0,
         "use_gumbel": True,  # False: plain softmax / argmax targets (the paper's Table 10 ablation)
+        "teacher_cache_mb": 1024,  # the teacher's logits per sample, reused after the first epoch (0: recompute)
     }
     needs_original = True
 
@@ -117,8 +118,7 @@ class LoTUS(UnlearningMethod):
     def loss(self, model, batch, device):
         images = batch["image"].to(device, non_blocking=True)
         is_forget = batch["is_forget"].to(device, non_blocking=True)
-        with torch.no_grad():
-            teacher_logits = self.teacher(images)
+        teacher_logits = self.teacher_outputs(images, batch["sample_id"])
         targets = lotus_targets(teacher_logits, is_forget, self.tau, bool(self.config["use_gumbel"]))
         return soft_cross_entropy(model(images), targets)
 

@@ -34,7 +34,8 @@ class Scrub(UnlearningMethod):
     # BatchNorm's running statistics lag behind the weights and eval-mode test accuracy falls by ~0.25.
     defaults = {"epochs": 5, "msteps": 2, "lr": 5e-3, "batch_size": 64, "forget_batch_size": 32,
                 "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "temperature": 4.0,
-                "alpha": 0.001, "gamma": 0.99}
+                "alpha": 0.001, "gamma": 0.99,
+                "teacher_cache_mb": 1024}  # the original's logits per sample, reused after the first epoch
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -55,8 +56,7 @@ class Scrub(UnlearningMethod):
             images, _ = to_device(batch, device)
             self.optimizer.zero_grad(set_to_none=True)
             with self.autocast(device):
-                with torch.no_grad():
-                    teacher_logits = self.teacher(images)
+                teacher_logits = self.teacher_outputs(images, batch["sample_id"])
                 divergence = distillation_kl(model(images), teacher_logits, temperature)
             (-divergence * weight).backward()
             self.optimizer.step()
@@ -67,8 +67,7 @@ class Scrub(UnlearningMethod):
     def loss(self, model, batch, device):
         images, labels = to_device(batch, device)
         logits = model(images)
-        with torch.no_grad():
-            teacher_logits = self.teacher(images)
+        teacher_logits = self.teacher_outputs(images, batch["sample_id"])
         divergence = distillation_kl(logits, teacher_logits, float(self.config["temperature"]))
         return float(self.config["alpha"]) * divergence + float(self.config["gamma"]) * F.cross_entropy(logits, labels)
 

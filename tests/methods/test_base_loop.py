@@ -1,8 +1,12 @@
-"""The shared loop's clock: it covers the method's work, not what the epoch callback does."""
+"""The shared loop: its clock covers the method's work only; a frozen teacher's outputs are computed once per sample."""
 
+import copy
 import time
 
+import torch
+
 from pipeline.methods import create_method
+from pipeline.methods.base import FrozenOutputs
 from pipeline.methods.harness import unlearn_data
 from tests.conftest import CPU, SEED
 
@@ -28,3 +32,61 @@ def test_epoch_callbacks_are_timed_apart_from_the_unlearning(digits_hard, origin
     assert report.unlearn_seconds > 0
     assert report.unlearn_seconds + report.epoch_report_seconds <= wall
     assert report.unlearn_seconds <= wall - 2 * CALLBACK_SECONDS
+
+
+class CountingModel(torch.nn.Module):
+    """A frozen stand-in teacher that counts how many images it has seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+        self.images_seen = 0
+
+    def forward(self, images):
+        self.images_seen += len(images)
+        return self.linear(images)
+
+
+def test_frozen_outputs_compute_each_sample_once_and_return_the_model_s_outputs():
+    model = CountingModel().eval()
+    inputs = {f"id{i}": torch.randn(4, generator=torch.Generator().manual_seed(i)) for i in range(10)}
+    outputs = FrozenOutputs(model, max_bytes=1024**2)
+
+    def ask(ids):
+        return outputs(torch.stack([inputs[i] for i in ids]), ids)
+
+    first = ask(["id0", "id1", "id2", "id3"])
+    ask(["id4", "id5", "id6", "id7", "id8", "id9"])
+    assert model.images_seen == 10
+    later = ask(["id3", "id9", "id0"])  # a later epoch, another order: a lookup, no forward pass
+    assert model.images_seen == 10 and outputs.forward_passes == 2
+    with torch.no_grad():
+        assert torch.equal(later, model.linear(torch.stack([inputs[i] for i in ["id3", "id9", "id0"]])))
+        assert torch.equal(first[3], later[0])
+    # A batch mixing known and new samples is computed whole; only the new ones are added.
+    inputs["new"] = torch.randn(4)
+    ask(["id1", "new"])
+    assert model.images_seen == 12 and len(outputs.rows) == 11
+
+
+def test_frozen_outputs_store_nothing_past_their_memory_budget():
+    model = CountingModel().eval()
+    outputs = FrozenOutputs(model, max_bytes=0)
+    for _ in range(2):
+        outputs(torch.randn(5, 4), [f"id{i}" for i in range(5)])
+    assert model.images_seen == 10 and not outputs.rows
+
+
+def test_lotus_with_its_teacher_cache_trains_exactly_as_without(digits_hard, original_model):
+    sources = digits_hard[0]
+    models = []
+    for cache_mb in (1024, 0):
+        model, original = copy.deepcopy(original_model), copy.deepcopy(original_model)
+        torch.manual_seed(SEED)
+        method = create_method("lotus", {"epochs": 3, "teacher_cache_mb": cache_mb}, seed=SEED, log=None)
+        method.unlearn(model, original, unlearn_data(sources, method, SEED), CPU)
+        models.append(model)
+        # With the cache the teacher runs in the first epoch only: 3 batches of D_f + 30 % of D_r.
+        assert method.teacher_outputs.forward_passes == (3 if cache_mb else 9)
+    for cached, computed in zip(models[0].state_dict().values(), models[1].state_dict().values()):
+        assert torch.equal(cached, computed)
