@@ -170,3 +170,9 @@ def test_the_time_ratio_says_which_retrain_times_come_from_reused_gold_models():
     line = bench.time_ratio_line(records, ["lotus"])
     assert line.startswith("LoTUS time / retrain time (digits-hard · cnn · forget random:0.1): 0.100 ")
     assert "retrain time of seed(s) 2 measured when their reused gold models were trained, not in this run" in line
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_benchmark_config_loads_and_validates(name):
+    config = bench.load_config(str(ROOT / "configs" / name))
+    assert config["seeds"] and config["forget"]
