@@ -123,21 +123,25 @@ def accuracy(model: nn.Module, source: BatchSource, device: torch.device, batch_
     return correct / total if total else 0.0
 
 
-@torch.no_grad()
-def refresh_batchnorm_statistics(model: nn.Module, source, device: torch.device, batch_size: int,
-                                 max_batches: int, seed: int) -> int:
-    """Re-estimate every BatchNorm's running mean/var from (at most `max_batches` of) `source`; return samples seen.
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers that keep running statistics, in the plain module (no DDP buffer broadcasts)."""
+    return [m for m in unwrap(model).modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
-    Why: a method trains with batch statistics but acc_f, tau, early stopping and every metric use the
-    running statistics. With few steps per epoch (momentum 0.1, 3 steps an epoch on digits-hard) those lag
-    far behind the weights, and the eval-mode model collapses (test 0.76 -> 0.30 in two epochs) while
-    looking as if it forgot D_f; with fresh statistics the same weights score test 0.71 and forget 1.0.
-    Workers pool their estimates exactly (weighted by samples), so all hold the same buffers.
+
+@torch.no_grad()
+def batchnorm_input_moments(model: nn.Module, source, device: torch.device, batch_size: int,
+                            max_batches: int, seed: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
+    """Per-channel (mean, var) of every BatchNorm layer's input over (at most `max_batches` of) `source`.
+
+    Measured in train mode, as training sees them; the model's buffers and mode are left as they were.
+    Workers pool their estimates exactly (weighted by samples), so all get the same moments.
+    Returns ([] , 0) when no worker saw a sample.
     """
-    module = unwrap(model)  # the plain module: no DDP buffer broadcasts while workers hold unequal shards
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    module = unwrap(model)
+    norms = batchnorm_layers(module)
     if not norms:
-        return 0
+        return [], 0
     saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone()) for m in norms]
     for norm in norms:
         norm.reset_running_stats()
@@ -157,19 +161,37 @@ def refresh_batchnorm_statistics(model: nn.Module, source, device: torch.device,
                         for m in norms] + [torch.tensor([weight], device=norms[0].running_mean.device)])
     distributed.all_reduce_sum(packed)
     total = float(packed[-1])
-    offset = 0
     for norm, (momentum, old_mean, old_var) in zip(norms, saved):
         norm.momentum = momentum
+        norm.running_mean.copy_(old_mean)
+        norm.running_var.copy_(old_var)
+    if total == 0:
+        return [], 0
+    moments, offset = [], 0
+    for norm in norms:
         size = norm.running_mean.numel()
-        if total == 0:  # nothing to estimate from anywhere: keep the old statistics
-            norm.running_mean.copy_(old_mean)
-            norm.running_var.copy_(old_var)
-        else:
-            mean = packed[offset:offset + size] / total
-            norm.running_mean.copy_(mean)
-            norm.running_var.copy_(packed[offset + size:offset + 2 * size] / total - mean ** 2)
+        mean = packed[offset:offset + size] / total
+        moments.append((mean, packed[offset + size:offset + 2 * size] / total - mean ** 2))
         offset += 2 * size
-    return int(total)
+    return moments, int(total)
+
+
+@torch.no_grad()
+def refresh_batchnorm_statistics(model: nn.Module, source, device: torch.device, batch_size: int,
+                                 max_batches: int, seed: int) -> int:
+    """Re-estimate every BatchNorm's running mean/var from (at most `max_batches` of) `source`; return samples seen.
+
+    Why: a method trains with batch statistics but acc_f, tau, early stopping and every metric use the
+    running statistics. With few steps per epoch (momentum 0.1, 3 steps an epoch on digits-hard) those lag
+    far behind the weights, and the eval-mode model collapses (test 0.76 -> 0.30 in two epochs) while
+    looking as if it forgot D_f; with fresh statistics the same weights score test 0.71 and forget 1.0.
+    Nothing seen anywhere keeps the old statistics.
+    """
+    moments, seen = batchnorm_input_moments(model, source, device, batch_size, max_batches, seed)
+    for norm, (mean, var) in zip(batchnorm_layers(model), moments):
+        norm.running_mean.copy_(mean)
+        norm.running_var.copy_(var)
+    return seen
 
 
 def pay_one_time_import_costs() -> None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.methods import create_method
-from pipeline.methods.base import UnlearnData
+from pipeline.methods.base import UnlearnData, batchnorm_layers
 from tests.conftest import CPU, SEED
 from tests.methods.helpers import assert_forgets_and_keeps_test_accuracy
 
@@ -40,12 +40,55 @@ def test_jit_never_reads_retain_and_smooths_the_model_around_forget(digits_hard,
     ratio_before = lipschitz_ratio(original_model, sources["forget"])
     method = create_method("jit", seed=SEED, log=None)
     assert method.needs_retain is False
-    data = UnlearnData(forget=sources["forget"], retain=ForbiddenSource("retain"), mixed=ForbiddenSource("mixed"),
-                       unseen=sources["unseen"])
-    report = method.unlearn(original_model, None, data, CPU)
+    report = method.unlearn(original_model, None, zero_shot_data(sources), CPU)
     assert report.epochs_run == 1
     ratio_after = lipschitz_ratio(original_model, sources["forget"])
     assert ratio_after < 0.95 * ratio_before, f"Lipschitz ratio on D_f {ratio_before:.3f} -> {ratio_after:.3f}"
+
+
+def zero_shot_data(sources):
+    return UnlearnData(forget=sources["forget"], retain=ForbiddenSource("retain"), mixed=ForbiddenSource("mixed"),
+                       unseen=sources["unseen"])
+
+
+@torch.no_grad()
+def eval_outputs(model, source):
+    model.eval()
+    return torch.cat([model(batch["image"].float() / 255.0) for batch in source.batches(256)])
+
+
+def test_jit_without_a_step_leaves_the_model_as_it_was_even_for_a_whole_class(digits_hard_uri, original_model):
+    # D_f = all of class 3. Re-estimating BatchNorm statistics from it alone made the model "forget" the class
+    # with no training at all (forget 1.00 -> 0.05). The statistics must only follow the weights.
+    from pipeline.data.local import load_sources
+
+    sources, _ = load_sources(digits_hard_uri, spec="class:3", seed=SEED)
+    before = eval_outputs(original_model, sources["test"])
+    create_method("jit", {"lr": 0.0}, seed=SEED, log=None).unlearn(original_model, None, zero_shot_data(sources), CPU)
+    assert torch.allclose(eval_outputs(original_model, sources["test"]), before, atol=1e-5)
+
+
+def test_jit_statistics_undo_a_rescaled_channel(digits_hard, original_model):
+    # JiT's cheapest way to flatten the output is to shrink activations; BatchNorm in the deployed model must
+    # see through that. Shrink the first convolution's filters by 0.3: after the epoch's statistics update the
+    # model computes what it did before, though only D_f was read.
+    sources = digits_hard[0]
+    method = create_method("jit", seed=SEED, log=None)
+    data = zero_shot_data(sources)
+    before = eval_outputs(original_model, sources["test"])
+    method.prepare(original_model, data, CPU)
+    first_conv = next(m for m in original_model.modules() if isinstance(m, torch.nn.Conv2d))
+    with torch.no_grad():
+        first_conv.weight.mul_(0.3)
+    shrunk = eval_outputs(original_model, sources["test"])
+    method.end_epoch(0, original_model, data, CPU)
+    after = eval_outputs(original_model, sources["test"])
+    print(f"max |logit change|: shrunk {(shrunk - before).abs().max():.4f}, after the update {(after - before).abs().max():.4f}")
+    assert (shrunk - before).abs().max() > 1.0
+    # Exact but for BatchNorm's eps: logits of size ~5 move by ~0.01 (by 5e-6 with eps set to 1e-12).
+    assert (after - before).abs().max() < 0.05
+    assert torch.equal(after.argmax(1), before.argmax(1))
+    assert len(batchnorm_layers(original_model)) > 1  # the layers after the first were left as they were
 
 
 # Known limitation, recorded rather than hidden: JiT smooths the model around D_f (the test above) but does
@@ -56,7 +99,13 @@ def test_jit_never_reads_retain_and_smooths_the_model_around_forget(digits_hard,
 # noisy copy, loss summed over the batch) keeps forget at 1.00 for lr 1e-4..1e-3 and lowers it only as the model
 # collapses (lr 1e-2: forget 0.39, test 0.27); SGD momentum 0.5..0.9 at lr 3e-4..1e-3 flips at most 3 of 80 on
 # seed 3407 at test 0.63..0.74 and none on seeds 13 and 12; smoothing softmax outputs instead of logits lowers
-# forget only with test (0.91 at 0.55). Strict: remove the marker if a recipe starts to pass.
+# forget only with test (0.91 at 0.55). With BatchNorm statistics carried over (not re-estimated from D_f), on
+# seeds 3407/13/12: lr 1e-3 keeps forget 1.00 at test -0.02; 3e-3 flips 0-2 of 80 at test -0.06..-0.09; 1e-2
+# flips 2-13 at test -0.15..-0.21. Smoothing logits or softmax outputs at sigma 0.05/0.1/0.15/0.2 (lr 1e-3..3e-2
+# and 1e-2..3e-1): no setting lowers forget accuracy on all three seeds at a test cost under 0.08. Why: the
+# Lipschitz ratio is no higher on D_f than on D_r (1.34 vs 1.36, test 1.26), and noisy copies of D_f keep their
+# memorised labels (0.99 at sigma 0.1), so the neighbourhood JiT smooths towards agrees with the memorised label.
+# Strict: remove the marker if a recipe starts to pass.
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="JiT does not lower forget accuracy of a memorised set on digits-hard")
 def test_jit_forgets_and_keeps_test_accuracy(digits_hard, original_model):
