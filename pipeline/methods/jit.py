@@ -56,8 +56,8 @@ class JiT(UnlearningMethod):
         Per channel, D_f's moments under the original (m0, v0) and the current weights (m1, v1) define the
         affine map x -> m1 + s (x - m0), s = sqrt(v1 / v0), that the weight change applied to this layer's
         input; the running statistics (over all the training data) go through the same map. A pure rescale
-        of a channel is undone exactly, and unchanged weights leave the statistics exactly as they were,
-        whatever D_f's class make-up.
+        of a channel is undone (exactly but for BatchNorm's eps), and unchanged weights leave the statistics
+        exactly as they were, whatever D_f's class make-up.
         """
         current = self.forget_moments(model, data, device)
         for norm, (mean, var), (mean0, var0), (mean1, var1) in zip(
