@@ -136,7 +136,7 @@ def batchnorm_input_moments(model: nn.Module, source, device: torch.device, batc
 
     Measured in train mode, as training sees them; the model's buffers and mode are left as they were.
     Workers pool their estimates exactly (weighted by samples), so all get the same moments.
-    Returns ([] , 0) when no worker saw a sample.
+    Returns ([], 0) when no worker saw a sample.
     """
     module = unwrap(model)
     norms = batchnorm_layers(module)
@@ -185,7 +185,7 @@ def refresh_batchnorm_statistics(model: nn.Module, source, device: torch.device,
     running statistics. With few steps per epoch (momentum 0.1, 3 steps an epoch on digits-hard) those lag
     far behind the weights, and the eval-mode model collapses (test 0.76 -> 0.30 in two epochs) while
     looking as if it forgot D_f; with fresh statistics the same weights score test 0.71 and forget 1.0.
-    Nothing seen anywhere keeps the old statistics.
+    If no worker saw a sample, the old statistics stay.
     """
     moments, seen = batchnorm_input_moments(model, source, device, batch_size, max_batches, seed)
     for norm, (mean, var) in zip(batchnorm_layers(model), moments):
