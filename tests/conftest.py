@@ -61,6 +61,20 @@ def digits_hard(digits_hard_uri):
     return sources, splits
 
 
+FORGET_CLASS = 3
+
+
+@pytest.fixture(scope="session")
+def digits_hard_class(digits_hard_uri):
+    """Class unlearning (`class:3`): D_f = every training 3; "test" keeps only the other classes' test images,
+    the accuracy a class-forgetting method must hold (the forgotten class's own test accuracy is meant to fall)."""
+    from pipeline.data.local import load_sources
+
+    sources, _ = load_sources(digits_hard_uri, spec=f"class:{FORGET_CLASS}", seed=SEED)
+    test = sources["test"]
+    return {**sources, "test": test.subset(test.labels != FORGET_CLASS)}
+
+
 def model_spec():
     from pipeline.models import ModelSpec
 

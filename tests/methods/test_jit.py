@@ -86,8 +86,8 @@ def test_jit_statistics_undo_a_rescaled_channel(digits_hard, original_model):
     print(f"max |logit change|: shrunk {(shrunk - before).abs().max():.4f}, after the update {(after - before).abs().max():.4f}")
     assert (shrunk - before).abs().max() > 1.0
     # Exact but for BatchNorm's eps: logits of size ~5 move by ~0.01 (by 5e-6 with eps set to 1e-12).
+    # (No argmax check: a test image whose two top logits lie within 0.02 may flip on that alone.)
     assert (after - before).abs().max() < 0.05
-    assert torch.equal(after.argmax(1), before.argmax(1))
     # More than one BatchNorm: the later layers' statistics went through the same update and had to stay put.
     assert len(batchnorm_layers(original_model)) > 1
 
