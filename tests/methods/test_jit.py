@@ -75,6 +75,10 @@ def test_jit_statistics_undo_a_rescaled_channel(digits_hard, original_model):
     sources = digits_hard[0]
     method = create_method("jit", seed=SEED, log=None)
     data = zero_shot_data(sources)
+    # The carry-over is exact but for BatchNorm's eps (with the default 1e-5, logits of size ~5 moved by
+    # 0.01-0.05 depending on the original); with eps ~0 what remains is float rounding.
+    for norm in batchnorm_layers(original_model):
+        norm.eps = 1e-12
     before = eval_outputs(original_model, sources["test"])
     method.prepare(original_model, data, CPU)
     first_conv = next(m for m in original_model.modules() if isinstance(m, torch.nn.Conv2d))
@@ -85,9 +89,7 @@ def test_jit_statistics_undo_a_rescaled_channel(digits_hard, original_model):
     after = eval_outputs(original_model, sources["test"])
     print(f"max |logit change|: shrunk {(shrunk - before).abs().max():.4f}, after the update {(after - before).abs().max():.4f}")
     assert (shrunk - before).abs().max() > 1.0
-    # Exact but for BatchNorm's eps: logits of size ~5 move by ~0.01 (by 5e-6 with eps set to 1e-12).
-    # (No argmax check: a test image whose two top logits lie within 0.02 may flip on that alone.)
-    assert (after - before).abs().max() < 0.05
+    assert (after - before).abs().max() < 1e-3
     # More than one BatchNorm: the later layers' statistics went through the same update and had to stay put.
     assert len(batchnorm_layers(original_model)) > 1
 

@@ -166,22 +166,34 @@ def test_batchnorm_refresh_replaces_lagging_statistics_with_the_data_s_own():
 
 # ---- the common check -------------------------------------------------------------------------------------------
 
-def test_lotus_forgets_and_keeps_test_accuracy(digits_hard, original_model):
-    # The paper's lr 1e-4 on digits-hard moves acc_f 1.00 -> 0.89 and back to 1.00 within 10 epochs (tau falls
-    # as acc_f falls and the student relearns D_f); lr 3e-4 ends below 1.00. Measured on five originals (see
-    # assert_forgets_and_keeps_test_accuracy): lr 3e-4 ends at forget 0.93-0.99, test -0.04..-0.08; lr 1e-4
-    # ends at forget 1.00, test -0.06..-0.09. LoTUS's aim on a random forget set is the retrained model's
-    # output distribution (MIA and RF-JSD fall to the retrained model's), not a lower argmax accuracy.
+@torch.no_grad()
+def true_class_confidence(model, source):
+    """Mean p(y|x) of the true label: ~1 on memorised data, lower on data the model never saw."""
+    model.eval()
+    return torch.cat([torch.softmax(model(b["image"]), 1).gather(1, b["label"][:, None]).squeeze(1)
+                      for b in source.batches(256)]).mean().item()
+
+
+def test_lotus_makes_a_random_forget_set_look_unseen_and_keeps_test_accuracy(digits_hard, original_model):
+    # On a random forget set LoTUS's aim is the output distribution of data the model never saw, not a lower
+    # argmax: acc_f oscillates (tau falls as acc_f falls and the student relearns D_f), and where the 10 epochs
+    # end decides the final acc_f. Measured on seven originals (see assert_forgets_and_keeps_test_accuracy),
+    # lr 3e-4: forget accuracy ends at 0.93-1.00, but the true-class confidence on D_f falls from 0.995 to
+    # 0.38-0.48, below the original's on unseen data (0.63-0.67); test -0.04..-0.08. (The paper's lr 1e-4: 0.64-0.70,
+    # right at the unseen level, at test -0.06..-0.13.) Forget accuracy itself falls in class mode (next test).
     sources, _ = digits_hard
     original = copy.deepcopy(original_model)
-    forget_before, test_before = forget_and_test_accuracy(original, sources)
+    _, test_before = forget_and_test_accuracy(original, sources)
+    unseen_confidence = true_class_confidence(original, sources["unseen"])
     started = time.perf_counter()
     method, report = run_method("lotus", original_model, sources, config={"lr": 3e-4}, original=original)
+    forget_confidence = true_class_confidence(original_model, sources["forget"])
     forget_after, test_after = forget_and_test_accuracy(original_model, sources)
-    print(f"lotus: forget {forget_before:.3f} -> {forget_after:.3f}, test {test_before:.3f} -> {test_after:.3f}, "
-          f"acc_u {method.acc_u:.3f}, tau {[round(e['tau'], 2) for e in report.history]}, "
+    print(f"lotus: confidence on D_f {true_class_confidence(original, sources['forget']):.3f} -> "
+          f"{forget_confidence:.3f} (unseen {unseen_confidence:.3f}), forget {forget_after:.3f}, "
+          f"test {test_before:.3f} -> {test_after:.3f}, acc_u {method.acc_u:.3f}, "
           f"acc_f {[e['acc_f'] for e in report.history]}, {time.perf_counter() - started:.1f} s")
-    assert forget_after < forget_before
+    assert forget_confidence < unseen_confidence
     assert test_after >= test_before - 0.10
     assert method.alpha == 8 and report.epochs_run >= 1
     for entry in report.history:  # tau shown in progress and history follows the rule for that epoch's acc_f
@@ -190,7 +202,7 @@ def test_lotus_forgets_and_keeps_test_accuracy(digits_hard, original_model):
 
 
 def test_lotus_forgets_a_class_and_keeps_the_others(digits_hard_class, original_model):
-    # Class mode (acc_u = 0, alpha 32). Measured on five originals: forget 1.00 -> 0.07-0.09, the other classes'
+    # Class mode (acc_u = 0, alpha 32). Measured on seven originals: forget 1.00 -> 0.05-0.09, the other classes'
     # test accuracy -0.01..-0.03.
     sources = digits_hard_class
     original = copy.deepcopy(original_model)

@@ -16,8 +16,8 @@ def forget_cross_entropy(model, forget):
 def test_neggrad_forgets_and_keeps_test_accuracy(digits_hard, original_model):
     sources = digits_hard[0]
     loss_before = forget_cross_entropy(original_model, sources["forget"])
-    # Gradient ascent on D_f also pulls test samples of the same classes. Measured on five originals: forget
-    # 0.96-0.98, test +0.02..-0.03.
+    # Gradient ascent on D_f also pulls test samples of the same classes. Measured on seven originals: forget
+    # 0.95-0.98, test +0.02..-0.03.
     assert_forgets_and_keeps_test_accuracy("neggrad", original_model, sources, test_tolerance=0.07)
     loss_after = forget_cross_entropy(original_model, sources["forget"])
     # The ascent must ascend: CE on D_f rises well above the original's (~0.005 on a memorised set).
