@@ -207,7 +207,7 @@ def test_lotus_forgets_a_class_and_keeps_the_others(digits_hard_class, original_
     sources = digits_hard_class
     original = copy.deepcopy(original_model)
     forget_before, test_before = forget_and_test_accuracy(original, sources)
-    method, report = run_method("lotus", original_model, sources, original=original, forget_classes=(FORGET_CLASS,))
+    method, _ = run_method("lotus", original_model, sources, original=original, forget_classes=(FORGET_CLASS,))
     forget_after, test_after = forget_and_test_accuracy(original_model, sources)
     assert method.acc_u == 0.0 and method.alpha == 32
     assert forget_after < 0.5 * forget_before, f"forget {forget_before:.3f} -> {forget_after:.3f}"
