@@ -5,8 +5,7 @@ import torch.nn.functional as F
 
 from pipeline.methods import create_method
 from pipeline.methods.harness import unlearn_data
-from tests.conftest import CPU, SEED
-from tests.conftest import FORGET_CLASS
+from tests.conftest import CPU, FORGET_CLASS, SEED
 from tests.methods.helpers import assert_forgets_and_keeps_test_accuracy
 
 
