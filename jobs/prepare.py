@@ -1,4 +1,7 @@
-"""`unlearn prepare --source SRC --out URI`: convert a source into Parquet shards with `_meta.json`."""
+"""`unlearn prepare --source SRC --out URI`: convert a source into Parquet shards with `_meta.json`.
+
+Shards are built in parallel (--procs) and the conversion resumes: rerunning a stopped command keeps
+the shards already written and verified (recorded under URI/_prepare/) and writes only the rest."""
 
 from __future__ import annotations
 
@@ -6,22 +9,31 @@ import argparse
 import sys
 import time
 
-from jobs.common import apply_endpoint, log, run_main
 from pipeline.data.converters import SyntheticSpec, prepare
+from pipeline.errors import ConfigError
+
+# jobs.common is imported inside main: its imports (Ray Data, torch) take seconds, and prepare's worker
+# processes, started by spawn, import this module again before building a single shard.
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unlearn prepare", description=__doc__)
     p.add_argument("--source", required=True,
-                   help="digits | digits-hard | synthetic | imagefolder:PATH (train/<class>/*, val/<class>/*)")
+                   help="digits | digits-hard | synthetic (square patterns at --image-size) | synthetic-imagenet "
+                        "(ImageNet-shaped ~110 KB JPEGs of varied size) | imagefolder:PATH (train/<class>/*, "
+                        "val/<class>/*)")
     p.add_argument("--out", required=True, help="output URI (local path or s3://bucket/prefix)")
     p.add_argument("--seed", type=int, default=0, help="fixes the stored train/val/test split and any generation")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
-    p.add_argument("--shard-mb", type=int, default=256, help="target shard size in MB")
+    p.add_argument("--shard-mb", type=float, default=256, help="target shard size in MB")
+    p.add_argument("--procs", type=int, default=None,
+                   help="worker processes building shards (default: one per CPU)")
     p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
-    g = p.add_argument_group("synthetic")
+    g = p.add_argument_group("synthetic and synthetic-imagenet")
     g.add_argument("--classes", type=int, default=10)
-    g.add_argument("--image-size", type=int, default=64)
+    g.add_argument("--image-size", type=int, default=None,
+                   help="input-size hint: the stored size for synthetic (default 64), the crop for "
+                        "synthetic-imagenet (default 224)")
     g.add_argument("--train-per-class", type=int, default=20)
     g.add_argument("--val-per-class", type=int, default=5)
     g.add_argument("--test-per-class", type=int, default=5)
@@ -29,17 +41,26 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jobs.common import apply_endpoint, log
+
     args = parser().parse_args(argv)
+    if args.procs is not None and args.procs < 1:
+        raise ConfigError(f"--procs must be 1 or more, not {args.procs}")
+    if args.shard_mb <= 0:
+        raise ConfigError(f"--shard-mb must be positive, not {args.shard_mb}")
     apply_endpoint(args)
     synthetic = SyntheticSpec(args.classes, args.image_size, args.train_per_class, args.val_per_class,
                               args.test_per_class)
     started = time.perf_counter()
     meta = prepare(args.source, args.out, seed=args.seed, synthetic=synthetic, overwrite=args.overwrite,
-                   shard_bytes=args.shard_mb * 1024**2, progress=lambda n: log(f"  {n} images written"))
+                   shard_bytes=int(args.shard_mb * 1024**2), procs=args.procs, progress=log)
     log(f"prepared {meta.name} at {args.out}: {meta.counts} in {len(meta.shards)} shard(s), "
-        f"{meta.num_classes} classes, {meta.height}x{meta.width}x{meta.channels} ({time.perf_counter() - started:.1f} s)")
+        f"{meta.num_classes} classes, input {meta.height}x{meta.width}x{meta.channels} by {meta.resize} "
+        f"({time.perf_counter() - started:.1f} s in all)")
     return 0
 
 
 if __name__ == "__main__":
+    from jobs.common import run_main
+
     sys.exit(run_main(main))

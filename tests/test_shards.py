@@ -1,6 +1,8 @@
 """Shard format round trips (local and S3 on moto), checksums, and clear errors for bad input."""
 
+import hashlib
 import io
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -11,7 +13,8 @@ from pipeline import storage
 from pipeline.data.converters import prepare
 from pipeline.data.images import decode_one, encode
 from pipeline.data.local import load_sources
-from pipeline.data.shards import META_FILE, DatasetMeta, ShardWriter, read_index, read_meta, read_table, verify_checksums
+from pipeline.data.shards import (CORE_COLUMNS, META_FILE, ROW_GROUP_ROWS, DatasetMeta, ShardWriter, read_index,
+                                   read_meta, read_table, verify_checksums)
 from pipeline.errors import DataError
 
 
@@ -121,14 +124,88 @@ def test_duplicate_ids_and_bad_splits_are_rejected(tmp_path):
         writer.add("b", 1, b"", "holdout")
 
 
-def test_corrupt_image_names_the_sample(tmp_path):
-    uri = str(tmp_path / "ds")
-    writer = ShardWriter(uri, _meta())
+def _write_old_format(uri, rows):
+    """A dataset as written before width/height and `resize` existed: four columns, no `resize` in _meta.json."""
+    table = pa.table({"sample_id": [r[0] for r in rows], "label": pa.array([r[1] for r in rows], pa.int32()),
+                      "image": [r[2] for r in rows], "split": [r[3] for r in rows]})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    storage.write_bytes(storage.join(uri, "part-00000.parquet"), buffer.getvalue())
+    body = json.loads(_meta().to_json())
+    body.pop("resize")
+    body.update(counts={"train": len(rows), "val": 0, "test": 0},
+                shards=[{"file": "part-00000.parquet", "rows": len(rows),
+                         "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()}])
+    storage.write_text(storage.join(uri, META_FILE), json.dumps(body))
+
+
+def test_corrupt_image_is_refused_at_write_and_named_at_read(tmp_path):
+    writer = ShardWriter(str(tmp_path / "ds"), _meta())
     writer.add("good", 0, encode(np.zeros((4, 4), np.uint8)), "train")
-    writer.add("broken-7", 1, b"not an image at all", "train")
-    writer.close()
+    with pytest.raises(DataError, match="corrupt image for sample 'broken-7'"):
+        writer.add("broken-7", 1, b"not an image at all", "train")
+    # a shard written by something else can still hold one: decoding names it
+    uri = str(tmp_path / "old")
+    _write_old_format(uri, [("good", 0, encode(np.zeros((4, 4), np.uint8)), "train"),
+                            ("broken-7", 1, b"not an image at all", "train")])
     with pytest.raises(DataError, match="corrupt image for sample 'broken-7'"):
         load_sources(uri)
+
+
+def test_old_format_without_sizes_or_resize_still_reads(tmp_path):
+    uri = str(tmp_path / "old")
+    pixels = np.arange(16, dtype=np.uint8).reshape(4, 4) * 10
+    _write_old_format(uri, [(f"s{i}", i % 3, encode(pixels), "train") for i in range(6)])
+    meta = read_meta(uri)
+    assert meta.resize == "squash"  # what every dataset before `resize` was made for
+    verify_checksums(uri, meta)
+    assert read_table(uri, meta).column_names == CORE_COLUMNS
+    assert read_index(uri, meta).num_rows == 6
+    sources, _ = load_sources(uri)
+    np.testing.assert_array_equal(sources["train"].images[0, 0].numpy(), pixels)
+    with pytest.raises(DataError, match=r"lacks column\(s\) \['width'\]"):
+        read_table(uri, meta, ["sample_id", "width"])
+
+
+def test_width_and_height_come_from_each_image(tmp_path):
+    uri = str(tmp_path / "ds")
+    writer = ShardWriter(uri, _meta())
+    shapes = {"wide": (3, 7), "tall": (9, 2), "rgb": (5, 6)}
+    for sample_id, (height, width) in shapes.items():
+        pixels = np.zeros((height, width, 3) if sample_id == "rgb" else (height, width), np.uint8)
+        writer.add(sample_id, 0, encode(pixels, "JPEG" if sample_id == "rgb" else "PNG"), "train")
+    meta = writer.close()
+    table = read_table(uri, meta, ["sample_id", "width", "height"])
+    assert table.schema.field("width").type == pa.int32() and table.schema.field("height").type == pa.int32()
+    found = {row["sample_id"]: (row["height"], row["width"]) for row in table.to_pylist()}
+    assert found == shapes
+
+
+def test_row_groups_hold_at_most_256_rows(tmp_path):
+    uri = str(tmp_path / "ds")
+    writer = ShardWriter(uri, _meta())
+    image = encode(np.zeros((4, 4), np.uint8))
+    for i in range(600):
+        writer.add(f"s{i}", 0, image, "train")
+    meta = writer.close()
+    assert len(meta.shards) == 1
+    fs, path = storage.resolve(storage.join(uri, meta.shards[0]["file"]))
+    metadata = pq.ParquetFile(path, filesystem=fs).metadata
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [ROW_GROUP_ROWS] * 2 + [88]
+
+
+def test_resize_round_trips_and_is_checked(tmp_path):
+    meta = _meta()
+    meta.resize = "shorter_side_crop"
+    assert DatasetMeta.from_json(meta.to_json(), "x").resize == "shorter_side_crop"
+    assert DatasetMeta.from_json(_meta().to_json(), "x").resize == "squash"
+    with pytest.raises(DataError, match="resize must be one of .*'stretch'"):
+        DatasetMeta(name="t", num_classes=2, class_names=["a", "b"], height=4, width=4, channels=1,
+                    encoding="png", resize="stretch")
+    body = json.loads(_meta().to_json())
+    body["resize"] = "stretch"
+    with pytest.raises(DataError, match="somewhere/_meta.json: .*resize must be one of"):
+        DatasetMeta.from_json(json.dumps(body), "somewhere/_meta.json")
 
 
 def test_digits_converter(tmp_path):

@@ -1,7 +1,10 @@
-"""Sources turned into shards: `digits`, `digits-hard`, `synthetic`, `imagefolder:PATH`.
+"""Sources turned into shards: `digits`, `digits-hard`, `synthetic`, `synthetic-imagenet`, `imagefolder:PATH`.
 
-Every converter yields (sample_id, label, image_bytes, split) rows and is
-deterministic per seed; `prepare` streams them into a ShardWriter.
+A source first plans its rows cheaply and deterministically per seed (sample id,
+label, split, and a key that makes the image bytes: a file URI or generator
+indices), then makes the bytes of any row on demand. `prepare` hands the plan to
+pipeline/data/prepare.py, which cuts it into shards and builds them in parallel,
+resumably. Sources are pickled to its worker processes, so they hold only settings.
 """
 
 from __future__ import annotations
@@ -9,19 +12,59 @@ from __future__ import annotations
 import io
 import math
 import os
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+from statistics import NormalDist
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 from PIL import Image
 
 from pipeline import storage
-from pipeline.data.images import encode
-from pipeline.data.shards import DatasetMeta, ShardWriter
+from pipeline.data.prepare import convert, spread
+from pipeline.data.shards import DatasetMeta, image_header
 from pipeline.errors import DataError
 
 Row = tuple[str, int, bytes, str]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+SOURCES = "digits, digits-hard, synthetic, synthetic-imagenet or imagefolder:PATH"
+
+
+class PlannedRow(NamedTuple):
+    sample_id: str
+    label: int
+    split: str
+    key: object  # what the source needs to make the image bytes: a file URI, or generator indices
+
+
+class Source:
+    """A dataset to convert: `plan()` lists its rows without making any image; `image(key)` makes one."""
+
+    def describe(self) -> dict:
+        """What identifies this conversion (source, seed, generator settings): stored in `_meta.json`."""
+        raise NotImplementedError
+
+    def plan(self) -> tuple[DatasetMeta, list[PlannedRow]]:
+        raise NotImplementedError
+
+    def image(self, key) -> bytes:
+        raise NotImplementedError
+
+    def images(self, keys: list) -> list[bytes]:
+        return [self.image(key) for key in keys]
+
+
+def encode_image(array: np.ndarray, fmt: str = "PNG", quality: int = 90) -> bytes:
+    """Encode an HxW (grey) or HxWx3 (RGB) uint8 array with PIL.
+
+    The same bytes as pipeline.data.images.encode, kept here because that module imports torch, which
+    would cost every prepare worker process about 3 s of start-up for nothing."""
+    buffer = io.BytesIO()
+    image = Image.fromarray(np.ascontiguousarray(array))
+    image.save(buffer, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
 
 
 def stratified_split(labels: np.ndarray, train: int, val: int, seed: int) -> list[str]:
@@ -40,21 +83,16 @@ def stratified_split(labels: np.ndarray, train: int, val: int, seed: int) -> lis
     return list(assignment)
 
 
+# ---------------------------------------------------------------- digits, digits-hard
+
+@lru_cache(maxsize=1)
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 8x8 digits as uint8 0..255 (loaded once per process; treat as read-only)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)  # 8x8, values 0..16
     return images, digits.target.astype(np.int64)
-
-
-def digits_rows(seed: int) -> tuple[DatasetMeta, Iterator[Row]]:
-    images, labels = _load_digits()
-    splits = stratified_split(labels, train=1077, val=360, seed=seed)
-    meta = DatasetMeta(name="digits", num_classes=10, class_names=[str(i) for i in range(10)],
-                       height=8, width=8, channels=1, encoding="png", mean=[0.3], std=[0.4])
-    rows = ((f"digits-{i:05d}", int(labels[i]), encode(images[i]), splits[i]) for i in range(len(labels)))
-    return meta, rows
 
 
 def _paste_max(canvas: np.ndarray, patch: np.ndarray, top: int, left: int) -> None:
@@ -84,117 +122,279 @@ def hard_digit(index: int, images: np.ndarray, seed: int, canvas: int = 32) -> n
     return (np.clip(out, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
-def digits_hard_rows(seed: int) -> tuple[DatasetMeta, Iterator[Row]]:
-    images, labels = _load_digits()
-    splits = stratified_split(labels, train=800, val=498, seed=seed)
-    meta = DatasetMeta(name="digits-hard", num_classes=10, class_names=[str(i) for i in range(10)],
-                       height=32, width=32, channels=1, encoding="png", mean=[0.2], std=[0.25])
-    rows = ((f"dh-{i:05d}", int(labels[i]), encode(hard_digit(i, images, seed)), splits[i])
-            for i in range(len(labels)))
-    return meta, rows
+@dataclass(frozen=True)
+class DigitsSource(Source):
+    seed: int
 
+    def describe(self) -> dict:
+        return {"source": "digits", "seed": self.seed}
+
+    def plan(self):
+        _, labels = _load_digits()
+        splits = stratified_split(labels, train=1077, val=360, seed=self.seed)
+        meta = DatasetMeta(name="digits", num_classes=10, class_names=[str(i) for i in range(10)],
+                           height=8, width=8, channels=1, encoding="png", mean=[0.3], std=[0.4])
+        return meta, [PlannedRow(f"digits-{i:05d}", int(labels[i]), splits[i], i) for i in range(len(labels))]
+
+    def image(self, index: int) -> bytes:
+        return encode_image(_load_digits()[0][index])
+
+
+@dataclass(frozen=True)
+class DigitsHardSource(Source):
+    seed: int
+
+    def describe(self) -> dict:
+        return {"source": "digits-hard", "seed": self.seed}
+
+    def plan(self):
+        _, labels = _load_digits()
+        splits = stratified_split(labels, train=800, val=498, seed=self.seed)
+        meta = DatasetMeta(name="digits-hard", num_classes=10, class_names=[str(i) for i in range(10)],
+                           height=32, width=32, channels=1, encoding="png", mean=[0.2], std=[0.25])
+        return meta, [PlannedRow(f"dh-{i:05d}", int(labels[i]), splits[i], i) for i in range(len(labels))]
+
+    def image(self, index: int) -> bytes:
+        return encode_image(hard_digit(index, _load_digits()[0], self.seed))
+
+
+# ---------------------------------------------------------------- synthetic, synthetic-imagenet
 
 @dataclass
 class SyntheticSpec:
     classes: int = 10
-    size: int = 64
+    size: int | None = None  # the input-size hint; None: 64 for `synthetic`, 224 for `synthetic-imagenet`
     train_per_class: int = 20
     val_per_class: int = 5
     test_per_class: int = 5
 
 
-def _class_pattern(c: int, seed: int, size: int) -> tuple[np.ndarray, np.random.Generator]:
+SPLIT_INDEX_BASE = {"train": 0, "val": 10_000_000, "test": 20_000_000}  # generator index unique across splits
+
+
+def _synthetic_plan(prefix: str, spec: SyntheticSpec) -> list[PlannedRow]:
+    """Split by split, class by class: rows keyed by (class, generator index)."""
+    per_split = (("train", spec.train_per_class), ("val", spec.val_per_class), ("test", spec.test_per_class))
+    return [PlannedRow(f"{prefix}-{split}-{c:04d}-{k:06d}", c, split, (c, SPLIT_INDEX_BASE[split] + k))
+            for split, per_class in per_split for c in range(spec.classes) for k in range(per_class)]
+
+
+def _class_params(c: int, seed: int) -> tuple[np.ndarray, float, float]:
+    """A class's colour, grating angle and frequency (cycles per image side)."""
     rng = np.random.default_rng([seed, 1_000_003, c])
     colour = rng.uniform(0.2, 1.0, 3)
     angle, frequency = rng.uniform(0, math.pi), rng.uniform(2, 8)
+    return colour, angle, frequency
+
+
+def _class_pattern(c: int, seed: int, size: int) -> np.ndarray:
+    colour, angle, frequency = _class_params(c, seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
     grating = 0.5 + 0.5 * np.sin(2 * math.pi * frequency * (xx * math.cos(angle) + yy * math.sin(angle)))
-    return grating[..., None] * colour[None, None, :], rng
+    return grating[..., None] * colour[None, None, :]
 
 
 def synthetic_image(c: int, index: int, seed: int, size: int) -> np.ndarray:
     """A class-dependent coloured grating, shifted and noised per sample: learnable and forgettable."""
-    pattern, _ = _class_pattern(c, seed, size)
+    pattern = _class_pattern(c, seed, size)
     rng = np.random.default_rng([seed, c, index])
     shifted = np.roll(pattern, shift=(int(rng.integers(size)), int(rng.integers(size))), axis=(0, 1))
     image = 0.7 * shifted + 0.3 * rng.uniform(0, 1, shifted.shape)
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
-def synthetic_rows(seed: int, spec: SyntheticSpec) -> tuple[DatasetMeta, Iterator[Row]]:
-    meta = DatasetMeta(name=f"synthetic-{spec.classes}x{spec.size}", num_classes=spec.classes,
-                       class_names=[f"class{c:04d}" for c in range(spec.classes)], height=spec.size,
-                       width=spec.size, channels=3, encoding="jpeg",
-                       mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
-    per_split = (("train", spec.train_per_class), ("val", spec.val_per_class), ("test", spec.test_per_class))
-
-    def rows():
-        for split, per_class in per_split:
-            for c in range(spec.classes):
-                for k in range(per_class):
-                    index = {"train": 0, "val": 1, "test": 2}[split] * 10_000_000 + k  # unique per split
-                    yield (f"syn-{split}-{c:04d}-{k:06d}", c,
-                           encode(synthetic_image(c, index, seed, spec.size), "JPEG"), split)
-
-    return meta, rows()
+# ImageNet's commonest stored sizes (width, height) and how often each is drawn; the rest of the time
+# any size with both sides in 300..500.
+IMAGENET_SIZES = ((500, 375), (375, 500), (500, 333))
+IMAGENET_SIZE_SHARES = (0.55, 0.15, 0.15)
+IMAGENET_JPEG_QUALITY = 90
+# Per-pixel grain (standard deviation on 0..1) that brings quality-90 JPEGs of these sizes to ImageNet's
+# ~110 KB average (tests/test_converters.py measures it): the cost of decoding them is then realistic too.
+GRAIN_SIGMA = 0.105
+# Standard normal quantiles of 256 evenly spaced probabilities: random bytes become Gaussian grain by lookup,
+# several times faster than drawing normals.
+_GAUSSIAN_LOOKUP = np.array([NormalDist().inv_cdf((k + 0.5) / 256) for k in range(256)], dtype=np.float32)
 
 
-def imagefolder_rows(root: str, seed: int) -> tuple[DatasetMeta, Iterator[Row]]:
-    """`root/train/<class>/*`, `root/val/<class>/*`; val is split in halves (D_u, D_test) by a seeded hash."""
-    from pipeline.data.splits import hash_unit
+def imagenet_like_size(rng: np.random.Generator) -> tuple[int, int]:
+    """A (width, height) drawn like ImageNet's: mostly 500x375, 375x500, 500x333, sometimes anything 300..500."""
+    pick = rng.uniform()
+    for size, cumulative in zip(IMAGENET_SIZES, np.cumsum(IMAGENET_SIZE_SHARES)):
+        if pick < cumulative:
+            return size
+    return int(rng.integers(300, 501)), int(rng.integers(300, 501))
 
-    train_files = [f for f in storage.list_files(storage.join(root, "train")) if f.lower().endswith(IMAGE_SUFFIXES)]
-    if not train_files:
-        raise DataError(f"imagefolder {root}: no images under {storage.join(root, 'train')}/<class>/")
-    val_files = [f for f in storage.list_files(storage.join(root, "val")) if f.lower().endswith(IMAGE_SUFFIXES)]
 
-    def class_of(uri: str) -> str:
-        return uri.replace("\\", "/").rstrip("/").split("/")[-2]
+def realistic_image(c: int, index: int, seed: int) -> np.ndarray:
+    """An ImageNet-shaped HxWx3 uint8 image: the class's grating (in cycles per shorter side, so it survives
+    the shorter-side resize and centre crop) at a per-sample phase and strength, over smooth random texture
+    and fine grain."""
+    colour, angle, frequency = _class_params(c, seed)
+    rng = np.random.default_rng([seed, c, index])
+    width, height = imagenet_like_size(rng)
+    step = 2 * math.pi * frequency / min(width, height)
+    along_x = step * math.cos(angle) * np.arange(width, dtype=np.float32) + rng.uniform(0, 2 * math.pi)
+    along_y = step * math.sin(angle) * np.arange(height, dtype=np.float32)
+    # sin(x + y) = sin y cos x + cos y sin x: two outer products instead of a sine per pixel
+    wave = np.outer(np.sin(along_y), np.cos(along_x)) + np.outer(np.cos(along_y), np.sin(along_x))
+    strength = rng.uniform(0.5, 0.7)
+    image = ((0.5 * strength) * (1.0 + wave))[..., None] * colour.astype(np.float32)
+    coarse = rng.integers(0, 256, (max(2, height // 24), max(2, width // 24), 3), dtype=np.uint8)
+    image += np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), np.float32) * (0.35 / 255)
+    grain = np.frombuffer(rng.bytes(height * width * 3), np.uint8).reshape(height, width, 3)
+    image += np.take(_GAUSSIAN_LOOKUP, grain) * GRAIN_SIGMA
+    return (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
 
-    class_names = sorted({class_of(f) for f in train_files})
-    label_of = {name: i for i, name in enumerate(class_names)}
-    unknown = sorted({class_of(f) for f in val_files} - set(label_of))
-    if unknown:
-        raise DataError(f"imagefolder {root}: val has classes missing from train: {unknown[:10]}")
-    with Image.open(io.BytesIO(storage.read_bytes(train_files[0]))) as probe:
-        width, height = probe.size
-        channels = 1 if probe.mode == "L" else 3
-    meta = DatasetMeta(name=os.path.basename(str(root).rstrip("/")) or "imagefolder", num_classes=len(class_names),
-                       class_names=class_names, height=height, width=width, channels=channels,
-                       encoding="source", mean=[0.485, 0.456, 0.406][:channels], std=[0.229, 0.224, 0.225][:channels])
 
-    def rows():
-        for uri in train_files:
-            rel = "/".join(uri.replace("\\", "/").split("/")[-3:])
-            yield rel, label_of[class_of(uri)], storage.read_bytes(uri), "train"
+@dataclass(frozen=True)
+class SyntheticSource(Source):
+    """Square JPEGs at the input size (`squash`): small and fast, for tests and demos."""
+    seed: int
+    spec: SyntheticSpec
+
+    def describe(self) -> dict:
+        return {"source": "synthetic", "seed": self.seed, "synthetic": asdict(self.spec)}
+
+    def plan(self):
+        spec = self.spec
+        meta = DatasetMeta(name=f"synthetic-{spec.classes}x{spec.size}", num_classes=spec.classes,
+                           class_names=[f"class{c:04d}" for c in range(spec.classes)], height=spec.size,
+                           width=spec.size, channels=3, encoding="jpeg", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        return meta, _synthetic_plan("syn", spec)
+
+    def image(self, key) -> bytes:
+        c, index = key
+        return encode_image(synthetic_image(c, index, self.seed, self.spec.size), "JPEG")
+
+
+@dataclass(frozen=True)
+class SyntheticImagenetSource(Source):
+    """ImageNet-shaped JPEGs (varied sizes around 500x375, ~110 KB each, `shorter_side_crop`): for measuring
+    ingest and decode at realistic cost without the real data."""
+    seed: int
+    spec: SyntheticSpec
+
+    def describe(self) -> dict:
+        return {"source": "synthetic-imagenet", "seed": self.seed, "synthetic": asdict(self.spec)}
+
+    def plan(self):
+        spec = self.spec
+        meta = DatasetMeta(name=f"synthetic-imagenet-{spec.classes}", num_classes=spec.classes,
+                           class_names=[f"class{c:04d}" for c in range(spec.classes)], height=spec.size,
+                           width=spec.size, channels=3, encoding="jpeg", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                           resize="shorter_side_crop")
+        return meta, _synthetic_plan("synimg", spec)
+
+    def image(self, key) -> bytes:
+        c, index = key
+        return encode_image(realistic_image(c, index, self.seed), "JPEG", IMAGENET_JPEG_QUALITY)
+
+
+# ---------------------------------------------------------------- imagefolder
+
+CHANNEL_PROBE_IMAGES = 16
+GREY_MODES = ("1", "L", "LA", "I;16")
+
+
+@dataclass(frozen=True)
+class ImageFolderSource(Source):
+    """`root/train/<class>/*`, `root/val/<class>/*`; val is split in halves (D_u, D_test) by a seeded hash.
+
+    Images are stored byte for byte as found (never re-encoded), at whatever size they have; the model's
+    input comes from the ImageNet eval transform (`shorter_side_crop`, hint 224)."""
+    root: str
+    seed: int
+    read_threads: int = 8  # file reads overlap: S3 latency, not bandwidth, bounds one reader
+
+    def describe(self) -> dict:
+        return {"source": f"imagefolder:{self.root}", "seed": self.seed}
+
+    def _images_under(self, split: str) -> list[str]:
+        return [f for f in storage.list_files(storage.join(self.root, split)) if f.lower().endswith(IMAGE_SUFFIXES)]
+
+    def plan(self):
+        from pipeline.data.splits import hash_unit
+
+        train_files = self._images_under("train")
+        if not train_files:
+            raise DataError(f"imagefolder {self.root}: no images under {storage.join(self.root, 'train')}/<class>/")
+        val_files = self._images_under("val")
+        class_names = sorted({_class_of(f) for f in train_files})
+        label_of = {name: i for i, name in enumerate(class_names)}
+        unknown = sorted({_class_of(f) for f in val_files} - set(label_of))
+        if unknown:
+            raise DataError(f"imagefolder {self.root}: val has classes missing from train: {unknown[:10]}")
+        channels = self._probe_channels([train_files[i] for i in spread(CHANNEL_PROBE_IMAGES, len(train_files))])
+        meta = DatasetMeta(name=os.path.basename(str(self.root).rstrip("/")) or "imagefolder",
+                           num_classes=len(class_names), class_names=class_names, height=224, width=224,
+                           channels=channels, encoding="source", mean=IMAGENET_MEAN[:channels],
+                           std=IMAGENET_STD[:channels], resize="shorter_side_crop")
+        rows = [PlannedRow(_relative_id(uri), label_of[_class_of(uri)], "train", uri) for uri in train_files]
         for uri in val_files:
-            rel = "/".join(uri.replace("\\", "/").split("/")[-3:])
-            split = "val" if hash_unit(seed, "val-half", rel) < 0.5 else "test"
-            yield rel, label_of[class_of(uri)], storage.read_bytes(uri), split
+            split = "val" if hash_unit(self.seed, "val-half", _relative_id(uri)) < 0.5 else "test"
+            rows.append(PlannedRow(_relative_id(uri), label_of[_class_of(uri)], split, uri))
+        return meta, rows
 
-    return meta, rows()
+    def _probe_channels(self, uris: list[str]) -> int:
+        """1 when every probed image is greyscale, else 3 (colour images decode to RGB, greys are repeated)."""
+        modes = [image_header(data, _relative_id(uri))[1] for uri, data in zip(uris, self.images(uris))]
+        return 1 if all(mode in GREY_MODES for mode in modes) else 3
+
+    def image(self, uri: str) -> bytes:
+        return storage.read_bytes(uri)
+
+    def images(self, uris: list[str]) -> list[bytes]:
+        with ThreadPoolExecutor(max_workers=self.read_threads) as pool:
+            return list(pool.map(storage.read_bytes, uris))
 
 
-def rows_for_source(source: str, seed: int, synthetic: SyntheticSpec | None = None) -> tuple[DatasetMeta, Iterator[Row]]:
+def _class_of(uri: str) -> str:
+    return uri.replace("\\", "/").rstrip("/").split("/")[-2]
+
+
+def _relative_id(uri: str) -> str:
+    """`train/<class>/<file>`: the sample id, the same wherever the folder lives."""
+    return "/".join(uri.replace("\\", "/").split("/")[-3:])
+
+
+# ---------------------------------------------------------------- entry points
+
+def source_for(source: str, seed: int = 0, synthetic: SyntheticSpec | None = None) -> Source:
+    spec = synthetic or SyntheticSpec()
     if source == "digits":
-        return digits_rows(seed)
+        return DigitsSource(seed)
     if source == "digits-hard":
-        return digits_hard_rows(seed)
+        return DigitsHardSource(seed)
     if source == "synthetic":
-        return synthetic_rows(seed, synthetic or SyntheticSpec())
+        return SyntheticSource(seed, replace(spec, size=spec.size or 64))
+    if source == "synthetic-imagenet":
+        return SyntheticImagenetSource(seed, replace(spec, size=spec.size or 224))
     if source.startswith("imagefolder:"):
-        return imagefolder_rows(source.split(":", 1)[1], seed)
-    raise DataError(f"unknown source {source!r}: use digits, digits-hard, synthetic or imagefolder:PATH")
+        return ImageFolderSource(source.split(":", 1)[1], seed)
+    raise DataError(f"unknown source {source!r}: use {SOURCES}")
+
+
+def rows_for_source(source: str, seed: int,
+                    synthetic: SyntheticSpec | None = None) -> tuple[DatasetMeta, Iterator[Row]]:
+    """The meta and (sample_id, label, image bytes, split) rows of a source, made one by one in plan order."""
+    converter = source_for(source, seed, synthetic)
+    meta, plan = converter.plan()
+    return meta, ((row.sample_id, row.label, converter.image(row.key), row.split) for row in plan)
+
+
+def digits_hard_rows(seed: int) -> tuple[DatasetMeta, Iterator[Row]]:
+    return rows_for_source("digits-hard", seed)
 
 
 def prepare(source: str, out: str, seed: int = 0, synthetic: SyntheticSpec | None = None,
             overwrite: bool = False, shard_bytes: int = 256 * 1024**2,
-            progress: Callable[[int], None] | None = None) -> DatasetMeta:
-    meta, rows = rows_for_source(source, seed, synthetic)
-    meta.extra["source"], meta.extra["seed"] = source, seed
-    writer = ShardWriter(out, meta, shard_bytes=shard_bytes, overwrite=overwrite)
-    for count, row in enumerate(rows, start=1):
-        writer.add(*row)
-        if progress and count % 1000 == 0:
-            progress(count)
-    return writer.close()
+            progress: Callable[[str], None] | None = None, procs: int | None = None,
+            progress_every_s: float = 5.0) -> DatasetMeta:
+    """Convert `source` into shards at `out`, resuming an interrupted conversion of the same settings.
+
+    procs: worker processes building shards (default: one per CPU; one shard is always built in-process).
+    They start by spawn, which imports the calling script again: guard a script's entry point with
+    `if __name__ == "__main__":`.
+    progress: receives progress lines (images done/total, img/s, ETA) at most every `progress_every_s`."""
+    return convert(source_for(source, seed, synthetic), out, overwrite=overwrite, shard_bytes=shard_bytes,
+                   procs=procs, progress=progress, progress_every_s=progress_every_s)

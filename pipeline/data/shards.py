@@ -1,8 +1,12 @@
 """The Parquet shard format: one row per image plus a `_meta.json` beside the shards.
 
 Columns: `sample_id` (string, unique), `label` (int32), `image` (encoded bytes as
-stored at the source), `split` (`train`/`val`/`test`). `_meta.json` is written
-last, so a folder without it is an unfinished conversion, never a dataset.
+stored at the source), `split` (`train`/`val`/`test`), and `width`/`height` (int32,
+the stored image's size, read from its header when the shard is written). Shards
+written before `width`/`height` existed lack them, so readers ask for the four core
+columns unless they need the sizes. Row groups hold at most 256 rows, so a reader
+can decode one shard in parallel pieces. `_meta.json` is written last, so a folder
+without it is an unfinished conversion, never a dataset.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
 
 from pipeline import storage
 from pipeline.errors import DataError
@@ -29,8 +34,16 @@ SCHEMA = pa.schema([
     ("label", pa.int32()),
     ("image", pa.binary()),
     ("split", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
 ])
+CORE_COLUMNS = ["sample_id", "label", "image", "split"]  # present in every shard, old or new
 INDEX_COLUMNS = ["sample_id", "label", "split"]
+ROW_GROUP_ROWS = 256
+# How images reach the model's square input size (the decode lives in pipeline/data/images.py):
+# squash: resize to size x size, only for data already at size (digits, the square synthetic set);
+# shorter_side_crop: the torchvision/timm ImageNet eval transform (shorter side to 256 for 224, centre crop).
+RESIZE_MODES = ("squash", "shorter_side_crop")
 
 
 @dataclass
@@ -47,6 +60,11 @@ class DatasetMeta:
     mean: list[float] | None = None
     std: list[float] | None = None
     extra: dict = field(default_factory=dict)
+    resize: str = "squash"  # see RESIZE_MODES; `height`/`width` stay the input-size hint
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_MODES:
+            raise DataError(f"dataset {self.name!r}: resize must be one of {RESIZE_MODES}, got {self.resize!r}")
 
     def to_json(self) -> str:
         body = {"format": FORMAT, **self.__dict__}
@@ -61,15 +79,71 @@ class DatasetMeta:
         if body.pop("format", None) != FORMAT:
             raise DataError(f"{where} is not an {FORMAT} metadata file")
         try:
-            return cls(**body)
+            return cls(**body)  # files from before `resize` existed load as "squash", what they were made for
         except TypeError as exc:
             raise DataError(f"{where} has unexpected or missing fields: {exc}") from exc
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from exc
+
+
+def check_row(sample_id: str, label: int, split: str, num_classes: int) -> None:
+    if split not in SPLITS:
+        raise DataError(f"sample {sample_id!r}: split must be one of {SPLITS}, got {split!r}")
+    if not 0 <= label < num_classes:
+        raise DataError(f"sample {sample_id!r}: label {label} outside 0..{num_classes - 1}")
+
+
+def image_size(data: bytes, sample_id: str) -> tuple[int, int]:
+    """(width, height) of encoded image bytes, from the header alone (no pixel decode)."""
+    return image_header(data, sample_id)[0]
+
+
+def image_header(data: bytes, sample_id: str) -> tuple[tuple[int, int], str]:
+    """((width, height), PIL mode) from the header alone; a DataError naming the sample if it is no image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size, image.mode
+    except UnidentifiedImageError as exc:
+        raise DataError(f"corrupt image for sample {sample_id!r}: not an image format PIL reads "
+                        f"({len(data)} bytes)") from exc
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"corrupt image for sample {sample_id!r}: {exc}") from exc
+
+
+def empty_columns() -> dict[str, list]:
+    return {name: [] for name in SCHEMA.names}
+
+
+def append_row(columns: dict[str, list], sample_id: str, label: int, image: bytes, split: str) -> None:
+    """Add one row to column lists, with the image's stored size read from its header."""
+    width, height = image_size(image, sample_id)
+    for name, value in zip(SCHEMA.names, (sample_id, int(label), image, split, width, height)):
+        columns[name].append(value)
+
+
+def encode_shard(columns: dict[str, list]) -> bytes:
+    """One Parquet file from column lists. Every writer goes through here, so the same rows give the same bytes."""
+    small = [name for name in SCHEMA.names if name != "image"]
+    buffer = io.BytesIO()
+    # Encoded images are already compressed and all distinct: a codec or a dictionary on them only costs time.
+    pq.write_table(pa.table(columns, schema=SCHEMA), buffer, row_group_size=ROW_GROUP_ROWS, use_dictionary=small,
+                   compression={name: "snappy" if name in small else "none" for name in SCHEMA.names})
+    return buffer.getvalue()
+
+
+def shard_record(file_name: str, rows: int, data: bytes) -> dict:
+    return {"file": file_name, "rows": rows, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def shard_file_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
 
 
 class ShardWriter:
     """Stream rows into Parquet shards of about `shard_bytes` each, then write `_meta.json`.
 
-    Memory stays bounded by one shard, so converting ImageNet never holds it all.
+    Memory stays bounded by one shard, so converting ImageNet never holds it all. One process, no
+    resume: `unlearn prepare` goes through pipeline/data/prepare.py, which writes the same bytes.
     """
 
     def __init__(self, uri: str, meta: DatasetMeta, shard_bytes: int = 256 * 1024**2, overwrite: bool = False):
@@ -77,22 +151,18 @@ class ShardWriter:
         storage.ensure_bucket(self.uri)
         if storage.exists(storage.join(self.uri, META_FILE)) and not overwrite:
             raise DataError(f"{self.uri} already holds a dataset; pass --overwrite to replace it")
-        self._rows: dict[str, list] = {name: [] for name in SCHEMA.names}
+        self._rows = empty_columns()
         self._pending_bytes = 0
         self._seen_ids: set[str] = set()
         self._counts: Counter = Counter()
         self.meta.shards = []
 
     def add(self, sample_id: str, label: int, image: bytes, split: str) -> None:
-        if split not in SPLITS:
-            raise DataError(f"sample {sample_id!r}: split must be one of {SPLITS}, got {split!r}")
-        if not 0 <= label < self.meta.num_classes:
-            raise DataError(f"sample {sample_id!r}: label {label} outside 0..{self.meta.num_classes - 1}")
+        check_row(sample_id, label, split, self.meta.num_classes)
         if sample_id in self._seen_ids:
             raise DataError(f"duplicate sample_id {sample_id!r}")
+        append_row(self._rows, sample_id, label, image, split)
         self._seen_ids.add(sample_id)
-        for name, value in zip(SCHEMA.names, (sample_id, int(label), image, split)):
-            self._rows[name].append(value)
         self._counts[split] += 1
         self._pending_bytes += len(image)
         if self._pending_bytes >= self.shard_bytes:
@@ -101,14 +171,11 @@ class ShardWriter:
     def _flush(self) -> None:
         if not self._rows["sample_id"]:
             return
-        table = pa.table(self._rows, schema=SCHEMA)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer, row_group_size=1024)
-        data = buffer.getvalue()
-        file_name = f"part-{len(self.meta.shards):05d}.parquet"
+        data = encode_shard(self._rows)
+        file_name = shard_file_name(len(self.meta.shards))
         storage.write_bytes(storage.join(self.uri, file_name), data)
-        self.meta.shards.append({"file": file_name, "rows": table.num_rows, "sha256": hashlib.sha256(data).hexdigest()})
-        self._rows = {name: [] for name in SCHEMA.names}
+        self.meta.shards.append(shard_record(file_name, len(self._rows["sample_id"]), data))
+        self._rows = empty_columns()
         self._pending_bytes = 0
 
     def close(self) -> DatasetMeta:
@@ -146,8 +213,10 @@ def verify_checksums(uri: str, meta: DatasetMeta, threads: int = 8) -> None:
 
 
 def read_table(uri: str, meta: DatasetMeta, columns: list[str] | None = None) -> pa.Table:
-    """Read shards into one table (only for index columns or small data: images stay on disk otherwise)."""
-    columns = columns or SCHEMA.names
+    """Read shards into one table (only for index columns or small data: images stay on disk otherwise).
+
+    By default the four core columns, which old shards (without width/height) have too."""
+    columns = columns or CORE_COLUMNS
     tables = []
     for shard_uri in shard_uris(uri, meta):
         fs, path = storage.resolve(shard_uri)
@@ -157,7 +226,7 @@ def read_table(uri: str, meta: DatasetMeta, columns: list[str] | None = None) ->
             raise DataError(f"cannot read shard {shard_uri}: {exc}") from exc
         missing = [c for c in columns if c not in file.schema_arrow.names]
         if missing:
-            raise DataError(f"shard {shard_uri} lacks column(s) {missing}; expected {SCHEMA.names}")
+            raise DataError(f"shard {shard_uri} lacks column(s) {missing}; it has {file.schema_arrow.names}")
         tables.append(file.read(columns=columns))
     return pa.concat_tables(tables)
 
