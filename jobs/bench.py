@@ -206,7 +206,7 @@ def ensure_data(config: dict) -> str:
         raise DataError(f"no dataset at {data['uri']} and no data.source to prepare there")
     log(f"== preparing {data['source']} into {data['uri']} ==")
     meta = prepare(data["source"], data["uri"], seed=int(data["seed"]), synthetic=SyntheticSpec(**data["synthetic"]),
-                   progress=lambda n: log(f"  {n} images written"))
+                   progress=log)
     log(f"prepared {meta.name}: {meta.counts}")
     return data["uri"]
 

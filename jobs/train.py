@@ -75,7 +75,8 @@ def train(args: argparse.Namespace) -> dict:
         "method": "retrain", "method_config": config, "seed": args.seed, "weights": args.weights,
         "model_spec": {"name": args.model, "num_classes": meta.num_classes, "channels": meta.channels,
                        "image_size": image_size, "mean": meta.mean or [0.5], "std": meta.std or [0.25]},
-        "datasets": sorted(datasets), "roles": {"forget": train_set, "retain": train_set},
+        "datasets": sorted(datasets), "row_bytes": meta.channels * image_size**2,
+        "roles": {"forget": train_set, "retain": train_set},
         "evaluate": evaluate, "model_out": model_uri, "channels_last": args.channels_last,
     }
     phases.lap("data")

@@ -102,7 +102,8 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
     loop_config = {
         "seed": args.seed, "original_uri": absolute(args.original),
         "gold_uri": absolute(args.gold) if args.gold else None,
-        "datasets": sorted(datasets), "evaluate": EVALUATE, "evaluation": "metrics",
+        "datasets": sorted(datasets), "row_bytes": meta.channels * spec.image_size**2,
+        "evaluate": EVALUATE, "evaluation": "metrics",
         "num_classes": meta.num_classes, "forget_classes": list(splits.forget_classes),
         "channels_last": args.channels_last, "evaluate_every_epoch": bool(tune_callbacks), "floor_plan": floor_plan,
         **(run_settings[0] if single else {"runs": run_settings}),

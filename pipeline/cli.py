@@ -7,7 +7,7 @@ import importlib.util
 import sys
 
 COMMANDS = {
-    "prepare": ("jobs.prepare", "convert digits / digits-hard / synthetic / an ImageFolder into shards"),
+    "prepare": ("jobs.prepare", "convert digits / digits-hard / synthetic / synthetic-imagenet / an ImageFolder into shards"),
     "train": ("jobs.train", "train the original (or, with --retain-only, the gold) model through Ray Train"),
     "run": ("jobs.unlearn", "unlearn a forget set with LoTUS or a baseline through Ray Train, then evaluate"),
     "eval": ("jobs.evaluate", "evaluate a model: accuracies, MIA, JSD, RF-JSD, Avg Gap"),
@@ -16,6 +16,7 @@ COMMANDS = {
     "sweep": ("jobs.sweep", "Ray Tune search of method hyperparameters against RF-JSD"),
     "report": ("jobs.report", "aggregate result records into tables, plots and an HTML report"),
     "bench": ("jobs.bench", "run the benchmark of a config (every method x seeds), then the report"),
+    "bench-ingest": ("jobs.bench_ingest", "images/s into training batches: Ray Data vs a plain DataLoader"),
     "demo": ("jobs.demo", "the end-to-end demo on digits-hard"),
 }
 

@@ -24,7 +24,7 @@ def load_sources(uri: str, splits: Splits | None = None, spec: str | None = None
         splits = make_splits(table.select(["sample_id", "label", "split"]), spec, seed, meta.num_classes)
     ids = np.asarray(table.column("sample_id").to_pylist(), dtype=object)
     images = torch.from_numpy(decode_batch(table.column("image").to_pylist(), ids, meta.channels, meta.height,
-                                           meta.width))
+                                           meta.resize))
     everything = TensorSource(images, torch.from_numpy(table.column("label").to_numpy().astype(np.int64)), ids)
     if splits is None:
         return {name: everything.subset(stored_split_mask(table, name)) for name in STORED_SPLITS}, None

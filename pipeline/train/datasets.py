@@ -1,23 +1,30 @@
 """Ray Data sets for the unlearning splits, streamed from shards (local or s3://).
 
-read_parquet streams the shards; one `map_batches` selects the rows of a split
-(before decoding, so unused images are never decoded) and decodes the rest to
-uint8 arrays. Forget ids are broadcast with the function; seeded subsets hash
-(seed, salt, sample_id), so every read task decides alone. Small data skips the
-streaming read: it is decoded once and each set is held in the object store.
+The driver reads the shards' index columns and footers once and decides, for every
+set, which rows of which Parquet row group it keeps. Streaming a set is then one
+parallel task per row group that holds any of its rows: the task reads only those
+rows' image bytes and decodes them to uint8 arrays. No file listing, no footer reads
+and no row filtering happen per pass, and row groups a set does not touch (most of
+ImageNet, for a limited-access forget set) are never fetched. Small data skips the
+streaming read: it is decoded once and each set is held in the object store. Both
+modes select rows with the same masks over the same file order, so they hold the same
+samples in the same order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.data.images import decode_batch
 from pipeline.data.shards import DatasetMeta, read_table, shard_uris
 from pipeline.data.splits import STORED_SPLITS, Splits, hash_unit
+from pipeline.errors import DataError
 from pipeline.methods.harness import RETAIN_SALT
 
 
@@ -58,40 +65,86 @@ class RowSelector:
             keep &= in_forget | in_retain
         return keep, in_forget
 
-    def output(self, rows: np.ndarray, images: np.ndarray, labels: np.ndarray, ids: np.ndarray,
-               splits: np.ndarray, in_forget: np.ndarray) -> dict:
-        out = {"image": images, "label": labels[rows].astype(np.int64), "sample_id": ids[rows].astype(str),
-               "split": splits[rows].astype(str)}
-        if self.selection.forget_flag:
-            out["is_forget"] = in_forget[rows]
-        return out
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """Every train/val/test row in file order, and the Parquet row groups that hold them."""
+
+    ids: np.ndarray  # sample_id (object)
+    splits: np.ndarray  # stored split (object)
+    row_groups: tuple[tuple[str, int, int, int], ...]  # (shard URI, row group, first row, rows)
 
 
-class SelectAndDecode(RowSelector):
-    """map_batches over raw shard rows: keep the selected rows, decode only their images to uint8 [B, C, H, W]."""
-
-    def __init__(self, selection: Selection, forget_ids: frozenset, channels: int, height: int, width: int):
-        super().__init__(selection, forget_ids)
-        self.shape = (channels, height, width)
-
-    def __call__(self, batch: pa.Table) -> dict:
-        ids = np.asarray(batch.column("sample_id").to_pylist(), dtype=object)
-        splits = np.asarray(batch.column("split").to_pylist(), dtype=object)
-        keep, in_forget = self.mask(ids, splits)
-        rows = np.flatnonzero(keep)
-        encoded = batch.column("image").take(pa.array(rows)).to_pylist() if len(rows) else []
-        images = decode_batch(encoded, ids[rows], *self.shape)
-        return self.output(rows, images, batch.column("label").to_numpy(), ids, splits, in_forget)
+def read_layout(uri: str, meta: DatasetMeta) -> ShardLayout:
+    """The index columns of every shard plus each shard's row-group sizes (footers only, no image bytes)."""
+    index = read_table(uri, meta, ["sample_id", "split"])
+    groups, first = [], 0
+    for shard_uri in shard_uris(uri, meta):
+        fs, path = storage.resolve(shard_uri)
+        footer = pq.ParquetFile(path, filesystem=fs).metadata
+        for group in range(footer.num_row_groups):
+            rows = footer.row_group(group).num_rows
+            groups.append((shard_uri, group, first, rows))
+            first += rows
+    return ShardLayout(np.asarray(index.column("sample_id").to_pylist(), dtype=object),
+                       np.asarray(index.column("split").to_pylist(), dtype=object), tuple(groups))
 
 
-class SelectDecoded(RowSelector):
-    """map_batches over already decoded rows (numpy batches): only the selection, no decoding."""
+@dataclass(frozen=True)
+class ReadUnit:
+    """One Parquet row group and the rows of it a set keeps: the unit of work of a streaming read."""
 
-    def __call__(self, batch: dict) -> dict:
-        ids, splits = batch["sample_id"].astype(object), batch["split"].astype(object)
-        keep, in_forget = self.mask(ids, splits)
-        rows = np.flatnonzero(keep)
-        return self.output(rows, batch["image"][rows], batch["label"], ids, splits, in_forget)
+    shard: str
+    row_group: int
+    rows: np.ndarray  # positions inside the row group
+    is_forget: np.ndarray
+
+
+def read_units(layout: ShardLayout, keep: np.ndarray, in_forget: np.ndarray) -> list[ReadUnit]:
+    """A unit per row group with kept rows; row groups without any are never read (their images never fetched)."""
+    units = []
+    for shard, group, first, count in layout.row_groups:
+        rows = np.flatnonzero(keep[first:first + count])
+        if len(rows):
+            units.append(ReadUnit(shard, group, rows, in_forget[first + rows]))
+    return units
+
+
+def read_row_group(unit: ReadUnit, columns: list[str]) -> pa.Table:
+    fs, path = storage.resolve(unit.shard)
+    try:
+        table = pq.ParquetFile(path, filesystem=fs).read_row_group(unit.row_group, columns=columns)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise DataError(f"cannot read shard {unit.shard} (row group {unit.row_group}): {exc}") from exc
+    return table.take(pa.array(unit.rows))
+
+
+class ReadAndDecode:
+    """map_batches over unit numbers: read each unit's rows, decode their images, emit blocks of `block_rows`.
+
+    Small blocks keep every stage streaming (a decoded ImageNet row group is ~40 MB) and let
+    the consumer start on the first images of a row group while the rest decodes.
+    """
+
+    def __init__(self, units: list[ReadUnit], channels: int, size: int, resize: str, forget_flag: bool,
+                 block_rows: int = 64):
+        self.units, self.forget_flag, self.block_rows = units, forget_flag, block_rows
+        self.channels, self.size, self.resize = channels, size, resize
+
+    def __call__(self, batch: dict) -> Iterator[dict]:
+        for number in batch["id"]:
+            unit = self.units[int(number)]
+            table = read_row_group(unit, ["sample_id", "label", "image"])
+            ids = np.asarray(table.column("sample_id").to_pylist(), dtype=object)
+            labels = table.column("label").to_numpy().astype(np.int64)
+            encoded = table.column("image").to_pylist()
+            for start in range(0, len(ids), self.block_rows):
+                rows = slice(start, start + self.block_rows)
+                block = {"image": decode_batch(encoded[rows], ids[rows], self.channels, self.size, self.resize),
+                         "label": labels[rows], "sample_id": ids[rows].astype(str)}
+                if self.forget_flag:
+                    block["is_forget"] = unit.is_forget[rows]
+                yield block
 
 
 def subset_name(name: str, retain_fraction: float) -> str:
@@ -121,16 +174,64 @@ def selections(splits: Splits | None, retain_fractions=()) -> dict[str, Selectio
     return named
 
 
-def read_decoded(uri: str, meta: DatasetMeta, selection: Selection, forget_ids: frozenset, image_size: int,
-                 batch_rows: int = 256):
-    """A lazy, streaming Ray Dataset of one selection, decoded to the model's input size."""
+def streamed_dataset(units: list[ReadUnit], meta: DatasetMeta, image_size: int, forget_flag: bool):
+    """A lazy Ray Dataset that reads and decodes `units` in parallel read tasks (one per row group) on every pass.
+
+    The units travel with the read tasks, so a pass lists no files and reads no footers again; it
+    starts in well under a second whatever the number of shards. Reading and decoding are one task
+    (a datasource), not a read followed by a map, so each unit costs one task and no block in between.
+    """
     import ray.data
 
-    fs, _ = storage.resolve(uri)
-    paths = [storage.resolve(u)[1] for u in shard_uris(uri, meta)]
-    dataset = ray.data.read_parquet(paths, filesystem=fs, columns=["sample_id", "label", "image", "split"])
-    decode = SelectAndDecode(selection, forget_ids, meta.channels, image_size, image_size)
-    return dataset.map_batches(decode, batch_format="pyarrow", batch_size=batch_rows)
+    if not units:
+        return in_memory_dataset(_empty_columns(meta.channels, image_size, forget_flag))
+    source = RowGroupDatasource(units, meta.channels, image_size, meta.resize, forget_flag)
+    return ray.data.read_datasource(source, override_num_blocks=len(units))
+
+
+def _row_group_datasource_class():
+    """Defined on first use: importing ray.data costs seconds, and the in-process paths never need it."""
+    from ray.data.block import BlockAccessor, BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class _RowGroupDatasource(Datasource):
+        def __init__(self, units, channels, size, resize, forget_flag):
+            super().__init__()
+            self.units, self.channels, self.size, self.resize, self.forget_flag = (
+                units, channels, size, resize, forget_flag)
+
+        def estimate_inmemory_data_size(self) -> int:
+            return sum(len(u.rows) for u in self.units) * self.channels * self.size * self.size
+
+        def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+            tasks = []
+            for unit in self.units:  # one task per unit, whatever `parallelism`: units are the natural grain
+                decode = ReadAndDecode([unit], self.channels, self.size, self.resize, self.forget_flag)
+                rows = len(unit.rows)
+                metadata = BlockMetadata(num_rows=rows, size_bytes=rows * self.channels * self.size * self.size,
+                                         input_files=None, exec_stats=None)
+                tasks.append(ReadTask(lambda decode=decode: (BlockAccessor.batch_to_block(block)
+                                                             for block in decode({"id": [0]})), metadata))
+            return tasks
+
+    return _RowGroupDatasource
+
+
+def RowGroupDatasource(units, channels: int, size: int, resize: str, forget_flag: bool):
+    """A Ray Data datasource over `ReadUnit`s: each read task reads one row group's kept rows and decodes them."""
+    global _DATASOURCE_CLASS
+    if _DATASOURCE_CLASS is None:
+        _DATASOURCE_CLASS = _row_group_datasource_class()
+    return _DATASOURCE_CLASS(units, channels, size, resize, forget_flag)
+
+
+_DATASOURCE_CLASS = None
+
+
+def _empty_columns(channels: int, size: int, forget_flag: bool) -> dict:
+    columns = {"image": np.empty((0, channels, size, size), np.uint8), "label": np.empty(0, np.int64),
+               "sample_id": np.empty(0, str)}
+    return {**columns, "is_forget": np.empty(0, bool)} if forget_flag else columns
 
 
 # Decoded data below this is read once by the driver and held in Ray's object store (see build_datasets).
@@ -159,9 +260,23 @@ def build_datasets(uri: str, meta: DatasetMeta, splits: Splits | None, names, im
     available = selections(splits, retain_fractions)
     forget_ids = frozenset(splits.forget_ids) if splits else frozenset()
     if mode == "stream" or (mode == "auto" and decoded_bytes(meta, image_size) >= IN_MEMORY_LIMIT_BYTES):
-        return {name: read_decoded(uri, meta, available[name], forget_ids, image_size) for name in names}
-    decoded = SelectAndDecode(Selection(), forget_ids, meta.channels, image_size, image_size)(read_table(uri, meta))
-    return {name: in_memory_dataset(SelectDecoded(available[name], forget_ids)(decoded)) for name in names}
+        layout = read_layout(uri, meta)
+        masks = {name: RowSelector(available[name], forget_ids).mask(layout.ids, layout.splits) for name in names}
+        return {name: streamed_dataset(read_units(layout, *masks[name]), meta, image_size,
+                                       available[name].forget_flag) for name in names}
+    table = read_table(uri, meta)
+    ids = np.asarray(table.column("sample_id").to_pylist(), dtype=object)
+    splits_column = np.asarray(table.column("split").to_pylist(), dtype=object)
+    images = decode_batch(table.column("image").to_pylist(), ids, meta.channels, image_size, meta.resize)
+    labels = table.column("label").to_numpy().astype(np.int64)
+    out = {}
+    for name in names:
+        keep, in_forget = RowSelector(available[name], forget_ids).mask(ids, splits_column)
+        columns = {"image": images[keep], "label": labels[keep], "sample_id": ids[keep].astype(str)}
+        if available[name].forget_flag:
+            columns["is_forget"] = in_forget[keep]
+        out[name] = in_memory_dataset(columns)
+    return out
 
 
 def in_memory_dataset(columns: dict):

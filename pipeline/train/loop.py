@@ -38,10 +38,10 @@ def _place(model: torch.nn.Module, device: torch.device, channels_last: bool) ->
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def _shard_sources(names) -> dict:
+def _shard_sources(names, row_bytes: int | None) -> dict:
     import ray.train
 
-    return {name: ShardSource(ray.train.get_dataset_shard(name)) for name in names}
+    return {name: ShardSource(ray.train.get_dataset_shard(name), row_bytes) for name in names}
 
 
 def _checkpoint_reporter(spec: ModelSpec, method, epoch_metrics=None):
@@ -100,7 +100,7 @@ def worker_loop(config: dict):
     import ray.train.torch
 
     device = ray.train.torch.get_device()
-    sources = _shard_sources(config["datasets"])
+    sources = _shard_sources(config["datasets"], config.get("row_bytes"))
     evaluator = WorkerEvaluator(sources, device)
     if "runs" not in config:
         return _run_one(config, sources, device, evaluator, checkpointing=True)
