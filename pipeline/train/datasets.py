@@ -127,7 +127,7 @@ class ReadAndDecode:
     """
 
     def __init__(self, units: list[ReadUnit], channels: int, size: int, resize: str, forget_flag: bool,
-                 block_rows: int = 64):
+                 block_rows: int = 256):
         self.units, self.forget_flag, self.block_rows = units, forget_flag, block_rows
         self.channels, self.size, self.resize = channels, size, resize
 
@@ -248,32 +248,33 @@ def build_datasets(uri: str, meta: DatasetMeta, splits: Splits | None, names, im
                    retain_fractions=(), mode: str = "auto") -> dict:
     """{name: Ray Dataset} for the named selections (see `selections`).
 
-    `stream`: every set streams from the shards each epoch (read_parquet, then one
-    map_batches that selects its rows and decodes only those). `memory`: the driver
-    reads and decodes the shards once and each set becomes its own materialised
-    dataset. Ray Data costs seconds per pipeline and about half a second per pass
-    on top of the work, which on small data is many times the work itself; `auto`
-    (the default) picks `memory` when the decoded data is under 256 MiB.
+    `stream`: every set streams from the shards each epoch, one read task per row group
+    that holds any of its rows (see `streamed_dataset`). `memory`: the driver reads and
+    decodes the shards once and each set becomes its own materialised dataset. Ray Data
+    costs about half a second per pass on top of the work, which on small data is many
+    times the work itself; `auto` (the default) picks `memory` when the decoded data is
+    under 256 MiB. Both modes select rows with the same masks over the same file order.
     """
     if mode not in DATA_MODES:
         raise ValueError(f"data mode must be one of {DATA_MODES}, not {mode!r}")
     available = selections(splits, retain_fractions)
     forget_ids = frozenset(splits.forget_ids) if splits else frozenset()
+    chosen = {name: RowSelector(available[name], forget_ids) for name in names}
     if mode == "stream" or (mode == "auto" and decoded_bytes(meta, image_size) >= IN_MEMORY_LIMIT_BYTES):
         layout = read_layout(uri, meta)
-        masks = {name: RowSelector(available[name], forget_ids).mask(layout.ids, layout.splits) for name in names}
-        return {name: streamed_dataset(read_units(layout, *masks[name]), meta, image_size,
-                                       available[name].forget_flag) for name in names}
+        return {name: streamed_dataset(read_units(layout, *selector.mask(layout.ids, layout.splits)), meta,
+                                       image_size, selector.selection.forget_flag)
+                for name, selector in chosen.items()}
     table = read_table(uri, meta)
     ids = np.asarray(table.column("sample_id").to_pylist(), dtype=object)
-    splits_column = np.asarray(table.column("split").to_pylist(), dtype=object)
+    stored_splits = np.asarray(table.column("split").to_pylist(), dtype=object)
     images = decode_batch(table.column("image").to_pylist(), ids, meta.channels, image_size, meta.resize)
     labels = table.column("label").to_numpy().astype(np.int64)
     out = {}
-    for name in names:
-        keep, in_forget = RowSelector(available[name], forget_ids).mask(ids, splits_column)
+    for name, selector in chosen.items():
+        keep, in_forget = selector.mask(ids, stored_splits)
         columns = {"image": images[keep], "label": labels[keep], "sample_id": ids[keep].astype(str)}
-        if available[name].forget_flag:
+        if selector.selection.forget_flag:
             columns["is_forget"] = in_forget[keep]
         out[name] = in_memory_dataset(columns)
     return out

@@ -78,8 +78,9 @@ def ray_worker_loop(config: dict) -> list[dict]:
     import ray.train
 
     from pipeline import distributed
-    from pipeline.train.ray_sources import ShardSource
+    from pipeline.train.ray_sources import ShardSource, warm_up_data_workers
 
+    warm_up_data_workers()
     source = ShardSource(ray.train.get_dataset_shard("train"), config["row_bytes"])
     timings = []
     for epoch in range(config["passes"]):
@@ -101,7 +102,7 @@ class MemorySampler:
     store are not counted once per process that reads them); the store is reported on its own.
     """
 
-    def __init__(self, ray_processes: bool, interval: float = 0.25):
+    def __init__(self, ray_processes: bool, interval: float = 1.0):
         self.ray_processes, self.interval = ray_processes, interval
         self.peak_driver = self.peak_workers = 0.0
         self.peak_store: float | None = None

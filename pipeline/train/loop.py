@@ -17,7 +17,7 @@ from pipeline.methods import create_method
 from pipeline.methods.base import UnlearnData, count_correct, unwrap
 from pipeline.models import ModelSpec, build_model, load_checkpoint, load_weights, save_checkpoint
 from pipeline.train.checkpoints import read_resume_state, write_epoch_checkpoint
-from pipeline.train.ray_sources import ShardSource
+from pipeline.train.ray_sources import ShardSource, warm_up_data_workers
 
 
 def load_model(config: dict) -> tuple[torch.nn.Module, ModelSpec]:
@@ -100,6 +100,7 @@ def worker_loop(config: dict):
     import ray.train.torch
 
     device = ray.train.torch.get_device()
+    warm_up_data_workers()
     sources = _shard_sources(config["datasets"], config.get("row_bytes"))
     evaluator = WorkerEvaluator(sources, device)
     if "runs" not in config:

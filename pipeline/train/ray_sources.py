@@ -45,6 +45,31 @@ class ShardSource:
             yield out
 
 
+def _import_decode_path() -> None:
+    import pipeline.train.datasets  # noqa: F401  (torch, torchvision's codecs, pyarrow)
+
+
+def warm_up_data_workers(limit: int = 64) -> None:
+    """From rank 0, start a Ray worker process per free CPU (up to `limit`) importing the decode path; no waiting.
+
+    A fresh Ray worker spends seconds importing torch and torchvision before it decodes its first
+    image, while a DataLoader's forked workers inherit those imports: the first pass of a stream
+    ran at a third of the later ones. Ray reuses a worker only for tasks of the same runtime env,
+    and Ray Train gives its workers their own (env vars), which the read tasks they start inherit:
+    so the warm-up must start from inside the Train worker, not from the driver. It then overlaps
+    the method's set-up (model and checkpoint loading).
+    """
+    import ray
+
+    from pipeline import distributed
+
+    if distributed.rank() != 0:
+        return
+    task = ray.remote(num_cpus=1)(_import_decode_path)
+    for _ in range(min(limit, int(ray.available_resources().get("CPU", 0)))):
+        task.remote()
+
+
 class LosslessDataConfig(DataConfig):
     """Split every dataset across workers with `equal=False`.
 

@@ -32,33 +32,12 @@ def init_ray(num_workers: int = 1, cpus_per_worker: float = 1.0) -> None:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # not a line per pass over every set
         needed = int(num_workers * cpus_per_worker) + 2
-        num_cpus = max(os.cpu_count() or 1, needed)
-        ray.init(num_cpus=num_cpus, include_dashboard=False,
+        ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False,
                  object_store_memory=512 * 1024**2 if not os.environ.get("CI") else 256 * 1024**2,
                  logging_config=ray.LoggingConfig(log_level="ERROR"))
-        warm_up_data_workers(num_cpus - int(num_workers * cpus_per_worker))
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-
-
-def _import_decode_path() -> None:
-    import pipeline.train.datasets  # noqa: F401  (torch, torchvision's codecs, pyarrow)
-
-
-def warm_up_data_workers(count: int) -> None:
-    """Start `count` Ray worker processes and import the decode path in them, without waiting for them.
-
-    A fresh Ray worker spends seconds importing torch and torchvision before it decodes its first
-    image; a DataLoader's forked workers inherit those imports. Done here, it overlaps Ray Train's
-    own start-up (10-20 s), and Ray Data's read tasks then reuse the warm processes (measured by
-    `unlearn bench-ingest`: the first pass of a local run).
-    """
-    import ray
-
-    task = ray.remote(num_cpus=1)(_import_decode_path)
-    for _ in range(max(0, count)):
-        task.remote()
 
 
 def run_trainer(loop_config: dict, datasets: dict, run_uri: str, name: str, workers: int = 1, use_gpu: bool = False,
