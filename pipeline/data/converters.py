@@ -57,10 +57,10 @@ class Source:
 
 
 def encode_image(array: np.ndarray, fmt: str = "PNG", quality: int = 90) -> bytes:
-    """Encode an HxW (grey) or HxWx3 (RGB) uint8 array with PIL.
+    """Encode an HxW (grey) or HxWx3 (RGB) uint8 array with PIL (also `pipeline.data.images.encode`).
 
-    The same bytes as pipeline.data.images.encode, kept here because that module imports torch, which
-    would cost every prepare worker process about 3 s of start-up for nothing."""
+    It lives here, not beside the decoder, because that module imports torch, which would cost
+    every prepare worker process about 3 s of start-up for nothing."""
     buffer = io.BytesIO()
     image = Image.fromarray(np.ascontiguousarray(array))
     image.save(buffer, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))

@@ -23,18 +23,11 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as tvf
 
+from pipeline.data.converters import encode_image as encode  # noqa: F401  (the one encoder, torch-free there)
 from pipeline.data.shards import RESIZE_MODES
 from pipeline.errors import DataError
 
 CROP_FRACTION = 0.875  # ImageNet eval: 224 of 256
-
-
-def encode(array: np.ndarray, fmt: str = "PNG", quality: int = 90) -> bytes:
-    """Encode an HxW (grey) or HxWx3 (RGB) uint8 array."""
-    buffer = io.BytesIO()
-    image = Image.fromarray(np.ascontiguousarray(array))
-    image.save(buffer, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
-    return buffer.getvalue()
 
 
 def resize_size(image_size: int) -> int:

@@ -13,6 +13,7 @@ samples in the same order.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -120,10 +121,11 @@ def read_row_group(unit: ReadUnit, columns: list[str]) -> pa.Table:
 
 
 class ReadAndDecode:
-    """map_batches over unit numbers: read each unit's rows, decode their images, emit blocks of `block_rows`.
+    """Reads units' rows and decodes their images into blocks of at most `block_rows` rows.
 
-    Small blocks keep every stage streaming (a decoded ImageNet row group is ~40 MB) and let
-    the consumer start on the first images of a row group while the rest decodes.
+    One block per 256-row unit: smaller blocks were merged again by Ray Data (a copy of every
+    image) and measured no faster. The Ray datasource and the DataLoader baseline of
+    `unlearn bench-ingest` share this, so both do exactly the same work.
     """
 
     def __init__(self, units: list[ReadUnit], channels: int, size: int, resize: str, forget_flag: bool,
@@ -131,8 +133,9 @@ class ReadAndDecode:
         self.units, self.forget_flag, self.block_rows = units, forget_flag, block_rows
         self.channels, self.size, self.resize = channels, size, resize
 
-    def __call__(self, batch: dict) -> Iterator[dict]:
-        for number in batch["id"]:
+    def blocks(self, numbers) -> Iterator[dict]:
+        """The blocks of the units at positions `numbers`, in that order."""
+        for number in numbers:
             unit = self.units[int(number)]
             table = read_row_group(unit, ["sample_id", "label", "image"])
             ids = np.asarray(table.column("sample_id").to_pylist(), dtype=object)
@@ -185,12 +188,16 @@ def streamed_dataset(units: list[ReadUnit], meta: DatasetMeta, image_size: int, 
 
     if not units:
         return in_memory_dataset(_empty_columns(meta.channels, image_size, forget_flag))
-    source = RowGroupDatasource(units, meta.channels, image_size, meta.resize, forget_flag)
+    source = _row_group_datasource_class()(units, meta.channels, image_size, meta.resize, forget_flag)
     return ray.data.read_datasource(source, override_num_blocks=len(units))
 
 
+@functools.lru_cache(maxsize=None)
 def _row_group_datasource_class():
-    """Defined on first use: importing ray.data costs seconds, and the in-process paths never need it."""
+    """A Ray Data datasource over `ReadUnit`s, each read task reading one row group's kept rows and decoding them.
+
+    Defined on first use: importing ray.data costs seconds, and the in-process paths never need it.
+    """
     from ray.data.block import BlockAccessor, BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
@@ -211,21 +218,10 @@ def _row_group_datasource_class():
                 metadata = BlockMetadata(num_rows=rows, size_bytes=rows * self.channels * self.size * self.size,
                                          input_files=None, exec_stats=None)
                 tasks.append(ReadTask(lambda decode=decode: (BlockAccessor.batch_to_block(block)
-                                                             for block in decode({"id": [0]})), metadata))
+                                                             for block in decode.blocks([0])), metadata))
             return tasks
 
     return _RowGroupDatasource
-
-
-def RowGroupDatasource(units, channels: int, size: int, resize: str, forget_flag: bool):
-    """A Ray Data datasource over `ReadUnit`s: each read task reads one row group's kept rows and decodes them."""
-    global _DATASOURCE_CLASS
-    if _DATASOURCE_CLASS is None:
-        _DATASOURCE_CLASS = _row_group_datasource_class()
-    return _DATASOURCE_CLASS(units, channels, size, resize, forget_flag)
-
-
-_DATASOURCE_CLASS = None
 
 
 def _empty_columns(channels: int, size: int, forget_flag: bool) -> dict:

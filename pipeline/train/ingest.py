@@ -56,7 +56,7 @@ class _UnitsForWorker(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.decode.units))
-        for block in self.decode({"id": order[worker::workers]}):
+        for block in self.decode.blocks(order[worker::workers]):
             yield {"image": torch.from_numpy(block["image"]), "label": torch.from_numpy(block["label"])}
 
 
