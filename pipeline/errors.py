@@ -11,3 +11,7 @@ class DataError(UnlearnError):
 
 class ConfigError(UnlearnError):
     """An unknown method, model, key or value in a configuration."""
+
+
+class DivergedError(UnlearnError):
+    """A method's loss or weights became NaN or infinite: its model must never be saved as a result."""

@@ -70,3 +70,15 @@ def test_eval_rejects_a_negative_number_of_floor_draws(digits_hard_uri, original
                                     "--floor-draws", "-1", "--out", str(tmp_path)])
     assert code == 2 and "--floor-draws must be 0 or more, not -1" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_a_diverged_ray_run_exits_non_zero_and_saves_no_model_or_record(ray_session, digits_hard_uri,
+                                                                         original_checkpoint, tmp_path, capsys):
+    from jobs.common import run_main
+
+    code = run_main(unlearn.main, ["--data", digits_hard_uri, "--original", original_checkpoint, "--method", METHOD,
+                                   "--forget", FORGET_SPEC, "--seed", str(SEED), "--out", str(tmp_path),
+                                   "--max-failures", "0", f"--set={METHOD}.lr=1e6", f"--set={METHOD}.epochs=2"])
+    error = capsys.readouterr().err
+    assert code == 2 and f"{METHOD} diverged in epoch 1" in error and f"{METHOD}.lr=1000000.0" in error
+    assert not list(tmp_path.glob("*.pt")) and not (tmp_path / "records").exists()

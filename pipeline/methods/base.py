@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -20,6 +21,7 @@ from torch import nn
 
 from pipeline import distributed
 from pipeline.data.sources import BatchSource
+from pipeline.errors import DivergedError
 
 
 @dataclass
@@ -363,6 +365,7 @@ class UnlearningMethod:
                 break
             mean_loss = self._run_epoch(model, data, device, epoch, epochs)
             self.end_epoch(epoch, model, data, device)
+            self.check_finite(model, epoch, mean_loss)
             entry = {"epoch": epoch, "loss": mean_loss, **self.progress_extras()}
             report.history.append(entry)
             report.epochs_run += 1
@@ -379,6 +382,24 @@ class UnlearningMethod:
         distributed.barrier()
         report.unlearn_seconds = time.perf_counter() - started - report.epoch_report_seconds
         return report
+
+    def check_finite(self, model: nn.Module, epoch: int, mean_loss: float) -> None:
+        """Stop a diverged run: a NaN or infinite loss or weight raises DivergedError naming the epoch and settings.
+
+        Checked every epoch, before the epoch's checkpoint, so a diverged model is never checkpointed,
+        evaluated or saved (a NaN model once went out as a run that "succeeded" with RF-JSD nan).
+        """
+        state = unwrap(model).state_dict()
+        bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+        if math.isfinite(mean_loss) and not bad:
+            return
+        problems = ([] if math.isfinite(mean_loss) else [f"mean loss {mean_loss}"])
+        if bad:
+            problems.append(f"non-finite values in {len(bad)} of {len(state)} tensors (first: {bad[0]})")
+        own = {key: self.config[key] for key in ("lr", *type(self).defaults) if key in self.config}
+        settings = ", ".join(f"{self.name}.{key}={value}" for key, value in own.items())
+        raise DivergedError(f"{self.name} diverged in epoch {epoch + 1}: {'; '.join(problems)}. Settings: {settings}. "
+                            f"No model was saved; lower {self.name}.lr (--set {self.name}.lr=...) and run again")
 
     def finish(self, model: nn.Module, data: UnlearnData, device: torch.device) -> None:
         """Runs after the last epoch, inside the timed region (UNSIR's repair phase, for example)."""

@@ -3,6 +3,7 @@
 import copy
 import time
 
+import pytest
 import torch
 
 from pipeline.methods import create_method
@@ -90,3 +91,24 @@ def test_lotus_with_its_teacher_cache_trains_exactly_as_without(digits_hard, ori
         assert method.teacher_outputs.forward_passes == (3 if cache_mb else 6)
     for cached, computed in zip(models[0].state_dict().values(), models[1].state_dict().values()):
         assert torch.equal(cached, computed)
+
+
+def test_a_diverged_run_stops_with_an_error_naming_the_method_epoch_and_setting(digits_hard, original_model):
+    from pipeline.errors import DivergedError
+
+    sources = digits_hard[0]
+    method = create_method("lotus", {"lr": 1e6, "epochs": 3}, seed=SEED, log=None)
+    checkpointed = []
+    with pytest.raises(DivergedError, match=r"lotus diverged in epoch 1: .*lotus\.lr=1000000\.0.*No model was saved"):
+        method.unlearn(original_model, copy.deepcopy(original_model), unlearn_data(sources, method, SEED), CPU,
+                       on_epoch_end=lambda epoch, model, entry: checkpointed.append(epoch))
+    assert checkpointed == []  # the diverged epoch never reached a checkpoint
+
+
+def test_a_healthy_run_passes_the_finiteness_check(original_model):
+    method = create_method("finetune", seed=SEED, log=None)
+    method.check_finite(original_model, 0, 0.5)
+    with torch.no_grad():
+        next(original_model.parameters())[0] = float("nan")
+    with pytest.raises(Exception, match="non-finite values in 1 of"):
+        method.check_finite(original_model, 0, 0.5)
