@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,7 +37,6 @@ class IngestResult:
     peak_workers_mb: float = 0.0
     peak_object_store_mb: float | None = None
     spilled_mb: float | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def steady_images_per_second(self) -> float:
