@@ -62,6 +62,19 @@ def plan_floor(index, splits, num_classes: int, draws: int | None, seed: int):
     return plan
 
 
+def check_model_fits_data(spec, meta, model_uri: str, data_uri: str) -> None:
+    """Refuse, before Ray starts, a checkpoint built for other data: its class count or its input channels.
+
+    Neither fails by itself later: a 3-channel model broadcasts a grey image over its three
+    normalisation channels and runs to a chance-level "result".
+    """
+    if spec.num_classes != meta.num_classes:
+        raise ConfigError(f"{model_uri} predicts {spec.num_classes} classes but {data_uri} has {meta.num_classes}")
+    if spec.channels != meta.channels:
+        raise ConfigError(f"{model_uri} takes {spec.channels}-channel images but {data_uri} has {meta.channels}-channel "
+                          f"images ({meta.name}); use a model trained on this data")
+
+
 def apply_endpoint(args: argparse.Namespace) -> None:
     """Export the endpoint before Ray starts, so every Ray process inherits it (RAY_NOTES §1)."""
     if getattr(args, "s3_endpoint", None):

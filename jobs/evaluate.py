@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import (Phases, add_data_flags, add_floor_flag, add_ray_flags, apply_endpoint, log, open_dataset,
-                         plan_floor, run_main, versions)
+from jobs.common import (Phases, add_data_flags, add_floor_flag, add_ray_flags, apply_endpoint, check_model_fits_data,
+                         log, open_dataset, plan_floor, run_main, versions)
 from jobs.unlearn import EVALUATE, print_metrics
 from pipeline.data.splits import make_splits
 from pipeline.models import load_checkpoint
@@ -41,6 +41,7 @@ def evaluate(args: argparse.Namespace) -> ResultRecord:
     meta, index = open_dataset(args)
     splits = make_splits(index, args.forget, args.seed, meta.num_classes)
     _, spec, _ = load_checkpoint(args.model)
+    check_model_fits_data(spec, meta, args.model, args.data)
     floor_plan = plan_floor(index, splits, meta.num_classes, args.floor_draws, args.seed)
     init_ray(args.workers, args.cpus_per_worker)
     phases.lap("startup")

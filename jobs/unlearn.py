@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import (Phases, add_data_flags, add_floor_flag, add_ray_flags, apply_endpoint, log, open_dataset,
-                         plan_floor, run_main, versions)
+from jobs.common import (Phases, add_data_flags, add_floor_flag, add_ray_flags, apply_endpoint, check_model_fits_data,
+                         log, open_dataset, plan_floor, run_main, versions)
 from pipeline import storage
 from pipeline.config import parse_overrides
 from pipeline.data.splits import make_splits
@@ -81,8 +81,7 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
     meta, index = open_dataset(args)
     splits = make_splits(index, args.forget, args.seed, meta.num_classes)
     _, spec, _ = load_checkpoint(args.original)
-    if spec.num_classes != meta.num_classes:
-        raise ConfigError(f"{args.original} predicts {spec.num_classes} classes but {args.data} has {meta.num_classes}")
+    check_model_fits_data(spec, meta, args.original, args.data)
     floor_plan = plan_floor(index, splits, meta.num_classes, getattr(args, "floor_draws", None), args.seed)
     init_ray(args.workers, args.cpus_per_worker)
     phases.lap("startup")

@@ -82,3 +82,21 @@ def test_a_diverged_ray_run_exits_non_zero_and_saves_no_model_or_record(ray_sess
     error = capsys.readouterr().err
     assert code == 2 and f"{METHOD} diverged in epoch 1" in error and f"{METHOD}.lr=1000000.0" in error
     assert not list(tmp_path.glob("*.pt")) and not (tmp_path / "records").exists()
+
+
+@pytest.mark.parametrize("channels, classes, problem", [(3, 10, "takes 3-channel images but"),
+                                                         (1, 7, "predicts 7 classes but")])
+def test_a_checkpoint_built_for_other_data_is_refused_before_ray_starts(digits_hard_uri, tmp_path, capsys,
+                                                                         channels, classes, problem):
+    from jobs.common import run_main
+    from pipeline.models import ModelSpec, build_model, save_checkpoint
+
+    spec = ModelSpec(name="cnn", num_classes=classes, channels=channels, image_size=32)
+    checkpoint = str(tmp_path / "other.pt")
+    save_checkpoint(build_model(spec), spec, checkpoint)
+    from jobs import evaluate
+
+    for job, flags in ((unlearn, ["--original", checkpoint, "--method", METHOD]), (evaluate, ["--model", checkpoint])):
+        code = run_main(job.main, ["--data", digits_hard_uri, *flags, "--out", str(tmp_path / "out")])
+        assert code == 2 and problem in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written
