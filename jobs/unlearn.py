@@ -5,6 +5,7 @@ result record to --out."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from jobs.common import (Phases, add_data_flags, add_floor_flag, add_ray_flags, apply_endpoint, check_model_fits_data,
@@ -15,7 +16,7 @@ from pipeline.data.splits import make_splits
 from pipeline.errors import ConfigError
 from pipeline.methods import REGISTRY, create_method
 from pipeline.models import load_checkpoint
-from pipeline.results.records import ResultRecord, append_record, new_run_id
+from pipeline.results.records import ResultRecord, append_record, load_records, new_run_id
 from pipeline.train.datasets import build_datasets, subset_name
 from pipeline.train.runner import absolute, init_ray, run_trainer
 
@@ -34,7 +35,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="method settings, e.g. --set lotus.alpha=2 --set lotus.lr=1e-4")
     p.add_argument("--out", required=True, help="run URI: unlearned checkpoint, epoch checkpoints, result records")
-    p.add_argument("--name", help="run name (default: METHOD-sSEED); a rerun with the same name resumes")
+    p.add_argument("--name", help="run name (default: METHOD-sSEED); a rerun with the same name and settings resumes")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start this run afresh even if --out holds a run of the same name with other settings")
     add_floor_flag(p)
     return p
 
@@ -48,6 +51,59 @@ def method_settings(method: str, pairs: list[str], base: dict | None = None) -> 
     settings = {**(base or {}), **overrides.get(method, {})}
     resolved = create_method(method, settings, log=None).config  # validates the keys
     return {key: value for key, value in resolved.items()}
+
+
+RUN_SPEC_FILE = "run_spec.json"
+
+
+def run_spec(args: argparse.Namespace, method: str, settings: dict, model_name: str) -> dict:
+    """What makes a run this run: a checkpoint may only be resumed into a run with the same spec."""
+    spec = {"data": absolute(args.data), "forget": args.forget, "seed": args.seed, "method": method,
+            "settings": settings, "original": absolute(args.original), "model": model_name,
+            "gold": absolute(args.gold) if args.gold else None}
+    return json.loads(json.dumps(spec))  # as it reads back from the file (tuples become lists)
+
+
+def _spec_uri(out: str, name: str) -> str:
+    return storage.join(absolute(out), "ray", name, RUN_SPEC_FILE)
+
+
+def check_rerun(out: str, name: str, spec: dict, overwrite: bool) -> str | None:
+    """Before a single run: None to (re)start it, or the run_id of an identical run that already finished.
+
+    Ray Train resumes any run of the same name from its last checkpoint, whatever the settings: a rerun
+    with lotus.alpha=2 once resumed a finished alpha=8 run and recorded alpha=2. A run of that name with
+    another spec is refused (naming what differs) unless `overwrite`, which deletes it first.
+    """
+    uri = _spec_uri(out, name)
+    if not storage.exists(uri):
+        return None
+    stored = json.loads(storage.read_text(uri))
+    earlier = {key: value for key, value in stored.items() if key != "record"}
+    if earlier == spec:
+        return stored.get("record")
+    if overwrite:
+        storage.delete_tree(storage.join(absolute(out), "ray", name))
+        return None
+    raise ConfigError(f"{out} already holds run {name!r} with other settings ({_differences(earlier, spec)}); "
+                      f"use another --out or --name, or --overwrite to start it afresh")
+
+
+def _differences(before: dict, now: dict) -> str:
+    flat_before, flat_now = _flatten(before), _flatten(now)
+    keys = sorted(set(flat_before) | set(flat_now))
+    return "; ".join(f"{key}: {flat_before.get(key)} there, {flat_now.get(key)} now"
+                     for key in keys if flat_before.get(key) != flat_now.get(key))
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _roles(retain_fraction: float) -> dict:
@@ -83,17 +139,24 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
     _, spec, _ = load_checkpoint(args.original)
     check_model_fits_data(spec, meta, args.original, args.data)
     floor_plan = plan_floor(index, splits, meta.num_classes, getattr(args, "floor_draws", None), args.seed)
+    single = len(resolved) == 1
+    labels = [row.get("label", method) for (method, _), row in zip(resolved, rows)]
+    names = [f"{label}-s{args.seed}" for label in labels]
+    if single and args.name:
+        names = [args.name]
+    spec_of_run = run_spec(args, *resolved[0], spec.name) if single else None
+    if single:
+        finished = check_rerun(args.out, names[0], spec_of_run, getattr(args, "overwrite", False))
+        if finished:
+            log(f"run {names[0]!r} under {args.out} is complete (record {finished}); nothing to do")
+            return [record for record in load_records(args.out) if record.run_id == finished]
+        storage.write_text(_spec_uri(args.out, names[0]), json.dumps(spec_of_run, indent=2))
     init_ray(args.workers, args.cpus_per_worker)
     phases.lap("startup")
 
     fractions = [float(config.get("retain_fraction", 1.0)) for _, config in resolved]
     needed = sorted({name for fraction in fractions for name in _roles(fraction).values()} | set(EVALUATE.values()))
     datasets = build_datasets(args.data, meta, splits, needed, spec.image_size, fractions, args.data_mode)
-    single = len(resolved) == 1
-    labels = [row.get("label", method) for (method, _), row in zip(resolved, rows)]
-    names = [f"{label}-s{args.seed}" for label in labels]
-    if single and args.name:
-        names = [args.name]
     run_settings = [{"method": method, "method_config": config, "roles": _roles(fraction),
                      "model_uri": absolute(row.get("model_uri", args.original)),
                      "model_out": None if "model_uri" in row else storage.join(absolute(args.out), f"{name}.pt")}
@@ -135,6 +198,8 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
             notes="" if single else f"one of {len(resolved)} runs sharing one Ray Train fit (start-up and data shared)")
         record = row["finalize"](record) if "finalize" in row else record
         append_record(args.out, record)
+        if single:  # marks the run finished: an identical rerun returns this record instead of a 0-epoch one
+            storage.write_text(_spec_uri(args.out, names[0]), json.dumps({**spec_of_run, "record": record.run_id}))
         print_metrics(label, record.metrics, record.unlearn_seconds)
         records.append(record)
     log(f"unlearned model(s) and records under {args.out}")

@@ -137,6 +137,16 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     return [join(uri, rel) for rel in rels]
 
 
+def delete_tree(uri: str) -> None:
+    """Remove a folder (or S3 prefix) and everything under it; nothing there is not an error."""
+    fs, path = resolve(uri)
+    try:
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_dir(path)
+    except OSError as exc:
+        raise _storage_error("delete", uri, exc) from exc
+
+
 def ensure_bucket(uri: str) -> None:
     """Fail early with a clear message if an s3:// URI's bucket is missing or unreachable."""
     if not is_s3(uri):

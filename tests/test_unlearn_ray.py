@@ -100,3 +100,25 @@ def test_a_checkpoint_built_for_other_data_is_refused_before_ray_starts(digits_h
         code = run_main(job.main, ["--data", digits_hard_uri, *flags, "--out", str(tmp_path / "out")])
         assert code == 2 and problem in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_a_rerun_resumes_only_the_same_run_and_a_finished_one_is_not_run_again(ray_session, digits_hard_uri,
+                                                                                original_checkpoint, tmp_path, capsys):
+    from jobs.common import run_main
+
+    def run(*extra):
+        return run_main(unlearn.main, ["--data", digits_hard_uri, "--original", original_checkpoint, "--method", METHOD,
+                                       "--forget", FORGET_SPEC, "--seed", str(SEED), "--out", str(tmp_path),
+                                       "--max-failures", "0", f"--set={METHOD}.epochs=1", *extra])
+
+    assert run(f"--set={METHOD}.alpha=8") == 0
+    (first,) = load_records(str(tmp_path))
+    capsys.readouterr()
+    assert run(f"--set={METHOD}.alpha=8") == 0  # identical and finished: nothing runs, no second record
+    assert "is complete" in capsys.readouterr().out and len(load_records(str(tmp_path))) == 1
+    assert run(f"--set={METHOD}.alpha=2") == 2  # other settings never resume the alpha=8 checkpoint
+    assert "settings.alpha: 8 there, 2 now" in capsys.readouterr().err and len(load_records(str(tmp_path))) == 1
+    assert run(f"--set={METHOD}.alpha=2", "--overwrite") == 0
+    records = load_records(str(tmp_path))
+    assert len(records) == 2 and {r.config[METHOD]["alpha"] for r in records} == {8, 2}
+    assert all(r.config["epochs_run"] == 1 for r in records)
