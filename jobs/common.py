@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from typing import Callable
 
+from pipeline import storage
 from pipeline.errors import ConfigError, UnlearnError
 from pipeline.storage import ENDPOINT_ENV
 from pipeline.train.datasets import DATA_MODES
@@ -60,6 +62,42 @@ def plan_floor(index, splits, num_classes: int, draws: int | None, seed: int):
     if plan is None:
         log("RF-JSD floor: skipped (no class of D_f has D_test and D_u samples)")
     return plan
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def check_run_arguments(args: argparse.Namespace) -> None:
+    """The flags every Ray job shares, checked in the driver before anything starts (milliseconds, not a
+    traceback from a worker half a minute later)."""
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, not {args.workers}")
+    if args.cpus_per_worker <= 0:
+        raise ConfigError(f"--cpus-per-worker must be above 0, not {args.cpus_per_worker}")
+    if args.max_failures < -1:
+        raise ConfigError(f"--max-failures must be -1 (retry forever) or more, not {args.max_failures}")
+    name = getattr(args, "name", None)
+    if name is not None and (not SAFE_NAME.fullmatch(name) or ".." in name):
+        raise ConfigError(f"--name {name!r} must be letters, digits, '.', '_' or '-' (no path separators or '..'): "
+                          "it names files under --out")
+    check_output_uri(args.out)
+
+
+def check_output_uri(uri: str) -> None:
+    """--out must be a folder (or S3 prefix in an existing bucket) that can be created and written."""
+    if storage.is_s3(uri):
+        storage.ensure_bucket(uri)
+        return
+    path = os.path.abspath(uri)
+    if os.path.isfile(path):
+        raise ConfigError(f"--out {uri} is an existing file, not a folder")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"--out {uri} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {uri} is not writable ({existing} does not allow it)")
 
 
 def check_model_fits_data(spec, meta, model_uri: str, data_uri: str) -> None:

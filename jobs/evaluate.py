@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from jobs.common import (Phases, add_data_flags, add_floor_flag, add_ray_flags, apply_endpoint, check_model_fits_data,
-                         log, open_dataset, plan_floor, run_main, versions)
+                         check_run_arguments, log, open_dataset, plan_floor, run_main, versions)
 from jobs.unlearn import EVALUATE, print_metrics
 from pipeline.data.splits import make_splits
 from pipeline.models import load_checkpoint
@@ -37,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
 
 def evaluate(args: argparse.Namespace) -> ResultRecord:
     apply_endpoint(args)
+    check_run_arguments(args)
     phases = Phases()
     meta, index = open_dataset(args)
     splits = make_splits(index, args.forget, args.seed, meta.num_classes)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import Phases, add_data_flags, add_ray_flags, apply_endpoint, log, run_main
+from jobs.common import Phases, add_data_flags, add_ray_flags, apply_endpoint, check_run_arguments, log, run_main
 from pipeline import storage
 from pipeline.config import parse_overrides
 from pipeline.data.shards import read_index, read_meta, verify_checksums
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 def train(args: argparse.Namespace) -> dict:
     """Train through Ray; return the worker loop's result (evaluation, epochs_run, timings)."""
     apply_endpoint(args)
+    check_run_arguments(args)
     phases = Phases()
     meta = read_meta(args.data)
     if not args.no_verify:

@@ -9,7 +9,7 @@ import json
 import sys
 
 from jobs.common import (Phases, add_data_flags, add_floor_flag, add_ray_flags, apply_endpoint, check_model_fits_data,
-                         log, open_dataset, plan_floor, run_main, versions)
+                         check_run_arguments, log, open_dataset, plan_floor, run_main, versions)
 from pipeline import storage
 from pipeline.config import parse_overrides
 from pipeline.data.splits import make_splits
@@ -130,6 +130,7 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
     A single run keeps per-epoch checkpoints and resumes; several runs in one fit do not.
     """
     apply_endpoint(args)
+    check_run_arguments(args)
     phases = Phases()
     rows = [run[2] if len(run) > 2 else {} for run in runs]
     resolved = [(method, method_settings(method, args.set if method == args.method else [], config))

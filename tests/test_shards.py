@@ -88,8 +88,11 @@ def test_existing_dataset_is_not_overwritten(tmp_path):
 
 
 def test_missing_dataset_names_the_problem(tmp_path):
-    with pytest.raises(DataError, match="_meta.json is missing"):
+    with pytest.raises(DataError, match="the path does not exist"):
         read_meta(str(tmp_path / "nothing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="_meta.json is missing"):
+        read_meta(str(tmp_path / "empty"))
 
 
 def test_missing_column_is_named(tmp_path):
@@ -109,7 +112,9 @@ def test_label_out_of_range_is_rejected(tmp_path):
     table = pq.read_table(path)
     labels = pa.array([7] * table.num_rows, pa.int32())
     pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", labels), path)
-    with pytest.raises(DataError, match="outside 0..2"):
+    first_id = table.column("sample_id")[0].as_py()
+    with pytest.raises(DataError, match=rf"label 7 of sample '{first_id}' in shard {meta.shards[0]['file']} .* "
+                                        rf"outside 0..2 \({table.num_rows} such label"):
         read_index(uri, read_meta(uri))
     with pytest.raises(DataError, match="label 5 outside"):
         ShardWriter(str(tmp_path / "other"), _meta()).add("x", 5, b"", "train")

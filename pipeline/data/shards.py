@@ -14,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
@@ -190,6 +192,8 @@ class ShardWriter:
 
 def read_meta(uri: str) -> DatasetMeta:
     meta_uri = storage.join(uri, META_FILE)
+    if not storage.is_s3(uri) and not os.path.exists(uri):
+        raise DataError(f"no dataset at {uri}: the path does not exist")
     if not storage.exists(meta_uri):
         raise DataError(f"no dataset at {uri}: {META_FILE} is missing (run `unlearn prepare` first)")
     return DatasetMeta.from_json(storage.read_text(meta_uri), meta_uri)
@@ -235,9 +239,13 @@ def read_index(uri: str, meta: DatasetMeta) -> pa.Table:
     """The sample_id/label/split columns of every shard, checked for label range and unique ids."""
     index = read_table(uri, meta, INDEX_COLUMNS)
     labels = index.column("label").to_numpy()
-    if labels.size and (labels.min() < 0 or labels.max() >= meta.num_classes):
-        raise DataError(f"labels in {uri} fall outside 0..{meta.num_classes - 1} "
-                        f"(found {int(labels.min())}..{int(labels.max())})")
+    outside = np.flatnonzero((labels < 0) | (labels >= meta.num_classes))
+    if outside.size:
+        row = int(outside[0])
+        shard = meta.shards[int(np.searchsorted(np.cumsum([s["rows"] for s in meta.shards]), row, side="right"))]
+        raise DataError(f"label {int(labels[row])} of sample {index.column('sample_id')[row].as_py()!r} in shard "
+                        f"{shard['file']} of {uri} is outside 0..{meta.num_classes - 1} "
+                        f"({outside.size} such label(s) in all)")
     if len(set(index.column("sample_id").to_pylist())) != index.num_rows:
         raise DataError(f"duplicate sample_id values in {uri}")
     return index

@@ -6,6 +6,7 @@ Adding a method = one file in this folder + one line here.
 from __future__ import annotations
 
 import importlib
+import numbers
 
 from pipeline.errors import ConfigError
 
@@ -38,7 +39,36 @@ def create_method(name: str, config: dict | None = None, seed: int = 0, log=prin
     unknown = sorted(set(config or {}) - set(cls.defaults) - set(_base_defaults()))
     if unknown:
         raise ConfigError(f"method {name!r} has no setting(s) {unknown}; known: {sorted({**_base_defaults(), **cls.defaults})}")
+    for key, value in (config or {}).items():
+        _check_type(name, key, value, {**_base_defaults(), **cls.defaults}[key])
     return cls(config, seed=seed, log=log)
+
+
+def _check_type(method: str, key: str, value, default) -> None:
+    """A setting must have its default's kind, so a typo fails here and not inside a Ray worker minutes later.
+
+    Numbers may come as strings that parse (YAML reads 1e-4 as a string); None defaults take anything.
+    """
+    if default is None or value is None:
+        return
+    if isinstance(default, bool):
+        fits = isinstance(value, bool)
+    elif isinstance(default, numbers.Real):
+        fits = isinstance(value, numbers.Real) and not isinstance(value, bool) or _parses_as_number(value)
+    else:
+        fits = isinstance(value, type(default))
+    if not fits:
+        kind = "true or false" if isinstance(default, bool) else "a number" if isinstance(default, numbers.Real) \
+            else type(default).__name__
+        raise ConfigError(f"{method}.{key}={value!r} is not {kind} (its default is {default!r})")
+
+
+def _parses_as_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(value, str)
 
 
 def _base_defaults() -> dict:

@@ -113,10 +113,14 @@ def build_model(spec: ModelSpec) -> Classifier:
 
 
 def _load_state(uri: str) -> dict:
+    data = storage.read_bytes(uri)
+    if not data:
+        raise DataError(f"cannot load weights from {uri}: the file is empty")
     try:
-        return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as exc:
-        raise DataError(f"cannot load weights from {uri}: {exc}") from exc
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises anything from IndexError to UnpicklingError on a file that is not its own
+        raise DataError(f"cannot load weights from {uri}: not a PyTorch checkpoint ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from exc
 
 
 def load_weights(model: Classifier, uri: str) -> None:
