@@ -119,8 +119,9 @@ def _load_state(uri: str) -> dict:
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises anything from IndexError to UnpicklingError on a file that is not its own
+        first_sentence = str(exc).split(". ")[0].splitlines()[0] if str(exc) else "no detail"
         raise DataError(f"cannot load weights from {uri}: not a PyTorch checkpoint ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from exc
+                        f"{first_sentence})") from exc
 
 
 def load_weights(model: Classifier, uri: str) -> None:
