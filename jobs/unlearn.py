@@ -145,8 +145,8 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
     names = [f"{label}-s{args.seed}" for label in labels]
     if single and args.name:
         names = [args.name]
-    spec_of_run = run_spec(args, *resolved[0], spec.name) if single else None
     if single:
+        spec_of_run = run_spec(args, *resolved[0], spec.name)
         finished = check_rerun(args.out, names[0], spec_of_run, getattr(args, "overwrite", False))
         if finished:
             log(f"run {names[0]!r} under {args.out} is complete (record {finished}); nothing to do")
