@@ -137,6 +137,17 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     return [join(uri, rel) for rel in rels]
 
 
+def delete_file(uri: str) -> None:
+    """Remove one file or S3 object; a missing one is not an error."""
+    fs, path = resolve(uri)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _storage_error("delete", uri, exc) from exc
+
+
 def delete_tree(uri: str) -> None:
     """Remove a folder (or S3 prefix) and everything under it; nothing there is not an error."""
     fs, path = resolve(uri)

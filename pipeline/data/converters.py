@@ -122,6 +122,15 @@ def hard_digit(index: int, images: np.ndarray, seed: int, canvas: int = 32) -> n
     return (np.clip(out, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
+def _digits_plan(name: str, id_prefix: str, train: int, val: int, seed: int, size: int, mean: float, std: float):
+    """(meta, rows) of a dataset made from sklearn's digits: a stratified train/val/test split, one row per digit."""
+    _, labels = _load_digits()
+    splits = stratified_split(labels, train=train, val=val, seed=seed)
+    meta = DatasetMeta(name=name, num_classes=10, class_names=[str(i) for i in range(10)], height=size, width=size,
+                       channels=1, encoding="png", mean=[mean], std=[std])
+    return meta, [PlannedRow(f"{id_prefix}-{i:05d}", int(labels[i]), splits[i], i) for i in range(len(labels))]
+
+
 @dataclass(frozen=True)
 class DigitsSource(Source):
     seed: int
@@ -130,11 +139,7 @@ class DigitsSource(Source):
         return {"source": "digits", "seed": self.seed}
 
     def plan(self):
-        _, labels = _load_digits()
-        splits = stratified_split(labels, train=1077, val=360, seed=self.seed)
-        meta = DatasetMeta(name="digits", num_classes=10, class_names=[str(i) for i in range(10)],
-                           height=8, width=8, channels=1, encoding="png", mean=[0.3], std=[0.4])
-        return meta, [PlannedRow(f"digits-{i:05d}", int(labels[i]), splits[i], i) for i in range(len(labels))]
+        return _digits_plan("digits", "digits", train=1077, val=360, seed=self.seed, size=8, mean=0.3, std=0.4)
 
     def image(self, index: int) -> bytes:
         return encode_image(_load_digits()[0][index])
@@ -148,11 +153,7 @@ class DigitsHardSource(Source):
         return {"source": "digits-hard", "seed": self.seed}
 
     def plan(self):
-        _, labels = _load_digits()
-        splits = stratified_split(labels, train=800, val=498, seed=self.seed)
-        meta = DatasetMeta(name="digits-hard", num_classes=10, class_names=[str(i) for i in range(10)],
-                           height=32, width=32, channels=1, encoding="png", mean=[0.2], std=[0.25])
-        return meta, [PlannedRow(f"dh-{i:05d}", int(labels[i]), splits[i], i) for i in range(len(labels))]
+        return _digits_plan("digits-hard", "dh", train=800, val=498, seed=self.seed, size=32, mean=0.2, std=0.25)
 
     def image(self, index: int) -> bytes:
         return encode_image(hard_digit(index, _load_digits()[0], self.seed))

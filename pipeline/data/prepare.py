@@ -50,7 +50,7 @@ def convert(source, out: str, overwrite: bool = False, shard_bytes: int = 256 * 
     meta, rows = source.plan()
     _check_rows(rows, meta.num_classes, source)
     if replacing:  # only now that the new source planned fine: from here on `out` is an unfinished conversion
-        _delete(storage.join(out, META_FILE))
+        storage.delete_file(storage.join(out, META_FILE))
     rows_per_shard = _rows_per_shard(source, rows, shard_bytes)
     shards = [rows[start:start + rows_per_shard] for start in range(0, len(rows), rows_per_shard)]
     plan = _plan(source, rows, rows_per_shard, len(shards))
@@ -193,16 +193,6 @@ def _sha256_of(uri: str) -> str | None:
             return None
         raise DataError(f"cannot read {uri}: {exc}") from exc
     return digest.hexdigest()
-
-
-def _delete(uri: str) -> None:
-    fs, path = storage.resolve(uri)
-    try:
-        fs.delete_file(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise DataError(f"cannot delete {uri}: {exc}") from exc
 
 
 def _remove_stale_temp_files(out: str) -> None:
