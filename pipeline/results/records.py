@@ -36,10 +36,14 @@ RECORD_KINDS = ("train", "unlearn", "eval", "sweep-trial", "bench")
 METRIC_KEYS = ("acc_forget", "acc_retain", "acc_test", "acc_unseen", "mia", "jsd", "jsd_e4",
                "rf_jsd", "rf_jsd_e4", "rf_jsd_floor", "rf_jsd_floor_e4", "avg_gap", "gold")
 PHASE_KEYS = ("startup", "data", "unlearn", "epoch_reports", "eval", "total")
+# Images that went through a phase (summed over workers): images/s = images[phase] / phases[phase]. `data`: decoded
+# by the driver (memory mode); `unlearn` and `eval`: batches the method and the evaluation read. `input_wait`: seconds
+# of the phase the workers spent waiting for their next batch (rank 0), which says whether data or compute bound it.
+IMAGE_PHASES = ("data", "unlearn", "eval")
 VERSION_KEYS = ("python", "torch", "ray", "package")
 # Nested dicts that are flattened to "<name>.<key>" columns; `config` is kept whole as a JSON string
 # because its shape differs per method and a column per knob would explode the schema.
-FLATTENED_FIELDS = ("metrics", "phases", "versions")
+FLATTENED_FIELDS = ("metrics", "phases", "images", "input_wait", "versions")
 RECORDS_DIR = "records"
 PARQUET_NAME = "records.parquet"
 # run_id becomes a file name locally and an S3 key, so keep it to characters that are safe in both.
@@ -79,6 +83,8 @@ class ResultRecord:
     config: dict = dataclasses.field(default_factory=dict)
     metrics: dict = dataclasses.field(default_factory=dict)
     phases: dict = dataclasses.field(default_factory=dict)
+    images: dict = dataclasses.field(default_factory=dict)  # per phase, see IMAGE_PHASES
+    input_wait: dict = dataclasses.field(default_factory=dict)  # seconds per phase waiting for input (unlearn, eval)
     unlearn_seconds: float | None = None
     workers: int = 1
     gpus: int = 0
@@ -98,6 +104,8 @@ class ResultRecord:
         self.metrics = _with_defaults(self.metrics, METRIC_KEYS)
         self.metrics["gold"] = bool(self.metrics["gold"])
         self.phases = _with_defaults(self.phases, PHASE_KEYS)
+        self.images = _with_defaults(self.images, IMAGE_PHASES)
+        self.input_wait = _with_defaults(self.input_wait, ("unlearn", "eval"))
         self.versions = _with_defaults(self.versions, VERSION_KEYS)
         if self.unlearn_seconds is not None:
             self.unlearn_seconds = float(self.unlearn_seconds)
