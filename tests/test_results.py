@@ -403,3 +403,98 @@ def test_bands_are_validated():
         compare(records, records, {"accuracy": {"max_drop": 0.1}})
     with pytest.raises(ConfigError, match=">= 0"):
         compare(records, records, {"avg_gap": {"max_rise": -1}})
+
+
+# --- where the time went -----------------------------------------------------------------------------------
+
+def timed_record(method, seed, unlearn, wait, images_unlearn, startup=10.0, data=20.0, eval_seconds=10.0):
+    """A record with hand-picked phases, images per phase and input-wait seconds."""
+    import dataclasses
+
+    phases = {"startup": startup, "data": data, "unlearn": unlearn, "epoch_reports": 0.0, "eval": eval_seconds}
+    return dataclasses.replace(
+        make_record(method, seed, unlearn_seconds=unlearn),
+        phases={**phases, "total": sum(phases.values())},
+        images={"data": 6000, "unlearn": images_unlearn, "eval": 5000},
+        input_wait={"unlearn": wait, "eval": 1.0})
+
+
+def time_records():
+    return [timed_record("lotus", 0, unlearn=60.0, wait=40.0, images_unlearn=12000),
+            timed_record("lotus", 1, unlearn=40.0, wait=20.0, images_unlearn=12000),
+            timed_record("finetune", 0, unlearn=100.0, wait=10.0, images_unlearn=45000),
+            timed_record("original", 0, unlearn=0.0, wait=0.0, images_unlearn=0),
+            make_record("neggrad", 0, unlearn_seconds=60.0)]  # an older record: no images, no input wait
+
+
+def test_time_breakdown_shares_rates_and_bound_are_means_over_seeds():
+    summaries = by_method(summarize(time_records()))
+    lotus = summaries["lotus"]
+    # Pooled over the two seeds: mean unlearn 50 s of a mean run time of 90 s (100 s and 80 s).
+    assert lotus.phase_shares["unlearn"] == pytest.approx(50 / 90)
+    assert lotus.phase_shares["startup"] == pytest.approx(10 / 90) and lotus.phase_shares["epoch_reports"] == 0.0
+    assert sum(lotus.phase_shares.values()) == pytest.approx(1.0)
+    assert lotus.throughput == pytest.approx({"data": 300.0, "unlearn": 240.0, "eval": 500.0})  # 12000 / 50 s
+    assert lotus.images["unlearn"] == 12000 and lotus.input_wait["unlearn"] == pytest.approx(30.0)
+    assert lotus.wait_shares["unlearn"] == pytest.approx(0.6) and lotus.bound == "input-bound"
+    finetune = summaries["finetune"]
+    assert finetune.throughput["unlearn"] == pytest.approx(450.0)
+    assert finetune.wait_shares["unlearn"] == pytest.approx(0.1) and finetune.bound == "compute-bound"
+    # No unlearning: no rate, no wait share (0 images in 0 s is not a stall).
+    original = summaries["original"]
+    assert original.throughput["unlearn"] is None and original.wait_shares["unlearn"] is None
+    assert original.bound is None and original.throughput["eval"] == pytest.approx(500.0)
+
+
+def test_time_breakdown_is_none_safe_for_older_records():
+    neggrad = by_method(summarize(time_records()))["neggrad"]
+    assert neggrad.images == {"data": None, "unlearn": None, "eval": None}
+    assert neggrad.throughput == {"data": None, "unlearn": None, "eval": None}
+    assert neggrad.wait_shares == {"unlearn": None, "eval": None} and neggrad.bound is None
+    # Its phases still split its run time; the phase it lacks (epoch_reports) has no share.
+    assert neggrad.phase_shares["unlearn"] == pytest.approx(60 / 70) and neggrad.phase_shares["epoch_reports"] is None
+    # Images without input-wait seconds: a rate, no verdict.
+    import dataclasses
+
+    partial = dataclasses.replace(make_record("scrub", 0), images={"unlearn": 600}, input_wait={})
+    (scrub,) = summarize([partial])
+    assert scrub.throughput["unlearn"] == pytest.approx(10.0) and scrub.bound is None
+
+
+def test_where_the_time_went_table_and_verdicts():
+    from pipeline.results.tables import markdown_time_tables
+
+    text = markdown_time_tables(summarize(time_records(), method_order=["finetune", "lotus"]))
+    lines = text.splitlines()
+    assert lines[0] == "### digits-hard · cnn · forget random:0.1"
+    assert lines[2] == ("| Method | Start-up % | Data % | Unlearning % | Checkpoints % | Evaluation % | Data img/s "
+                        "| Unlearning img/s | Evaluation img/s | Unlearning waiting on input % |")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and "---" not in line}
+    assert rows["lotus"] == "| lotus | 11.1 | 22.2 | 55.6 | 0.0 | 11.1 | 300 | 240 | 500 | 60.0 |"
+    assert rows["finetune"] == "| finetune | 7.1 | 14.3 | 71.4 | 0.0 | 7.1 | 300 | 450 | 500 | 10.0 |"
+    assert rows["original"] == "| original | 25.0 | 50.0 | 0.0 | 0.0 | 25.0 | 300 | — | 500 | — |"
+    assert rows["neggrad"] == "| neggrad | 2.9 | 7.1 | 85.7 | — | 4.3 | — | — | — | — |"
+    assert "- lotus: input-bound: 60.0 % of its 50.0 s of unlearning waited for the next batch; 240 images/s" in text
+    assert "- finetune: compute-bound: 10.0 % of its 100.0 s of unlearning" in text
+    assert "- original: no unlearning to judge" in text
+    assert "- neggrad: no verdict: its records carry no images or input-wait seconds" in text
+
+
+def test_report_carries_the_time_breakdown_in_markdown_html_and_csv(tmp_path):
+    from pipeline.results.report import write_report
+
+    run = str(tmp_path / "run")
+    for record in time_records():
+        append_record(run, record)
+    written = write_report([run], str(tmp_path / "out"))
+    markdown = open(written["report.md"], encoding="utf-8").read()
+    assert "## Where the time went" in markdown and "| lotus | 11.1 | 22.2 | 55.6 |" in markdown
+    page = open(written["report.html"], encoding="utf-8").read()
+    assert "<h2>Where the time went</h2>" in page
+    assert '<td>lotus</td><td class="number">11.1</td>' in page
+    assert "<li>lotus: input-bound: 60.0 % of its 50.0 s" in page
+    frame = pd.read_csv(io.StringIO(open(written["report.csv"], encoding="utf-8").read())).set_index("method")
+    assert frame.loc["lotus", "images_per_s_unlearn"] == pytest.approx(240.0)
+    assert frame.loc["lotus", "input_wait_unlearn_share"] == pytest.approx(0.6)
+    assert frame.loc["lotus", "bound"] == "input-bound" and frame.loc["finetune", "bound"] == "compute-bound"
+    assert math.isnan(frame.loc["neggrad", "images_per_s_unlearn"])

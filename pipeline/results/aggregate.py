@@ -13,6 +13,12 @@ Choices, stated once:
 - Only records of kind unlearn/eval/bench enter method tables: `train` records
   describe producing the original model and `sweep-trial` records are
   hyperparameter trials, which have their own heatmaps.
+- Where the time went: a phase's share and its images/s are ratios of means
+  over the seeds that know both numbers (mean images / mean seconds), i.e. the
+  pooled throughput, not a mean of per-seed ratios that one short seed skews.
+  The shares are of the method's own run time, the sum of its phases: in a
+  bench every method's record carries the whole fit's `total` (all methods'
+  work), so `total` would understate each method's shares.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from pipeline.results.records import PHASE_KEYS, ResultRecord
+from pipeline.results.records import IMAGE_PHASES, PHASE_KEYS, ResultRecord
 
 TABLE_KINDS = ("unlearn", "eval", "bench")
 REFERENCE_METHODS = ("original", "retrain")
@@ -33,6 +39,12 @@ STD_DDOF = 1
 SUMMARY_METRICS = ("acc_forget", "acc_retain", "acc_test", "acc_unseen", "mia", "avg_gap",
                    "jsd_e4", "rf_jsd_e4", "rf_jsd_floor_e4", "unlearn_seconds", "unlearn_minutes")
 GroupKey = tuple[str, str, str]
+# The phases that add up to a method's run time (`total` is the sum's wall-clock twin, see the docstring).
+SHARE_PHASES = ("startup", "data", "unlearn", "epoch_reports", "eval")
+WAIT_PHASES = ("unlearn", "eval")  # phases whose input wait the workers measure
+# More than this share of the unlearning spent waiting for the next batch: the data path, not the model, set
+# the pace.
+INPUT_BOUND_SHARE = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +64,12 @@ class MethodSummary:
     stats: dict[str, Stat]
     phases: dict[str, float | None]  # mean seconds per phase over seeds
     time_ratio: float | None  # mean unlearn time / retrain's mean unlearn time in the same group
+    images: dict[str, float | None] = dataclasses.field(default_factory=dict)  # mean images per IMAGE_PHASES
+    input_wait: dict[str, float | None] = dataclasses.field(default_factory=dict)  # mean seconds per WAIT_PHASES
+    # Derived over the seeds that know both numbers (see the module docstring); None when unknown.
+    phase_shares: dict[str, float | None] = dataclasses.field(default_factory=dict)  # of the run time, 0..1
+    throughput: dict[str, float | None] = dataclasses.field(default_factory=dict)  # images/s per IMAGE_PHASES
+    wait_shares: dict[str, float | None] = dataclasses.field(default_factory=dict)  # input wait / phase time
 
     @property
     def group(self) -> GroupKey:
@@ -62,6 +80,15 @@ class MethodSummary:
 
     def std(self, metric: str) -> float | None:
         return self.stats[metric].std
+
+    @property
+    def bound(self) -> str | None:
+        """'input-bound' when the workers waited on input for more than half the unlearning, else
+        'compute-bound'; None without unlearning time or without an input-wait figure."""
+        share = self.wait_shares.get("unlearn")
+        if share is None:
+            return None
+        return "input-bound" if share > INPUT_BOUND_SHARE else "compute-bound"
 
 
 def _number(value) -> float | None:
@@ -120,13 +147,71 @@ def order_methods(methods: Iterable[str], method_order: Iterable[str] | None = N
     return ordered + sorted(present - set(ordered))
 
 
+def _phase_seconds(record: ResultRecord, phase: str) -> float | None:
+    seconds = _number(record.phases.get(phase))
+    if seconds is None and phase == "unlearn":
+        seconds = _number(record.unlearn_seconds)  # records that only set unlearn_seconds
+    return seconds
+
+
+def _run_seconds(record: ResultRecord) -> float | None:
+    """The method's own run time: the sum of its known phases (older records lack some, e.g. epoch_reports:
+    those show no share rather than hiding every share); None when no phase is known."""
+    parts = [seconds for phase in SHARE_PHASES if (seconds := _phase_seconds(record, phase)) is not None]
+    return sum(parts) if parts else None
+
+
+def _field_means(records: list[ResultRecord], field: str, keys: tuple[str, ...]) -> dict[str, float | None]:
+    """Mean over seeds of record.<field>[key] (images, input_wait), None-safe for records without the field."""
+    def value(record: ResultRecord, key: str) -> float | None:
+        return _number((getattr(record, field) or {}).get(key))
+
+    return {key: stat_over_seeds(_per_seed_means(records, lambda r, k=key: value(r, k))).mean for key in keys}
+
+
+def pooled_ratio(records: list[ResultRecord], numerator, denominator) -> float | None:
+    """mean(numerator) / mean(denominator) over the seeds where both are known; None if none is or the
+    denominator is 0 (a phase that took no time has no rate)."""
+    pairs = [(n, d) for n, d in zip(_per_seed_means(records, numerator), _per_seed_means(records, denominator))
+             if n is not None and d is not None]
+    total = sum(d for _, d in pairs)
+    return sum(n for n, _ in pairs) / total if pairs and total > 0 else None
+
+
+def _images(record: ResultRecord, phase: str) -> float | None:
+    """Images through a phase; 0 counts as unknown: a phase that moved no image (the `original` row's
+    unlearning) has no rate, and 0 images/s would read as a stall."""
+    value = _number((record.images or {}).get(phase))
+    return value or None
+
+
+def _input_wait(record: ResultRecord, phase: str) -> float | None:
+    """Seconds of `phase` spent waiting for input, counted only where the phase moved images: the `retrain`
+    row's unlearning is the gold model's training, timed in another job, so this fit's 0 s says nothing of it."""
+    if _images(record, phase) is None:
+        return None
+    return _number((record.input_wait or {}).get(phase))
+
+
+def _time_breakdown(records: list[ResultRecord]) -> dict:
+    shares = {phase: pooled_ratio(records, lambda r, p=phase: _phase_seconds(r, p), _run_seconds)
+              for phase in SHARE_PHASES}
+    throughput = {phase: pooled_ratio(records, lambda r, p=phase: _images(r, p),
+                                      lambda r, p=phase: _phase_seconds(r, p)) for phase in IMAGE_PHASES}
+    waits = {phase: pooled_ratio(records, lambda r, p=phase: _input_wait(r, p), lambda r, p=phase: _phase_seconds(r, p))
+             for phase in WAIT_PHASES}
+    return {"images": _field_means(records, "images", IMAGE_PHASES),
+            "input_wait": _field_means(records, "input_wait", WAIT_PHASES),
+            "phase_shares": shares, "throughput": throughput, "wait_shares": waits}
+
+
 def _summarize_method(group: GroupKey, method: str, records: list[ResultRecord]) -> MethodSummary:
     stats = {metric: stat_over_seeds(_per_seed_means(records, lambda r, m=metric: record_values(r)[m]))
              for metric in SUMMARY_METRICS}
     phases = {phase: stat_over_seeds(_per_seed_means(records, lambda r, p=phase: _number(r.phases.get(p)))).mean
               for phase in PHASE_KEYS}
     return MethodSummary(*group, method=method, seeds=tuple(sorted({r.seed for r in records})),
-                         stats=stats, phases=phases, time_ratio=None)
+                         stats=stats, phases=phases, time_ratio=None, **_time_breakdown(records))
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -170,6 +255,12 @@ def summary_frame(summaries: list[MethodSummary]) -> pd.DataFrame:
             row.update({f"{metric}_mean": stat.mean, f"{metric}_std": stat.std, f"{metric}_n": stat.n})
         row["time_ratio"] = summary.time_ratio
         row.update({f"phase_{phase}_seconds": seconds for phase, seconds in summary.phases.items()})
+        row.update({f"phase_{phase}_share": summary.phase_shares.get(phase) for phase in SHARE_PHASES})
+        row.update({f"images_{phase}": summary.images.get(phase) for phase in IMAGE_PHASES})
+        row.update({f"images_per_s_{phase}": summary.throughput.get(phase) for phase in IMAGE_PHASES})
+        row.update({f"input_wait_{phase}_seconds": summary.input_wait.get(phase) for phase in WAIT_PHASES})
+        row.update({f"input_wait_{phase}_share": summary.wait_shares.get(phase) for phase in WAIT_PHASES})
+        row["bound"] = summary.bound
         rows.append(row)
     return pd.DataFrame(rows, columns=_summary_columns())
 
@@ -178,4 +269,9 @@ def _summary_columns() -> list[str]:
     """Column order of summary_frame, also for an empty summary list (a CSV with just a header)."""
     metrics = [f"{metric}_{part}" for metric in SUMMARY_METRICS for part in ("mean", "std", "n")]
     phases = [f"phase_{phase}_seconds" for phase in PHASE_KEYS]
-    return ["dataset", "model", "forget_spec", "method", "n_seeds", "seeds", *metrics, "time_ratio", *phases]
+    breakdown = [*(f"phase_{phase}_share" for phase in SHARE_PHASES), *(f"images_{phase}" for phase in IMAGE_PHASES),
+                 *(f"images_per_s_{phase}" for phase in IMAGE_PHASES),
+                 *(f"input_wait_{phase}_seconds" for phase in WAIT_PHASES),
+                 *(f"input_wait_{phase}_share" for phase in WAIT_PHASES), "bound"]
+    return ["dataset", "model", "forget_spec", "method", "n_seeds", "seeds", *metrics, "time_ratio", *phases,
+            *breakdown]

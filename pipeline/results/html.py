@@ -11,7 +11,8 @@ import datetime as dt
 import html
 
 from pipeline.results.aggregate import MethodSummary, groups_of
-from pipeline.results.tables import COLUMNS, caption, group_title, table_cells
+from pipeline.results.tables import (COLUMNS, TIME_HEADERS, caption, group_title, table_cells, time_caption,
+                                     time_table_cells, verdict)
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em; color: #222; }
@@ -52,6 +53,24 @@ def html_tables(summaries: list[MethodSummary]) -> str:
     return "\n".join(parts)
 
 
+def html_time_tables(summaries: list[MethodSummary]) -> str:
+    """The where-the-time-went table per group, its caption and one verdict line per method."""
+    if not summaries:
+        return "<p>No unlearning records to break down.</p>"
+    parts = []
+    header = "".join(f"<th>{html.escape(text)}</th>" for text in TIME_HEADERS)
+    for group in groups_of(summaries):
+        members = [s for s in summaries if s.group == group]
+        rows = "".join("<tr><td>" + html.escape(method) + "</td>"
+                       + "".join(f'<td class="number">{html.escape(text)}</td>' for text in numbers) + "</tr>"
+                       for method, *numbers in time_table_cells(members))
+        verdicts = "".join(f"<li>{html.escape(verdict(s))}</li>" for s in members)
+        parts.append(f"<h3>{html.escape(group_title(members[0]))}</h3>\n<table><thead><tr>{header}</tr></thead>"
+                     f"<tbody>{rows}</tbody></table>\n<p class=\"caption\">{html.escape(time_caption())}</p>\n"
+                     f"<ul>{verdicts}</ul>")
+    return "\n".join(parts)
+
+
 def render_html(title: str, run_uris: list[str], summaries: list[MethodSummary], images: dict[str, bytes],
                 sections: list[tuple[str, str]] = (), generated: str | None = None) -> str:
     """The report page. `images` maps a caption to PNG bytes; `sections` are (heading, preformatted text)."""
@@ -74,6 +93,8 @@ def render_html(title: str, run_uris: list[str], summaries: list[MethodSummary],
 <ul>{runs}</ul>
 <h2>Results</h2>
 {html_tables(summaries)}
+<h2>Where the time went</h2>
+{html_time_tables(summaries)}
 {extra}
 <h2>Plots</h2>
 {figures or "<p>No plots: the records hold no timings or metrics to plot.</p>"}

@@ -21,7 +21,7 @@ from pipeline.results.aggregate import record_values, summarize
 from pipeline.results.html import render_html
 from pipeline.results.records import ResultRecord, load_records
 from pipeline.results.regression import compare, format_regressions
-from pipeline.results.tables import csv_text, markdown_table
+from pipeline.results.tables import csv_text, markdown_table, markdown_time_tables
 
 DEFAULT_OUT_DIR = "report"
 # Axis preferences for sweep heatmaps: LoTUS sweeps alpha × learning rate (DESIGN.md §1).
@@ -132,6 +132,8 @@ def _markdown(title: str, run_uris: list[str], generated: str, summaries, record
               images: dict[str, str]) -> str:
     parts = [f"# {title}", "", f"Generated {generated} from:", "", *(f"- `{uri}`" for uri in run_uris), "",
              "## Results", "", markdown_table(summaries)]
+    if summaries:
+        parts += ["## Where the time went", "", markdown_time_tables(summaries)]
     sweeps = _best_trials_table(records)
     if sweeps:
         parts += ["## Sweeps", "", sweeps]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from pipeline.results.aggregate import REFERENCE_METHODS, STD_DDOF, MethodSummary, groups_of, summary_frame
+from pipeline.results.aggregate import (INPUT_BOUND_SHARE, REFERENCE_METHODS, STD_DDOF, MethodSummary, groups_of,
+                                        summary_frame)
 
 MISSING = "—"
 
@@ -117,6 +118,71 @@ def markdown_table(summaries: list[MethodSummary]) -> str:
         for cells in table_cells(members):
             lines.append(_markdown_row([f"**{c.text}**" if c.bold else c.text for c in cells]))
         lines += ["", caption(members), ""]
+        sections.append("\n".join(lines))
+    return "\n".join(sections)
+
+
+# ---- where the time went -----------------------------------------------------------------------------------
+
+SHARE_COLUMNS = (("startup", "Start-up"), ("data", "Data"), ("unlearn", "Unlearning"),
+                 ("epoch_reports", "Checkpoints"), ("eval", "Evaluation"))
+RATE_COLUMNS = (("data", "Data img/s"), ("unlearn", "Unlearning img/s"), ("eval", "Evaluation img/s"))
+TIME_HEADERS = ("Method", *(f"{label} %" for _, label in SHARE_COLUMNS), *(label for _, label in RATE_COLUMNS),
+                "Unlearning waiting on input %")
+
+
+def format_share(share: float | None) -> str:
+    return MISSING if share is None else f"{100 * share:.1f}"
+
+
+def format_rate(rate: float | None) -> str:
+    """Images per second: whole numbers from 100 up (with thousands separators), three figures below."""
+    if rate is None:
+        return MISSING
+    return f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}"
+
+
+def time_table_cells(summaries: list[MethodSummary]) -> list[list[str]]:
+    """Rows (method name first) of the where-the-time-went table of one group; shared by Markdown and HTML."""
+    return [[summary.method, *(format_share(summary.phase_shares.get(phase)) for phase, _ in SHARE_COLUMNS),
+             *(format_rate(summary.throughput.get(phase)) for phase, _ in RATE_COLUMNS),
+             format_share(summary.wait_shares.get("unlearn"))] for summary in summaries]
+
+
+def verdict(summary: MethodSummary) -> str:
+    """One line: whether data or compute bound the method's unlearning, and the figures behind the call."""
+    unlearn_seconds = summary.phases.get("unlearn") or summary.mean("unlearn_seconds")
+    if not unlearn_seconds:
+        return f"{summary.method}: no unlearning to judge (it changes no weight)"
+    if summary.bound is None:
+        return (f"{summary.method}: no verdict: its records carry no images or input-wait seconds for the "
+                "unlearning (an older record, or a row whose unlearning was timed in another job, such as retrain)")
+    rate = summary.throughput.get("unlearn")
+    return (f"{summary.method}: {summary.bound}: {format_share(summary.wait_shares['unlearn'])} % of its "
+            f"{unlearn_seconds:.1f} s of unlearning waited for the next batch; {format_rate(rate)} images/s")
+
+
+def time_caption() -> str:
+    return ("Share of each phase in the method's run time (%; the sum of its phases: in a bench the start-up and "
+            "data phases are shared by the methods of one Ray Train fit and counted in full for each), images "
+            "per second of each phase (images that went through it, summed over workers, over its seconds), and "
+            "the share of the unlearning that the workers spent waiting for their next batch: above "
+            f"{100 * INPUT_BOUND_SHARE:.0f} % the method is input-bound (the data path sets its pace), else "
+            f"compute-bound. Means over seeds; {MISSING} = not measured (records written before these figures, "
+            "or a phase that moved no image).")
+
+
+def markdown_time_tables(summaries: list[MethodSummary]) -> str:
+    """'### dataset · model · forget spec' sections: the table, its caption and one verdict line per method."""
+    if not summaries:
+        return "_No unlearning records to break down._\n"
+    sections = []
+    for group in groups_of(summaries):
+        members = [s for s in summaries if s.group == group]
+        lines = [f"### {group_title(members[0])}", "", _markdown_row(list(TIME_HEADERS)),
+                 "|---|" + "---:|" * (len(TIME_HEADERS) - 1)]
+        lines += [_markdown_row(cells) for cells in time_table_cells(members)]
+        lines += ["", time_caption(), "", *(f"- {verdict(s)}" for s in members), ""]
         sections.append("\n".join(lines))
     return "\n".join(sections)
 
