@@ -21,10 +21,16 @@ Config schema (YAML; every key is optional except `methods`, defaults in DEFAULT
                                        #   models already there are reused when made from the same settings
     data:
       uri: runs/data/digits-hard       # shard dataset (local or s3://)
-      source: digits-hard              # digits | digits-hard | synthetic | imagefolder:PATH, prepared into
-                                       #   `uri` when it holds no dataset yet; null: `uri` must exist
+      source: digits-hard              # digits | digits-hard | synthetic | synthetic-imagenet | imagefolder:PATH,
+                                       #   prepared into `uri` when it holds no dataset yet (a dataset there
+                                       #   prepared from another source or settings is an error); null: `uri`
+                                       #   must exist
       seed: 0                          # the prepared split (and generated images) of `source`
       synthetic: {classes: 10, size: 64, train_per_class: 20, val_per_class: 5, test_per_class: 5}
+                                       # synthetic and synthetic-imagenet: classes and images per class and
+                                       #   split; size is the stored square size for synthetic (default 64),
+                                       #   the model-input crop of the ~500x375 JPEGs for synthetic-imagenet
+                                       #   (default 224)
       verify: true                     # sha256 the shards once at the start (the jobs then skip it)
     model:
       name: cnn                        # cnn | timm name | vit_b_16 | resnet50 | torchvision:NAME
@@ -71,7 +77,7 @@ from jobs.common import apply_endpoint, log, run_main
 from jobs.report import publish, regression_check
 from pipeline import storage
 from pipeline.config import deep_merge, load_yaml, parse_overrides, parse_value
-from pipeline.data.converters import SyntheticSpec, prepare
+from pipeline.data.converters import SyntheticSpec, prepare, source_for
 from pipeline.data.shards import META_FILE, read_meta, verify_checksums
 from pipeline.errors import ConfigError, DataError
 from pipeline.methods import REGISTRY, method_class
@@ -201,6 +207,8 @@ def ensure_data(config: dict) -> str:
     """The shard URI; a configured source is prepared there first if no dataset is there yet."""
     data = config["data"]
     if storage.exists(storage.join(data["uri"], META_FILE)):
+        if data["source"]:
+            check_prepared_from(data, read_meta(data["uri"]))
         return data["uri"]
     if not data["source"]:
         raise DataError(f"no dataset at {data['uri']} and no data.source to prepare there")
@@ -209,6 +217,21 @@ def ensure_data(config: dict) -> str:
                    progress=log)
     log(f"prepared {meta.name}: {meta.counts}")
     return data["uri"]
+
+
+def check_prepared_from(data: dict, meta) -> None:
+    """A dataset already at data.uri must come from the configured source and settings: otherwise changing,
+    say, data.synthetic.classes would silently benchmark the old shards. Datasets that do not record their
+    source (prepared before `_meta.json` carried it) are taken as they are."""
+    if "source" not in meta.extra:
+        return
+    wanted = source_for(data["source"], int(data["seed"]), SyntheticSpec(**data["synthetic"])).describe()
+    found = {key: meta.extra.get(key) for key in wanted}
+    if found != wanted:
+        differs = ", ".join(f"{key}: {found[key]} there, {wanted[key]} configured"
+                            for key in wanted if found[key] != wanted[key])
+        raise ConfigError(f"{data['uri']} holds a dataset prepared from other settings ({differs}); point "
+                          "data.uri elsewhere or remove that dataset")
 
 
 def _reusable(folder: str, fingerprint: dict) -> dict | None:
