@@ -19,7 +19,7 @@ from jobs.common import apply_endpoint, log, run_main
 from pipeline import storage
 from pipeline.data.shards import read_meta
 from pipeline.errors import ConfigError
-from pipeline.train.datasets import ReadAndDecode, RowSelector, Selection, read_layout, read_units, streamed_dataset
+from pipeline.train.datasets import DataPlan, ReadAndDecode, RowSelector, Selection, SetPlan, read_layout, read_units
 from pipeline.train.ingest import IngestResult, MemorySampler, PassTiming, cpu_count, dataloader_passes, ray_worker_loop
 from pipeline.train.runner import init_ray, run_trainer
 
@@ -48,11 +48,10 @@ def measure_dataloader(decode: ReadAndDecode, processes: int, passes: int) -> In
 
 def measure_ray(units, meta, image_size: int, args) -> IngestResult:
     init_ray(args.workers)
-    datasets = {"train": streamed_dataset(units, meta, image_size, forget_flag=False)}
-    config = {"passes": args.passes, "shuffle": not args.no_shuffle, "seed": 0,
-              "row_bytes": meta.channels * image_size**2}
+    plan = DataPlan({"train": SetPlan(tuple(units))}, meta.channels, image_size, meta.resize)
+    config = {"passes": args.passes, "shuffle": not args.no_shuffle, "seed": 0, "data_plan": plan}
     with tempfile.TemporaryDirectory() as scratch, MemorySampler(ray_processes=True) as memory:
-        timings = run_trainer(config, datasets, scratch, "bench-ingest", workers=args.workers, loop=ray_worker_loop)
+        timings = run_trainer(config, scratch, "bench-ingest", workers=args.workers, loop=ray_worker_loop)
     return memory.into(IngestResult([PassTiming(t["images"], t["seconds"]) for t in timings]))
 
 

@@ -13,6 +13,7 @@ from pipeline import storage
 from pipeline.errors import ConfigError, UnlearnError
 from pipeline.storage import ENDPOINT_ENV
 from pipeline.train.datasets import DATA_MODES
+from pipeline.train.ray_sources import DEFAULT_CACHE_MB
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,10 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-mode", choices=DATA_MODES, default="auto",
                         help="stream: read and decode the shards every epoch; memory: decode once into Ray's "
                              "object store; auto (default): memory when the decoded data is under 256 MiB")
+    parser.add_argument("--cache-mb", type=float, default=DEFAULT_CACHE_MB,
+                        help="per worker: memory (GPU memory on a GPU worker) for sets kept decoded after their "
+                             f"first pass, so later epochs replay them instead of reading again (default "
+                             f"{DEFAULT_CACHE_MB}; 0: read every pass). Results are the same either way")
 
 
 def add_ray_flags(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from jobs.unlearn import EVALUATE, print_metrics
 from pipeline.data.splits import make_splits
 from pipeline.models import load_checkpoint
 from pipeline.results.records import ResultRecord, append_record, new_run_id
-from pipeline.train.datasets import build_datasets
+from pipeline.train.datasets import plan_sets
 from pipeline.train.runner import absolute, init_ray, run_trainer
 
 
@@ -46,17 +46,17 @@ def evaluate(args: argparse.Namespace) -> ResultRecord:
     floor_plan = plan_floor(index, splits, meta.num_classes, args.floor_draws, args.seed)
     init_ray(args.workers, args.cpus_per_worker)
     phases.lap("startup")
-    datasets = build_datasets(args.data, meta, splits, sorted(set(EVALUATE.values())), spec.image_size,
-                              mode=args.data_mode)
+    plan = plan_sets(args.data, meta, splits, sorted(set(EVALUATE.values())), spec.image_size,
+                     mode=args.data_mode)
     loop_config = {
         "method": "original", "seed": args.seed, "model_uri": absolute(args.model),
         "original_uri": absolute(args.original or args.model), "gold_uri": absolute(args.gold) if args.gold else None,
-        "datasets": sorted(datasets), "roles": {"forget": "forget", "retain": "retain_all"},
+        "data_plan": plan, "cache_mb": args.cache_mb, "roles": {"forget": "forget", "retain": "retain_all"},
         "evaluate": EVALUATE, "evaluation": "metrics", "num_classes": meta.num_classes,
         "model_out": absolute(f"{args.out}/evaluated.pt"), "floor_plan": floor_plan,
     }
     phases.lap("data")
-    result = run_trainer(loop_config, datasets, args.out, name=f"eval-{args.label}-s{args.seed}",
+    result = run_trainer(loop_config, args.out, name=f"eval-{args.label}-s{args.seed}",
                          workers=args.workers, use_gpu=args.gpus, cpus_per_worker=args.cpus_per_worker,
                          max_failures=args.max_failures)
     phases.lap("run")
@@ -67,6 +67,8 @@ def evaluate(args: argparse.Namespace) -> ResultRecord:
         model=spec.name, seed=args.seed, forget_spec=args.forget,
         config={"data": args.data, "model": args.model, "original": args.original, "gold": args.gold},
         metrics=result["evaluation"], phases=seconds, unlearn_seconds=None, workers=args.workers,
+        images={"data": plan.stored_rows, "eval": result["images"]["eval"]},
+        input_wait={"eval": result["input_wait"]["eval"]},
         gpus=args.workers if args.gpus else 0, versions=versions(), checkpoint_uri=args.model)
     append_record(args.out, record)
     print_metrics(args.label, result["evaluation"])

@@ -27,6 +27,7 @@ import pandas as pd
 import yaml
 
 from jobs.common import add_data_flags, add_ray_flags, apply_endpoint, log, open_dataset, run_main
+from pipeline.train.ray_sources import DEFAULT_CACHE_MB
 from pipeline import storage
 from pipeline.errors import ConfigError
 from pipeline.methods import method_class
@@ -152,7 +153,7 @@ def evaluate_original(args: argparse.Namespace) -> dict:
     argv = ["--data", args.data, "--model", args.original, "--forget", args.forget, "--seed", str(args.seed),
             "--label", "original", "--out", storage.join(args.out, ORIGINAL_DIR), "--no-verify",
             "--workers", str(args.workers), "--cpus-per-worker", str(args.cpus_per_worker),
-            "--max-failures", str(args.max_failures), "--data-mode", args.data_mode]
+            "--max-failures", str(args.max_failures), "--data-mode", args.data_mode, "--cache-mb", str(args.cache_mb)]
     argv += ["--gpus"] if args.gpus else []
     record = evaluate(evaluate_parser().parse_args(argv))
     return {"acc_retain": float(record.metrics["acc_retain"]), "acc_test": float(record.metrics["acc_test"]),
@@ -169,7 +170,7 @@ def trial_context(args: argparse.Namespace, method: str, rule: FeasibilityRule) 
             "forget": args.forget, "seed": args.seed, "gold": args.gold, "workers": args.workers,
             "cpus_per_worker": args.cpus_per_worker, "max_failures": args.max_failures, "gpus": args.gpus,
             "channels_last": args.channels_last, "s3_endpoint": args.s3_endpoint,
-            "data_mode": args.data_mode,
+            "data_mode": args.data_mode, "cache_mb": args.cache_mb,
             "rule": {"acc_retain": rule.acc_retain, "acc_test": rule.acc_test, "max_drop": rule.max_drop}}
 
 
@@ -271,7 +272,7 @@ def resume(run_uri: str, pause_after: int | None = None, s3_endpoint: str | None
     apply_endpoint(argparse.Namespace(s3_endpoint=s3_endpoint))  # before reading the state from S3
     state = load_state(run_uri)
     # Arguments added since the sweep started take their defaults.
-    args = argparse.Namespace(**{"data_mode": "auto", **state["arguments"]})
+    args = argparse.Namespace(**{"data_mode": "auto", "cache_mb": DEFAULT_CACHE_MB, **state["arguments"]})
     args.s3_endpoint = s3_endpoint or args.s3_endpoint
     apply_endpoint(args)
     log(f"[sweep] resuming {run_uri}: methods {args.methods}, {args.trials} trials each")

@@ -12,7 +12,7 @@ from pipeline.config import parse_overrides
 from pipeline.data.shards import read_index, read_meta, verify_checksums
 from pipeline.data.splits import make_splits
 from pipeline.methods import method_class
-from pipeline.train.datasets import build_datasets
+from pipeline.train.datasets import plan_sets
 from pipeline.train.runner import absolute, init_ray, run_trainer
 
 
@@ -68,21 +68,21 @@ def train(args: argparse.Namespace) -> dict:
         log(f"gold model on D_r of {args.forget} (seed {args.seed}): {dict(splits.counts)}")
     else:
         train_set, evaluate = "train", {"train": "train", "val": "unseen", "test": "test"}
-    datasets = build_datasets(args.data, meta, splits, sorted(set(evaluate.values()) | {train_set}), image_size,
-                              mode=args.data_mode)
+    plan = plan_sets(args.data, meta, splits, sorted(set(evaluate.values()) | {train_set}), image_size,
+                     mode=args.data_mode)
     model_uri = storage.join(absolute(args.out), "model.pt")
     config = recipe(args)
     loop_config = {
         "method": "retrain", "method_config": config, "seed": args.seed, "weights": args.weights,
         "model_spec": {"name": args.model, "num_classes": meta.num_classes, "channels": meta.channels,
                        "image_size": image_size, "mean": meta.mean or [0.5], "std": meta.std or [0.25]},
-        "datasets": sorted(datasets), "row_bytes": meta.channels * image_size**2,
+        "data_plan": plan, "cache_mb": args.cache_mb,
         "roles": {"forget": train_set, "retain": train_set},
         "evaluate": evaluate, "model_out": model_uri, "channels_last": args.channels_last,
     }
     phases.lap("data")
     log(f"training {args.model} on {meta.name} with {args.workers} worker(s): {config}")
-    result = run_trainer(loop_config, datasets, args.out, name="train", workers=args.workers, use_gpu=args.gpus,
+    result = run_trainer(loop_config, args.out, name="train", workers=args.workers, use_gpu=args.gpus,
                          cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures)
     phases.lap("train")
     accuracies = "  ".join(f"{name} {value:.3f}" for name, value in result["evaluation"].items())

@@ -17,7 +17,7 @@ from pipeline.errors import ConfigError
 from pipeline.methods import REGISTRY, create_method
 from pipeline.models import load_checkpoint
 from pipeline.results.records import ResultRecord, append_record, load_records, new_run_id
-from pipeline.train.datasets import build_datasets, subset_name
+from pipeline.train.datasets import plan_sets, subset_name
 from pipeline.train.runner import absolute, init_ray, run_trainer
 
 EVALUATE = {"forget": "forget", "retain": "retain_all", "test": "test", "unseen": "unseen"}
@@ -157,7 +157,7 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
 
     fractions = [float(config.get("retain_fraction", 1.0)) for _, config in resolved]
     needed = sorted({name for fraction in fractions for name in _roles(fraction).values()} | set(EVALUATE.values()))
-    datasets = build_datasets(args.data, meta, splits, needed, spec.image_size, fractions, args.data_mode)
+    plan = plan_sets(args.data, meta, splits, needed, spec.image_size, fractions, args.data_mode)
     run_settings = [{"method": method, "method_config": config, "roles": _roles(fraction),
                      "model_uri": absolute(row.get("model_uri", args.original)),
                      "model_out": None if "model_uri" in row else storage.join(absolute(args.out), f"{name}.pt")}
@@ -165,7 +165,7 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
     loop_config = {
         "seed": args.seed, "original_uri": absolute(args.original),
         "gold_uri": absolute(args.gold) if args.gold else None,
-        "datasets": sorted(datasets), "row_bytes": meta.channels * spec.image_size**2,
+        "data_plan": plan, "cache_mb": args.cache_mb,
         "evaluate": EVALUATE, "evaluation": "metrics",
         "num_classes": meta.num_classes, "forget_classes": list(splits.forget_classes),
         "channels_last": args.channels_last, "evaluate_every_epoch": bool(tune_callbacks), "floor_plan": floor_plan,
@@ -174,7 +174,7 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
     phases.lap("data")
     log(f"{', '.join(labels)} on {meta.name} ({args.forget}, seed {args.seed}): {dict(splits.counts)}")
     fit_name = names[0] if single else f"methods-s{args.seed}-{new_run_id('fit', 'many', args.seed)[-8:]}"
-    results = run_trainer(loop_config, datasets, args.out, name=fit_name, workers=args.workers, use_gpu=args.gpus,
+    results = run_trainer(loop_config, args.out, name=fit_name, workers=args.workers, use_gpu=args.gpus,
                           cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures,
                           callbacks=tune_callbacks)
     results = [results] if single else results
@@ -194,6 +194,7 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
                     "workers": args.workers, "gpus": args.gpus, "epochs_run": result["epochs_run"],
                     "history": result["history"]},
             metrics=result["evaluation"], phases=seconds, unlearn_seconds=result["unlearn_seconds"],
+            images={"data": plan.stored_rows, **result["images"]}, input_wait=result["input_wait"],
             workers=args.workers, gpus=args.workers if args.gpus else 0, versions=versions(),
             checkpoint_uri=settings["model_out"] or row.get("model_uri"), checkpoint_sha256=result["checkpoint_sha256"],
             notes="" if single else f"one of {len(resolved)} runs sharing one Ray Train fit (start-up and data shared)")

@@ -4,11 +4,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.data.converters import prepare
 from pipeline.data.shards import read_index, read_meta
 from pipeline.data.splits import make_splits
-from pipeline.train.datasets import RowSelector, Selection, build_datasets, read_layout, read_units
+from pipeline.train.datasets import RowSelector, Selection, plan_sets, read_layout, read_units
 
 
 @pytest.fixture(scope="module")
@@ -35,65 +36,78 @@ def test_read_units_cover_the_selection_and_skip_row_groups_without_it(digits_ha
     assert sum(len(u.rows) for u in everything) == len(layout.ids)
 
 
-def _ids_per_worker_and_epoch(datasets, names, workers, epochs=2, shuffle=True):
-    import ray.train
-    import torch.distributed as dist
-    from ray.train.torch import TorchTrainer
+def _passes(plan, name: str, world: int, cache_mb: float = 0, epochs: int = 2, batch_size: int = 16) -> list:
+    """[epoch][rank] -> the batches rank `rank` of `world` workers reads of set `name` (ranks emulated here)."""
+    from pipeline.train.ray_sources import worker_sources
 
-    from pipeline.train.ray_sources import LosslessDataConfig, ShardSource
+    per_rank = [worker_sources(plan, cache_mb, rank=rank, world=world)[0][name] for rank in range(world)]
+    return [[list(source.batches(batch_size, shuffle=True, seed=epoch)) for source in per_rank]
+            for epoch in range(epochs)]
 
-    def loop(config):
-        seen = {name: [] for name in names}
-        for epoch in range(epochs):
-            for name in names:
-                source = ShardSource(ray.train.get_dataset_shard(name), row_bytes=32 * 32)
-                ids = [i for b in source.batches(16, shuffle=shuffle, seed=epoch) for i in b["sample_id"]]
-                everyone = [None] * dist.get_world_size() if dist.is_initialized() else None
-                if everyone is None:
-                    seen[name].append([ids])
-                    continue
-                dist.all_gather_object(everyone, ids)
-                seen[name].append(everyone)
-        return seen
 
-    return TorchTrainer(loop, scaling_config=ray.train.ScalingConfig(num_workers=workers), datasets=datasets,
-                        dataset_config=LosslessDataConfig()).fit().return_value
+def _ids(batches) -> list:
+    return [i for batch in batches for i in batch["sample_id"]]
 
 
 def test_stream_mode_from_s3_gives_every_sample_to_exactly_one_of_two_workers_each_epoch(ray_session, digits_hard_on_s3):
     uri, meta, splits = digits_hard_on_s3
     names = ["forget", "mixed@0.3", "test"]
-    datasets = build_datasets(uri, meta, splits, names, 32, [0.3], mode="stream")
-    memory = build_datasets(uri, meta, splits, names, 32, [0.3], mode="memory")
-    seen = _ids_per_worker_and_epoch(datasets, names, workers=2)
+    plan = plan_sets(uri, meta, splits, names, 32, [0.3], mode="stream")
+    index = read_index(uri, meta)
+    ids = np.asarray(index.column("sample_id").to_pylist(), dtype=object)
+    expected = {name: sorted(ids[splits.select(index, name)]) for name in ("forget", "test")}
     for name in names:
-        expected = sorted(row["sample_id"] for row in memory[name].iter_rows())
-        assert len(expected) == len(set(expected)) > 0
-        for per_worker in seen[name]:  # one entry per epoch
-            assert sorted(i for ids in per_worker for i in ids) == expected  # each exactly once, none dropped
-            assert all(len(ids) > 0 for ids in per_worker)  # both workers got a share
-    assert sorted(seen["forget"][0][0] + seen["forget"][0][1]) == sorted(splits.forget_ids)
+        epochs = _passes(plan, name, world=2)
+        for per_rank in epochs:
+            seen = [i for batches in per_rank for i in _ids(batches)]
+            assert len(seen) == len(set(seen)) == plan.sets[name].rows  # each exactly once, none dropped
+            assert all(len(_ids(batches)) > 0 for batches in per_rank)  # both workers got a share
+            if name in expected:
+                assert sorted(seen) == expected[name]
+        assert _ids(epochs[0][0]) != _ids(epochs[1][0])  # a new order every epoch
 
 
-def test_stream_and_memory_modes_hold_the_same_rows_with_the_same_pixels(ray_session, digits_hard_uri):
+def test_stream_memory_and_cached_passes_give_the_same_batches(ray_session, digits_hard_uri):
+    """Same ids in the same order and the same pixels, whichever mode, cache on or off, 1 or 2 workers."""
     meta = read_meta(digits_hard_uri)
     splits = make_splits(read_index(digits_hard_uri, meta), "random:0.1", 3407, meta.num_classes)
     names = ["forget", "mixed@0.3", "unseen"]
-    by_mode = {mode: build_datasets(digits_hard_uri, meta, splits, names, 32, [0.3], mode=mode)
-               for mode in ("stream", "memory")}
-    for name in names:
-        stream, memory = (_by_sample_id(by_mode[mode][name]) for mode in ("stream", "memory"))
-        assert stream.keys() == memory.keys()
-        for column in stream:
-            np.testing.assert_array_equal(stream[column], memory[column])
+    plans = {mode: plan_sets(digits_hard_uri, meta, splits, names, 32, [0.3], mode=mode) for mode in ("stream", "memory")}
+    assert plans["memory"].mode == "memory" and plans["stream"].mode == "stream"
+    for world in (1, 2):
+        for name in names:
+            runs = [_passes(plans[mode], name, world, cache_mb) for mode in plans for cache_mb in (0, 64)]
+            reference = runs[0]
+            for run in runs[1:]:
+                for epoch, per_rank in enumerate(run):
+                    for rank, batches in enumerate(per_rank):
+                        expected = reference[epoch][rank]
+                        assert [len(b["label"]) for b in batches] == [len(b["label"]) for b in expected]
+                        for got, want in zip(batches, expected):
+                            assert list(got["sample_id"]) == list(want["sample_id"])
+                            assert torch.equal(got["image"], want["image"]) and torch.equal(got["label"], want["label"])
+                            if "is_forget" in want:
+                                assert torch.equal(got["is_forget"], want["is_forget"])
 
 
-def _by_sample_id(dataset) -> dict:
-    """A dataset's columns in sample-id order (read tasks finish in any order)."""
-    batches = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
-    columns = {column: np.concatenate([b[column] for b in batches]) for column in batches[0]}
-    order = np.argsort(columns["sample_id"])
-    return {column: values[order] for column, values in columns.items()}
+def test_a_set_over_the_cache_budget_streams_every_pass_and_still_gives_each_sample_once(ray_session, digits_hard_uri):
+    from pipeline.train.ray_sources import worker_sources
+
+    meta = read_meta(digits_hard_uri)
+    splits = make_splits(read_index(digits_hard_uri, meta), "random:0.1", 3407, meta.num_classes)
+    plan = plan_sets(digits_hard_uri, meta, splits, ["forget", "retain_all"], 32, mode="stream")
+    forget_mb = plan.sets["forget"].rows * plan.row_bytes / 1024**2
+    for rank in range(2):
+        sources, stats = worker_sources(plan, cache_mb=forget_mb, rank=rank, world=2)  # room for D_f, not D_r
+        for epoch in range(2):
+            for name in ("forget", "retain_all"):
+                list(sources[name].batches(64, shuffle=True, seed=epoch))
+        assert sources["forget"].cached and len(sources["forget"].kept) == len(sources["forget"].units)
+        assert sources["retain_all"].cached is False and not sources["retain_all"].kept
+    epochs = _passes(plan, "retain_all", world=2, cache_mb=forget_mb)
+    for per_rank in epochs:
+        ids = [i for batches in per_rank for i in _ids(batches)]
+        assert len(ids) == len(set(ids)) == plan.sets["retain_all"].rows
 
 
 def test_bench_ingest_runs_end_to_end_and_writes_its_figures(ray_session, digits_hard_uri, tmp_path, capsys):

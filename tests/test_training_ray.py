@@ -40,34 +40,3 @@ def test_small_cnn_trained_through_ray_from_s3_reaches_90_percent_and_resumes(ra
     sources, _ = load_sources(digits_uri)
     assert spec.image_size == 8 and accuracy(model, sources["test"], CPU) >= 0.90
     assert resumed["evaluation"]["test"] >= 0.90
-
-
-def test_every_forget_sample_seen_exactly_once_across_two_workers(ray_session, digits_hard_uri):
-    import ray.train
-    import torch.distributed as dist
-    from ray.train.torch import TorchTrainer
-
-    from pipeline.data.shards import read_index, read_meta
-    from pipeline.data.splits import make_splits
-    from pipeline.train.datasets import build_datasets
-    from pipeline.train.ray_sources import LosslessDataConfig, ShardSource
-
-    meta = read_meta(digits_hard_uri)
-    splits = make_splits(read_index(digits_hard_uri, meta), "random:0.1", 3407, 10)
-
-    def loop(config):
-        seen = []
-        for epoch in range(2):
-            ids = [i for b in ShardSource(ray.train.get_dataset_shard("forget")).batches(7) for i in b["sample_id"]]
-            everyone = [None] * dist.get_world_size()
-            dist.all_gather_object(everyone, ids)
-            seen.append(everyone)
-        return seen
-
-    datasets = build_datasets(digits_hard_uri, meta, splits, ["forget"], 32)
-    result = TorchTrainer(loop, scaling_config=ray.train.ScalingConfig(num_workers=2), datasets=datasets,
-                          dataset_config=LosslessDataConfig()).fit()
-    for per_worker in result.return_value:
-        all_ids = [i for ids in per_worker for i in ids]
-        assert sorted(all_ids) == sorted(splits.forget_ids)  # each exactly once, none dropped
-        assert all(len(ids) > 0 for ids in per_worker)  # both workers got a share

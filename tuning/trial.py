@@ -16,6 +16,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from pipeline import storage
 from pipeline.results.records import RecordExistsError, ResultRecord, append_record
+from pipeline.train.ray_sources import DEFAULT_CACHE_MB
 from tuning.objective import FeasibilityRule
 
 TIME_ATTRIBUTE = "epochs_done"  # ASHA's clock: epochs finished, the same count in epoch and final reports
@@ -52,7 +53,8 @@ def trial_arguments(context: dict, trial_id: str):
             "--forget", context["forget"], "--seed", str(context["seed"]), "--no-verify",
             "--out", trial_run_uri(context["run_uri"], trial_id), "--name", trial_id,
             "--workers", str(context["workers"]), "--cpus-per-worker", str(context["cpus_per_worker"]),
-            "--max-failures", str(context["max_failures"]), "--data-mode", context["data_mode"]]
+            "--max-failures", str(context["max_failures"]), "--data-mode", context["data_mode"],
+            "--cache-mb", str(context.get("cache_mb", DEFAULT_CACHE_MB))]
     argv += ["--gold", context["gold"]] if context.get("gold") else []
     argv += ["--s3-endpoint", context["s3_endpoint"]] if context.get("s3_endpoint") else []
     argv += ["--gpus"] if context.get("gpus") else []

@@ -1,14 +1,13 @@
-"""Ray Data sets for the unlearning splits, streamed from shards (local or s3://).
+"""The unlearning sets as read plans (driver side), and the Ray Data read that streams them from shards.
 
 The driver reads the shards' index columns and footers once and decides, for every
-set, which rows of which Parquet row group it keeps. Streaming a set is then one
-parallel task per row group that holds any of its rows: the task reads only those
-rows' image bytes and decodes them to uint8 arrays. No file listing, no footer reads
-and no row filtering happen per pass, and row groups a set does not touch (most of
-ImageNet, for a limited-access forget set) are never fetched. Small data skips the
-streaming read: it is decoded once and each set is held in the object store. Both
-modes select rows with the same masks over the same file order, so they hold the same
-samples in the same order.
+set, which rows of which Parquet row group it keeps: a list of read units. Streaming a
+set is then one parallel Ray Data task per unit: the task reads only those rows' image
+bytes and decodes them to uint8 arrays. No file listing, no footer reads and no row
+filtering happen per pass, and row groups a set does not touch (most of ImageNet, for a
+limited-access forget set) are never fetched. Small data skips the streaming read: the
+driver decodes its row groups once into Ray's object store. Both modes use the same
+units, so the workers (pipeline/train/ray_sources.py) see the same rows in the same order.
 """
 
 from __future__ import annotations
@@ -177,8 +176,42 @@ def selections(splits: Splits | None, retain_fractions=()) -> dict[str, Selectio
     return named
 
 
-def streamed_dataset(units: list[ReadUnit], meta: DatasetMeta, image_size: int, forget_flag: bool):
-    """A lazy Ray Dataset that reads and decodes `units` in parallel read tasks (one per row group) on every pass.
+@dataclass(frozen=True)
+class SetPlan:
+    """One named set: its read units in file order, and whether its rows carry `is_forget` (the mixed set)."""
+
+    units: tuple[ReadUnit, ...]
+    forget_flag: bool = False
+
+    @property
+    def rows(self) -> int:
+        return sum(len(unit.rows) for unit in self.units)
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """Everything a worker needs to read any set: the units of each set, how to decode them, and, in memory
+    mode, the decoded row groups in Ray's object store. Plain data: it travels in the Train loop config."""
+
+    sets: dict[str, SetPlan]
+    channels: int
+    size: int
+    resize: str
+    stored_groups: dict | None = None  # memory mode: (shard URI, row group) -> ObjectRef of its decoded columns
+    stored_rows: int = 0  # images the driver decoded for `stored_groups`
+
+    @property
+    def row_bytes(self) -> int:
+        return self.channels * self.size * self.size
+
+    @property
+    def mode(self) -> str:
+        return "stream" if self.stored_groups is None else "memory"
+
+
+def streamed_dataset(units, channels: int, size: int, resize: str, forget_flag: bool):
+    """A lazy Ray Dataset that reads and decodes `units` in parallel read tasks (one per row group), delivered in
+    the order of `units`.
 
     The units travel with the read tasks, so a pass lists no files and reads no footers again; it
     starts in well under a second whatever the number of shards. Reading and decoding are one task
@@ -186,9 +219,7 @@ def streamed_dataset(units: list[ReadUnit], meta: DatasetMeta, image_size: int, 
     """
     import ray.data
 
-    if not units:
-        return in_memory_dataset(_empty_columns(meta.channels, image_size, forget_flag))
-    source = _row_group_datasource_class()(units, meta.channels, image_size, meta.resize, forget_flag)
+    source = _row_group_datasource_class()(list(units), channels, size, resize, forget_flag)
     dataset = ray.data.read_datasource(source, override_num_blocks=len(units))
     # Ray Data's per-operator reservation of the object store kept 1.4 of 2 decode tasks running on
     # average (each task's ~40 MB output waited on a share of the budget): a task started only 0.1-0.2 s
@@ -196,6 +227,11 @@ def streamed_dataset(units: list[ReadUnit], meta: DatasetMeta, image_size: int, 
     # without it both CPUs decode all the time, and the object store stays bounded by Ray's global
     # limit (`unlearn bench-ingest` prints its peak and the bytes spilled).
     dataset.context.op_resource_reservation_enabled = False
+    # Blocks come out in the order of the units, whichever task finishes first: the worker's seeded unit
+    # order then fixes the batches, so a streamed pass and a replay from the decode-once cache are the same.
+    dataset.context.execution_options.preserve_order = True
+    dataset.context.enable_progress_bars = False
+    dataset.context.print_on_execution_start = False
     return dataset
 
 
@@ -231,15 +267,8 @@ def _row_group_datasource_class():
     return _RowGroupDatasource
 
 
-def _empty_columns(channels: int, size: int, forget_flag: bool) -> dict:
-    columns = {"image": np.empty((0, channels, size, size), np.uint8), "label": np.empty(0, np.int64),
-               "sample_id": np.empty(0, str)}
-    return {**columns, "is_forget": np.empty(0, bool)} if forget_flag else columns
-
-
-# Decoded data below this is read once by the driver and held in Ray's object store (see build_datasets).
+# Decoded data below this is read once by the driver and held in Ray's object store (see plan_sets).
 IN_MEMORY_LIMIT_BYTES = 256 * 1024**2
-BLOCKS_PER_SMALL_SET = 16
 DATA_MODES = ("auto", "memory", "stream")
 
 
@@ -247,48 +276,46 @@ def decoded_bytes(meta: DatasetMeta, image_size: int) -> int:
     return sum(meta.counts.values()) * meta.channels * image_size * image_size
 
 
-def build_datasets(uri: str, meta: DatasetMeta, splits: Splits | None, names, image_size: int,
-                   retain_fractions=(), mode: str = "auto") -> dict:
-    """{name: Ray Dataset} for the named selections (see `selections`).
+def plan_sets(uri: str, meta: DatasetMeta, splits: Splits | None, names, image_size: int,
+              retain_fractions=(), mode: str = "auto") -> DataPlan:
+    """The DataPlan of the named selections (see `selections`).
 
-    `stream`: every set streams from the shards each epoch, one read task per row group
-    that holds any of its rows (see `streamed_dataset`). `memory`: the driver reads and
-    decodes the shards once and each set becomes its own materialised dataset. Ray Data
-    costs about half a second per pass on top of the work, which on small data is many
-    times the work itself; `auto` (the default) picks `memory` when the decoded data is
-    under 256 MiB. Both modes select rows with the same masks over the same file order.
+    Every set is a list of read units (the Parquet row groups holding its rows, and which rows),
+    the same in both modes. `stream`: workers read and decode their units through Ray Data (see
+    `streamed_dataset`). `memory`: the driver decodes every row group a set touches once and puts
+    each into Ray's object store; workers take their units' rows from there. Ray Data costs about
+    half a second per pass on top of the work, which on small data is many times the work itself;
+    `auto` (the default) picks `memory` when the decoded data is under 256 MiB. Either way a worker
+    keeps a set it reads repeatedly in memory after its first pass, within `--cache-mb`
+    (pipeline/train/ray_sources.py), and the two modes give the same batches.
     """
     if mode not in DATA_MODES:
         raise ValueError(f"data mode must be one of {DATA_MODES}, not {mode!r}")
     available = selections(splits, retain_fractions)
     forget_ids = frozenset(splits.forget_ids) if splits else frozenset()
-    chosen = {name: RowSelector(available[name], forget_ids) for name in names}
+    layout = read_layout(uri, meta)
+    sets = {}
+    for name in names:
+        selector = RowSelector(available[name], forget_ids)
+        units = read_units(layout, *selector.mask(layout.ids, layout.splits))
+        sets[name] = SetPlan(tuple(units), selector.selection.forget_flag)
+    plan = DataPlan(sets, meta.channels, image_size, meta.resize)
     if mode == "stream" or (mode == "auto" and decoded_bytes(meta, image_size) >= IN_MEMORY_LIMIT_BYTES):
-        layout = read_layout(uri, meta)
-        return {name: streamed_dataset(read_units(layout, *selector.mask(layout.ids, layout.splits)), meta,
-                                       image_size, selector.selection.forget_flag)
-                for name, selector in chosen.items()}
-    table = read_table(uri, meta)
-    ids = np.asarray(table.column("sample_id").to_pylist(), dtype=object)
-    stored_splits = np.asarray(table.column("split").to_pylist(), dtype=object)
-    images = decode_batch(table.column("image").to_pylist(), ids, meta.channels, image_size, meta.resize)
-    labels = table.column("label").to_numpy().astype(np.int64)
-    out = {}
-    for name, selector in chosen.items():
-        keep, in_forget = selector.mask(ids, stored_splits)
-        columns = {"image": images[keep], "label": labels[keep], "sample_id": ids[keep].astype(str)}
-        if selector.selection.forget_flag:
-            columns["is_forget"] = in_forget[keep]
-        out[name] = in_memory_dataset(columns)
-    return out
+        return plan
+    return store_row_groups(plan, layout)
 
 
-def in_memory_dataset(columns: dict):
-    """A materialised Ray Dataset of numpy columns, in up to 16 blocks so streaming_split gives every worker a share."""
-    import ray.data
-    from ray.data.block import BlockAccessor
+def store_row_groups(plan: DataPlan, layout: ShardLayout) -> DataPlan:
+    """Memory mode: decode (once, here) every row group a set touches and put each into Ray's object store."""
+    import ray
 
-    rows = len(columns["label"])
-    chunks = np.array_split(np.arange(rows), max(1, min(BLOCKS_PER_SMALL_SET, rows)))
-    return ray.data.from_arrow([BlockAccessor.batch_to_block({key: value[chunk] for key, value in columns.items()})
-                                for chunk in chunks])
+    used = {(unit.shard, unit.row_group) for set_plan in plan.sets.values() for unit in set_plan.units}
+    stored, rows = {}, 0
+    for shard, group, _, count in layout.row_groups:
+        if (shard, group) not in used:
+            continue
+        whole = ReadUnit(shard, group, np.arange(count), np.zeros(count, dtype=bool))
+        decode = ReadAndDecode([whole], plan.channels, plan.size, plan.resize, forget_flag=False, block_rows=count)
+        stored[(shard, group)] = ray.put(next(decode.blocks([0])))
+        rows += count
+    return DataPlan(plan.sets, plan.channels, plan.size, plan.resize, stored, rows)

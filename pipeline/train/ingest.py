@@ -73,14 +73,15 @@ def dataloader_passes(decode: ReadAndDecode, processes: int, passes: int, seed: 
 
 
 def ray_worker_loop(config: dict) -> list[dict]:
-    """Ray Train worker: iterate this worker's shard of "train" as training does, timing each pass between barriers."""
-    import ray.train
+    """Ray Train worker: iterate this worker's share of "train" as training does, timing each pass between barriers.
 
+    The decode-once cache is off: every pass streams, which is what this measures.
+    """
     from pipeline import distributed
-    from pipeline.train.ray_sources import ShardSource, warm_up_data_workers
+    from pipeline.train.ray_sources import warm_up_data_workers, worker_sources
 
     warm_up_data_workers()
-    source = ShardSource(ray.train.get_dataset_shard("train"), config["row_bytes"])
+    source = worker_sources(config["data_plan"], cache_mb=0)[0]["train"]
     timings = []
     for epoch in range(config["passes"]):
         distributed.barrier()

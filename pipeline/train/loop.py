@@ -17,7 +17,7 @@ from pipeline.methods import create_method
 from pipeline.methods.base import UnlearnData, count_correct, unwrap
 from pipeline.models import ModelSpec, build_model, load_checkpoint, load_weights, save_checkpoint
 from pipeline.train.checkpoints import read_resume_state, write_epoch_checkpoint
-from pipeline.train.ray_sources import ShardSource, warm_up_data_workers
+from pipeline.train.ray_sources import DEFAULT_CACHE_MB, InputStats, worker_sources, warm_up_data_workers
 
 
 def load_model(config: dict) -> tuple[torch.nn.Module, ModelSpec]:
@@ -38,13 +38,7 @@ def _place(model: torch.nn.Module, device: torch.device, channels_last: bool) ->
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def _shard_sources(names, row_bytes: int | None) -> dict:
-    import ray.train
-
-    return {name: ShardSource(ray.train.get_dataset_shard(name), row_bytes) for name in names}
-
-
-def _checkpoint_reporter(spec: ModelSpec, method, epoch_metrics=None):
+def _checkpoint_reporter(spec: ModelSpec, method, stats: InputStats, epoch_metrics=None):
     """on_epoch_end callback: every rank reports (a barrier); rank 0 attaches the checkpoint.
 
     `epoch_metrics(model)` (sweeps) adds an evaluation to every epoch's report, so a Tune
@@ -54,7 +48,8 @@ def _checkpoint_reporter(spec: ModelSpec, method, epoch_metrics=None):
 
     def report(epoch: int, model, entry: dict) -> None:
         if epoch_metrics is not None:
-            entry = {**entry, **_scalars(epoch_metrics(model))}
+            with stats.uncounted():  # its time is not the method's either (MethodReport.epoch_report_seconds)
+                entry = {**entry, **_scalars(epoch_metrics(model))}
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if ray.train.get_context().get_world_rank() == 0:
@@ -97,18 +92,31 @@ def worker_loop(config: dict):
     runs go one after another in the same worker group, each from the starting model: a benchmark
     pays Ray's start-up once, not once per method. Such runs keep no epoch checkpoints.
     """
+    import ray
     import ray.train.torch
 
     device = ray.train.torch.get_device()
-    warm_up_data_workers()
-    sources = _shard_sources(config["datasets"], config.get("row_bytes"))
+    plan = config["data_plan"]
+    if plan.mode == "stream":
+        # Read tasks run in fresh Ray worker processes that import torch first (seconds on a small machine):
+        # a start-up cost, paid here rather than inside the first method's timed first pass.
+        ray.get(warm_up_data_workers())
+    sources, stats = worker_sources(plan, float(config.get("cache_mb", DEFAULT_CACHE_MB)), device)
     evaluator = WorkerEvaluator(sources, device)
     if "runs" not in config:
-        return _run_one(config, sources, device, evaluator, checkpointing=True)
-    return [_run_one({**config, **run}, sources, device, evaluator, checkpointing=False) for run in config["runs"]]
+        return _run_one(config, sources, stats, device, evaluator, checkpointing=True)
+    return [_run_one({**config, **run}, sources, stats, device, evaluator, checkpointing=False)
+            for run in config["runs"]]
 
 
-def _run_one(config: dict, sources: dict, device, evaluator: WorkerEvaluator, checkpointing: bool) -> dict:
+def _images_since(stats: InputStats, before: InputStats, device) -> tuple[int, float]:
+    """(images all workers read since `before`, seconds this worker waited for them)."""
+    images = distributed.all_reduce_sum(torch.tensor([float(stats.images - before.images)], device=device))
+    return int(images.item()), stats.wait_seconds - before.wait_seconds
+
+
+def _run_one(config: dict, sources: dict, stats: InputStats, device, evaluator: WorkerEvaluator,
+             checkpointing: bool) -> dict:
     import ray.train
     import ray.train.torch
 
@@ -131,20 +139,26 @@ def _run_one(config: dict, sources: dict, device, evaluator: WorkerEvaluator, ch
     if config.get("evaluate_every_epoch"):
         def epoch_metrics(current):
             return evaluator(config, current, original)
-    on_epoch_end = _checkpoint_reporter(spec, method, epoch_metrics) if checkpointing else None
+    on_epoch_end = _checkpoint_reporter(spec, method, stats, epoch_metrics) if checkpointing else None
+    before = InputStats(stats.images, stats.wait_seconds)
     report = method.unlearn(model, original, data, device, on_epoch_end=on_epoch_end,
                             resume=_resume_state() if checkpointing else None)
+    unlearn_images, unlearn_wait = _images_since(stats, before, device)
 
+    before = InputStats(stats.images, stats.wait_seconds)
     eval_started = time.perf_counter()
     evaluation = evaluator(config, model, original)
     eval_seconds = time.perf_counter() - eval_started
+    eval_images, eval_wait = _images_since(stats, before, device)
     sha256 = None
     if config.get("model_out") and ray.train.get_context().get_world_rank() == 0:
         sha256 = save_checkpoint(unwrap(model), spec, config["model_out"],
                                  extra={"method": config["method"], "seed": config.get("seed", 0)})
     return {"unlearn_seconds": report.unlearn_seconds, "epoch_report_seconds": report.epoch_report_seconds,
             "epochs_run": report.epochs_run, "history": report.history,
-            "evaluation": evaluation, "eval_seconds": eval_seconds, "checkpoint_sha256": sha256}
+            "evaluation": evaluation, "eval_seconds": eval_seconds, "checkpoint_sha256": sha256,
+            "images": {"unlearn": unlearn_images, "eval": eval_images},
+            "input_wait": {"unlearn": unlearn_wait, "eval": eval_wait}}
 
 
 class WorkerEvaluator:

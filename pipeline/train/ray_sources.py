@@ -1,96 +1,282 @@
-"""BatchSource over a Ray Train dataset shard, and a DataConfig that never drops a sample."""
+"""Worker side of the data path: each Ray Train worker's share of every set, as BatchSources, decoded once.
+
+A worker owns a fixed share of each set's read units (`assign_units`, the same on every
+worker, so each sample belongs to exactly one worker). A pass (an epoch) visits the
+worker's units in a seeded order and shuffles rows within windows of consecutive units, so
+the batches depend only on the seed: not on which read task finished first, not on the data
+mode, and not on whether the rows came from Ray Data or from memory. The first pass over a
+set reads it (Ray Data tasks in stream mode, the driver's decoded row groups in memory mode);
+when the set fits the worker's budget (`--cache-mb`) its decoded rows stay in memory (on the
+GPU for a GPU worker) and later passes replay them with no Ray Data pass at all.
+"""
 
 from __future__ import annotations
 
-from typing import Iterator
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-from ray.train import DataConfig
+
+# Rows are shuffled within windows of consecutive units of at least this many rows (a streamed pass cannot
+# shuffle a whole set). 2,048 digits are 2 MB, but 2,048 decoded 224 px images are 300 MB per worker, so the
+# window is capped in bytes too.
+SHUFFLE_WINDOW_ROWS = 2048
+SHUFFLE_WINDOW_BYTES = 64 * 1024**2
+DEFAULT_CACHE_MB = 4096
 
 
-# Ray's local shuffle buffer counts rows. 2,048 digits are 2 MB, but 2,048 decoded 224 px images are 300 MB
-# per worker, which pinned that much of the object store and made a shuffled pass spill: the buffer is
-# therefore capped in bytes too.
-SHUFFLE_BUFFER_ROWS = 2048
-SHUFFLE_BUFFER_BYTES = 64 * 1024**2
-
-
-def shuffle_buffer_rows(row_bytes: int | None) -> int:
-    """Rows of the local shuffle buffer for rows of `row_bytes` bytes (unknown: the row cap alone)."""
+def shuffle_window_rows(row_bytes: int | None) -> int:
+    """Rows of a shuffle window for rows of `row_bytes` bytes (unknown: the row cap alone)."""
     if not row_bytes:
-        return SHUFFLE_BUFFER_ROWS
-    return max(256, min(SHUFFLE_BUFFER_ROWS, SHUFFLE_BUFFER_BYTES // row_bytes))
+        return SHUFFLE_WINDOW_ROWS
+    return max(256, min(SHUFFLE_WINDOW_ROWS, SHUFFLE_WINDOW_BYTES // row_bytes))
 
 
-class ShardSource:
-    """A Ray Data iterator seen as a BatchSource: each `batches` call streams one pass (an epoch)."""
+def assign_units(units, world: int) -> list[list[int]]:
+    """Unit positions per rank: each unit to the rank holding the fewest rows so far (ties: the lowest rank).
 
-    def __init__(self, iterator, row_bytes: int | None = None):
-        self.iterator, self.shuffle_buffer = iterator, shuffle_buffer_rows(row_bytes)
+    Deterministic, so every worker computes the same split without talking to the others, and a
+    sample is read by exactly one worker in every pass.
+    """
+    loads, owned = [0] * world, [[] for _ in range(world)]
+    for position, unit in enumerate(units):
+        rank = loads.index(min(loads))
+        owned[rank].append(position)
+        loads[rank] += len(unit.rows)
+    return owned
+
+
+@dataclass
+class InputStats:
+    """Images a worker's sources delivered, and seconds its loop waited for them (read, decode, shuffle)."""
+
+    images: int = 0
+    wait_seconds: float = 0.0
+
+    @contextlib.contextmanager
+    def uncounted(self):
+        """Leave what is read inside this block out (a sweep's per-epoch evaluation inside the unlearning phase)."""
+        images, wait = self.images, self.wait_seconds
+        try:
+            yield
+        finally:
+            self.images, self.wait_seconds = images, wait
+
+
+class DecodedCache:
+    """A worker's memory budget for decoded sets kept after their first pass, on the worker's device."""
+
+    def __init__(self, max_bytes: int, device: torch.device | None = None):
+        self.free, self.device = max_bytes, device
+
+    def reserve(self, nbytes: int) -> bool:
+        """Claim `nbytes` for a whole set; False (nothing claimed) when it does not fit what is left."""
+        if nbytes > self.free:
+            return False
+        self.free -= nbytes
+        return True
+
+    def place(self, block: dict) -> dict:
+        if self.device is None or self.device.type == "cpu":
+            return block
+        return {**block, "image": block["image"].to(self.device)}
+
+
+class StreamedUnits:
+    """Stream mode: units read and decoded by Ray Data tasks, delivered in the order asked for."""
+
+    def __init__(self, channels: int, size: int, resize: str, forget_flag: bool):
+        self.channels, self.size, self.resize, self.forget_flag = channels, size, resize, forget_flag
+
+    def blocks(self, units: list) -> Iterator[dict]:
+        from pipeline.train.datasets import streamed_dataset
+
+        dataset = streamed_dataset(units, self.channels, self.size, self.resize, self.forget_flag)
+        batches = dataset.iter_batches(batch_size=None, batch_format="numpy")
+        return per_unit(batches, [len(unit.rows) for unit in units])
+
+
+class StoredUnits:
+    """Memory mode: units taken from row groups the driver decoded into Ray's object store."""
+
+    def __init__(self, groups: dict, forget_flag: bool):
+        self.groups, self.forget_flag = groups, forget_flag
+
+    def blocks(self, units: list) -> Iterator[dict]:
+        import ray
+
+        for unit in units:
+            group = ray.get(self.groups[(unit.shard, unit.row_group)])
+            block = {key: group[key][unit.rows] for key in ("image", "label", "sample_id")}
+            if self.forget_flag:
+                block["is_forget"] = unit.is_forget
+            yield block
+
+
+def per_unit(blocks: Iterable[dict], sizes: list[int]) -> Iterator[dict]:
+    """The rows of `blocks`, regrouped into one block per unit (`sizes` rows each), whatever Ray Data's blocks."""
+    blocks, pending = iter(blocks), []
+    for size in sizes:
+        while sum(block_rows(b) for b in pending) < size:
+            pending.append(next(blocks))
+        joined = concat(pending)
+        yield take(joined, slice(0, size))
+        rest = take(joined, slice(size, None))
+        pending = [rest] if block_rows(rest) else []
+
+
+class UnitSource:
+    """A worker's share of one set as a BatchSource (see the module docstring)."""
+
+    def __init__(self, units: list, reader, cache: DecodedCache, stats: InputStats, window_rows: int,
+                 row_bytes: int, rank: int = 0):
+        self.units, self.reader, self.cache, self.stats = units, reader, cache, stats
+        self.window_rows, self.rank = window_rows, rank
+        self.nbytes = sum(len(unit.rows) for unit in units) * row_bytes
+        self.kept: dict[int, dict] = {}  # unit position -> decoded block, once the set holds a place in the cache
+        self.cached: bool | None = None  # decided on the first pass
+
+    def __len__(self) -> int:
+        return sum(len(unit.rows) for unit in self.units)
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[dict]:
-        for batch in self.iterator.iter_batches(
-                batch_size=batch_size, batch_format="numpy",
-                local_shuffle_buffer_size=self.shuffle_buffer if shuffle else None,
-                local_shuffle_seed=seed if shuffle else None):
-            if len(batch["label"]) == 0:
-                continue
-            # Ray Data hands out read-only views of the object store; torch wants a writable array.
-            out = {"image": torch.from_numpy(np.require(batch["image"], requirements=["C", "W"])),
-                   "label": torch.from_numpy(batch["label"].astype(np.int64)),
-                   "sample_id": batch["sample_id"]}
-            if "is_forget" in batch:
-                out["is_forget"] = torch.from_numpy(batch["is_forget"].astype(bool))
-            yield out
+        rng = np.random.default_rng([seed, self.rank]) if shuffle else None
+        order = rng.permutation(len(self.units)) if shuffle else np.arange(len(self.units))
+        blocks = self._blocks(order)
+        chunks = shuffled_windows(blocks, self.window_rows, rng) if shuffle else blocks
+        return self._counted(rebatch(chunks, batch_size))
+
+    def _counted(self, batches: Iterator[dict]) -> Iterator[dict]:
+        while True:
+            started = time.perf_counter()
+            batch = next(batches, None)
+            self.stats.wait_seconds += time.perf_counter() - started
+            if batch is None:
+                return
+            self.stats.images += len(batch["label"])
+            yield batch
+
+    def _blocks(self, order: np.ndarray) -> Iterator[dict]:
+        """The units' blocks in `order`: from memory when kept, else read (and kept if the set has a place)."""
+        if self.cached is None:
+            self.cached = self.cache.reserve(self.nbytes)
+        missing = [self.units[position] for position in order if position not in self.kept]
+        read = self.reader.blocks(missing) if missing else iter(())
+        for position in order:
+            block = self.kept.get(position)
+            if block is None:
+                block = as_tensors(next(read))
+                if self.cached:
+                    block = self.kept[position] = self.cache.place(block)
+            yield block
+
+
+def shuffled_windows(blocks: Iterable[dict], window_rows: int, rng: np.random.Generator) -> Iterator[dict]:
+    """Consecutive blocks joined into windows of at least `window_rows` rows, each window's rows permuted."""
+    window, rows = [], 0
+    for block in blocks:
+        window.append(block)
+        rows += block_rows(block)
+        if rows >= window_rows:
+            yield _permuted(concat(window), rng)
+            window, rows = [], 0
+    if window:
+        yield _permuted(concat(window), rng)
+
+
+def _permuted(block: dict, rng: np.random.Generator) -> dict:
+    return take(block, torch.from_numpy(rng.permutation(block_rows(block))))
+
+
+def rebatch(chunks: Iterable[dict], batch_size: int) -> Iterator[dict]:
+    """Batches of exactly `batch_size` rows (the last may be smaller) cut from consecutive chunks."""
+    carry = None
+    for chunk in chunks:
+        if carry is not None:
+            chunk = concat([carry, chunk])
+        rows = block_rows(chunk)
+        full = rows - rows % batch_size
+        for start in range(0, full, batch_size):
+            yield take(chunk, slice(start, start + batch_size))
+        carry = take(chunk, slice(full, rows)) if full < rows else None
+    if carry is not None:
+        yield carry
+
+
+def block_rows(block: dict) -> int:
+    return len(block["label"])
+
+
+def concat(blocks: list[dict]) -> dict:
+    if len(blocks) == 1:
+        return blocks[0]
+    return {key: (torch.cat([b[key].to(blocks[0][key].device) for b in blocks]) if torch.is_tensor(blocks[0][key])
+                  else np.concatenate([b[key] for b in blocks]))
+            for key in blocks[0]}
+
+
+def take(block: dict, rows) -> dict:
+    """Rows of a block: a slice, or positions (a CPU tensor of indices)."""
+    out = {}
+    for key, values in block.items():
+        if isinstance(rows, slice) or not torch.is_tensor(values):
+            out[key] = values[rows if isinstance(rows, slice) else rows.numpy()]
+        else:
+            out[key] = values.index_select(0, rows.to(values.device))
+    return out
+
+
+def as_tensors(block: dict) -> dict:
+    """A decoded numpy block as a batch: torch tensors for images, labels and forget flags; ids stay strings."""
+    # Ray hands out read-only views of its object store; torch wants writable memory.
+    out = {"image": torch.from_numpy(np.require(block["image"], requirements=["C", "W"])),
+           "label": torch.from_numpy(np.asarray(block["label"]).astype(np.int64)),
+           "sample_id": np.asarray(block["sample_id"]).astype(str)}
+    if "is_forget" in block:
+        out["is_forget"] = torch.from_numpy(np.asarray(block["is_forget"]).astype(bool))
+    return out
+
+
+def worker_sources(plan, cache_mb: float = DEFAULT_CACHE_MB, device: torch.device | None = None,
+                   rank: int | None = None, world: int | None = None) -> tuple[dict[str, UnitSource], InputStats]:
+    """This worker's UnitSource for every set of a DataPlan, sharing one cache budget and one InputStats."""
+    from pipeline import distributed
+
+    rank = distributed.rank() if rank is None else rank
+    world = distributed.world_size() if world is None else world
+    cache, stats = DecodedCache(int(cache_mb * 1024**2), device), InputStats()
+    window = shuffle_window_rows(plan.row_bytes)
+    sources = {}
+    for name, set_plan in plan.sets.items():
+        mine = [set_plan.units[position] for position in assign_units(set_plan.units, world)[rank]]
+        reader = (StoredUnits(plan.stored_groups, set_plan.forget_flag) if plan.stored_groups is not None
+                  else StreamedUnits(plan.channels, plan.size, plan.resize, set_plan.forget_flag))
+        sources[name] = UnitSource(mine, reader, cache, stats, window, plan.row_bytes, rank)
+    return sources, stats
 
 
 def _import_decode_path() -> None:
     import pipeline.train.datasets  # noqa: F401  (torch, torchvision's codecs, pyarrow)
 
 
-def warm_up_data_workers(limit: int = 64) -> None:
-    """From rank 0, start a Ray worker process per free CPU (up to `limit`) importing the decode path; no waiting.
+def warm_up_data_workers(limit: int = 64) -> list:
+    """From rank 0, start a Ray worker process per free CPU (up to `limit`) importing the decode path.
 
     A fresh Ray worker spends seconds importing torch and torchvision before it decodes its first
     image, while a DataLoader's forked workers inherit those imports: the first pass of a stream
     ran at a third of the later ones. Ray reuses a worker only for tasks of the same runtime env,
     and Ray Train gives its workers their own (env vars), which the read tasks they start inherit:
-    so the warm-up must start from inside the Train worker, not from the driver. It then overlaps
-    the method's set-up (model and checkpoint loading).
+    so the warm-up must start from inside the Train worker, not from the driver. It overlaps the
+    method's set-up (model and checkpoint loading); the returned task refs say when it is done.
     """
     import ray
 
     from pipeline import distributed
 
     if distributed.rank() != 0:
-        return
+        return []
     task = ray.remote(num_cpus=1)(_import_decode_path)
-    for _ in range(min(limit, int(ray.available_resources().get("CPU", 0)))):
-        task.remote()
-
-
-class LosslessDataConfig(DataConfig):
-    """Split every dataset across workers with `equal=False`.
-
-    Ray Train's default `streaming_split(..., equal=True)` may drop rows that do
-    not divide evenly: harmless for plain training data, wrong for a forget set
-    (every sample must be unlearned) and for evaluation (every sample counted).
-    Unequal shards are safe here because the method loop pads with zero-weight
-    steps (`methods.base.synchronized`).
-    """
-
-    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        output = [{} for _ in range(world_size)]
-        for name, dataset in datasets.items():
-            dataset = dataset.copy(dataset)
-            if dataset.name is None:
-                dataset.set_name(name)
-            dataset.context.execution_options = self._resolve_execution_options(name)
-            if world_size == 1:
-                output[0][name] = dataset.iterator()
-                continue
-            hints = worker_node_ids if self._enable_shard_locality else None
-            for rank, split in enumerate(dataset.streaming_split(world_size, equal=False, locality_hints=hints)):
-                output[rank][name] = split
-        return output
+    return [task.remote() for _ in range(min(limit, int(ray.available_resources().get("CPU", 0))))]

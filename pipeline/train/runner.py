@@ -7,7 +7,6 @@ import os
 from pipeline import storage
 from pipeline.errors import UnlearnError
 from pipeline.train.loop import worker_loop
-from pipeline.train.ray_sources import LosslessDataConfig
 
 
 def init_ray(num_workers: int = 1, cpus_per_worker: float = 1.0) -> None:
@@ -40,13 +39,16 @@ def init_ray(num_workers: int = 1, cpus_per_worker: float = 1.0) -> None:
     context.print_on_execution_start = False
 
 
-def run_trainer(loop_config: dict, datasets: dict, run_uri: str, name: str, workers: int = 1, use_gpu: bool = False,
+def run_trainer(loop_config: dict, run_uri: str, name: str, workers: int = 1, use_gpu: bool = False,
                 cpus_per_worker: float = 1.0, max_failures: int = 0, callbacks: list | None = None,
                 loop=worker_loop) -> dict:
     """Fit the worker loop; return rank 0's return value. A rerun with the same run_uri/name resumes.
 
     `callbacks` (e.g. Tune's TuneReportCallback) see every epoch's report; `loop` replaces the
-    unlearning loop (the ingest benchmark's reading loop).
+    unlearning loop (the ingest benchmark's reading loop). The data travels in the loop config as a
+    DataPlan, not as Ray Train datasets: each worker reads its fixed share of every set itself
+    (pipeline/train/ray_sources.py), which makes the batches a function of the seed alone, where
+    Ray Train's `streaming_split` hands blocks to whichever worker asks first.
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -56,8 +58,6 @@ def run_trainer(loop_config: dict, datasets: dict, run_uri: str, name: str, work
         loop,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
-        datasets=datasets,
-        dataset_config=LosslessDataConfig(),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage.join(absolute(run_uri), "ray"),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
