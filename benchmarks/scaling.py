@@ -18,7 +18,7 @@ size records them, else the dataset's.
 
 Phases: prepare (the conversion into shards, timed here), train (the original model's epochs), and from
 the bench's one Ray Train fit: startup, data, unlearn of each method, eval (mean per evaluated row) and the
-fit's total wall time.
+fit's total wall time; then the bench's wall time (original training and both Ray start-ups included).
 """
 
 from __future__ import annotations
@@ -98,6 +98,8 @@ def size_result(classes: int, counts: dict[str, int], timing: dict, original: di
         phases["train original"] = PhaseTime(original["train_seconds"],
                                              counts.get("train", 0) * (original.get("epochs_run") or 0) or None)
     phases.update(bench_phases(records, methods))
+    if timing.get("bench_wall_seconds") is not None:  # the whole `unlearn bench`: both Ray start-ups included
+        phases["bench wall"] = PhaseTime(timing["bench_wall_seconds"], None)
     return SizeResult(classes, images, phases)
 
 

@@ -43,7 +43,7 @@ def size(classes, factor, lotus_factor=None, eval_factor=None, images_recorded=T
                           eval_seconds=3.0 * eval_factor, eval_images=600 * factor, data_images=600 * factor)]
     if not images_recorded:  # records written before `images` existed
         records = [dataclasses.replace(r, images={}) for r in records]
-    timing = {"prepare_seconds": 12.0 * factor}
+    timing = {"prepare_seconds": 12.0 * factor, "bench_wall_seconds": 100.0 + 50.0 * factor}
     original = {"train_seconds": 30.0 * factor, "epochs_run": 6}
     return scaling.size_result(classes, counts, timing, original, records, METHODS)
 
@@ -52,7 +52,7 @@ def test_phase_times_and_rates_from_records():
     result = size(10, 1)
     assert result.images == 600
     assert list(result.phases) == ["prepare", "train original", "startup", "data", "unlearn finetune",
-                                   "unlearn lotus", "eval", "fit total"]
+                                   "unlearn lotus", "eval", "fit total", "bench wall"]
     assert result.phases["prepare"] == scaling.PhaseTime(12.0, 600)
     assert result.phases["train original"] == scaling.PhaseTime(30.0, 3000)  # 500 train images x 6 epochs
     assert result.phases["train original"].rate == pytest.approx(100.0)
@@ -66,6 +66,7 @@ def test_linear_growth_reads_one_and_fixed_costs_read_below_one():
     for phase in ("prepare", "train original", "data", "unlearn finetune", "unlearn lotus", "eval"):
         assert scaling.growth(base, large, phase) == pytest.approx(1.0), phase
     assert scaling.growth(base, large, "startup") == pytest.approx(0.1)  # the same 20 s for 10x the images
+    assert scaling.growth(base, large, "bench wall") == pytest.approx((600 / 150) / 10)
     assert scaling.worse_than_linear([base, large]) == []
 
 
@@ -107,10 +108,10 @@ def test_csv_is_long_format_with_growth_and_the_plot_is_a_png(tmp_path):
     frame = pd.read_csv(io.StringIO(scaling.csv_text(results)))
     assert list(frame.columns) == ["phase", "classes", "dataset_images", "phase_images", "seconds", "images_per_s",
                                    "growth"]
-    assert len(frame) == 8 * 3
+    assert len(frame) == 9 * 3
     row = frame[(frame.phase == "eval") & (frame.classes == 100)].iloc[0]
     assert (row.seconds, row.phase_images, row.images_per_s, row.growth) == (60.0, 6000, 100.0, 2.0)
-    assert frame[frame.classes == 10].growth.tolist() == [1.0] * 8
+    assert frame[frame.classes == 10].growth.tolist() == [1.0] * 9
     written = scaling.write_outputs(results, str(tmp_path))
     assert open(written["scaling.png"], "rb").read().startswith(b"\x89PNG")
     assert "**2.00 ↑**" in open(written["scaling.md"], encoding="utf-8").read()
