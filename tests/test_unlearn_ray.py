@@ -26,7 +26,8 @@ def test_ray_run_matches_in_process_run_and_writes_a_record(ray_session, digits_
     run_method(METHOD, original_model, sources, SETTINGS)
     in_process = {"acc_forget": accuracy(original_model, sources["forget"], CPU),
                   "acc_retain": accuracy(original_model, sources["retain"], CPU)}
-    # Ray shuffles with its own local buffer, so batches differ: agreement within 0.05, not bit for bit.
+    # The Ray path shuffles row groups and windows of rows, in process a whole permutation: batches differ,
+    # so agreement within 0.05, not bit for bit (tests/test_decode_once.py: bit for bit across Ray's data modes).
     for key, value in in_process.items():
         assert record.metrics[key] == pytest.approx(value, abs=0.05), key
 
