@@ -6,7 +6,8 @@
 For every method with more than one epoch (or those named), on the same data, seed and number of
 torch threads, it times the method's own region (`MethodReport.unlearn_seconds`: barriers at both
 ends, no start-up, no evaluation):
-  in process   the method on in-memory TensorSources in this process (`pipeline.methods.harness`);
+  in process   the method on in-memory TensorSources in a fresh Python process (`pipeline.methods.harness`),
+               as the Ray Train worker is a fresh process: both pay the same first-use costs;
   Ray Train    the same method in one Ray Train worker (1 worker, `--cpus-per-worker` = threads, so Ray
                gives torch that many threads), fed by the project's data path with the decode-once cache,
                all methods in one fit as `unlearn bench` runs them.
@@ -22,6 +23,8 @@ import argparse
 import copy
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -73,6 +76,13 @@ def in_process_seconds(data: str, original: str, methods: list[str]) -> dict[str
     return seconds
 
 
+def in_fresh_process(data: str, original: str, methods: list[str], threads: int, out: str) -> dict[str, float]:
+    subprocess.run([sys.executable, "-m", "benchmarks.ray_overhead", "--data", data, "--original", original,
+                    "--methods", *methods, "--threads", str(threads), "--in-process-only", out], check=True)
+    with open(out) as handle:
+        return json.load(handle)
+
+
 def ray_seconds(data: str, original: str, methods: list[str], threads: int, out: str) -> dict[str, float]:
     from jobs import unlearn
 
@@ -92,12 +102,17 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--in-process-only", metavar="OUT", help=argparse.SUPPRESS)  # one in-process round, to OUT
     args = p.parse_args(argv)
     methods = args.methods or multi_epoch_methods()
     unknown = sorted(set(methods) - set(REGISTRY))
     if unknown:
         p.error(f"unknown method(s) {unknown}; known: {', '.join(REGISTRY)}")
     torch.set_num_threads(args.threads)
+    if args.in_process_only:
+        with open(args.in_process_only, "w") as handle:
+            json.dump(in_process_seconds(args.data, args.original, methods), handle)
+        return 0
     with tempfile.TemporaryDirectory() as scratch:
         data = args.data
         if data is None:
@@ -109,7 +124,8 @@ def main(argv=None) -> int:
         rounds = {"in_process": [], "ray": []}
         for repeat in range(args.repeats):
             started = time.perf_counter()
-            rounds["in_process"].append(in_process_seconds(data, original, methods))
+            rounds["in_process"].append(in_fresh_process(data, original, methods, args.threads,
+                                                         f"{scratch}/in-process-{repeat}.json"))
             rounds["ray"].append(ray_seconds(data, original, methods, args.threads, f"{scratch}/ray-{repeat}"))
             print(f"round {repeat + 1}/{args.repeats} done in {time.perf_counter() - started:.0f} s", flush=True)
     medians = {side: {name: statistics.median(r[name] for r in runs) for name in methods}

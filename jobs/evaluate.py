@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from jobs.common import (Phases, add_data_flags, add_floor_flag, add_ray_flags, apply_endpoint, check_model_fits_data,
-                         check_run_arguments, log, open_dataset, plan_floor, run_main, versions)
+                         check_run_arguments, open_dataset, plan_floor, run_main, versions)
 from jobs.unlearn import EVALUATE, print_metrics
 from pipeline.data.splits import make_splits
 from pipeline.models import load_checkpoint

@@ -12,7 +12,9 @@ import torch.distributed as dist
 
 
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    """More than one worker. Ray Train sets up a process group for one worker too; its collectives there are
+    no-ops that still cost a gloo round trip each (several per training step), so one worker counts as none."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def world_size() -> int:

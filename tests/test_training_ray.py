@@ -1,6 +1,5 @@
-"""The real Ray path: Ray Data shards -> Ray Train workers -> checkpoints, resume, no sample lost."""
+"""The real Ray path: shards -> Ray Train workers -> checkpoints and resume (exactly-once reads: tests/test_ingest.py)."""
 
-import numpy as np
 import pytest
 
 from jobs import train
@@ -27,7 +26,7 @@ def _train(data, out, *extra):
 
 
 def test_small_cnn_trained_through_ray_from_s3_reaches_90_percent_and_resumes(ray_session, digits_uri, tmp_path):
-    # Streamed, as large data is (read_parquet over S3, decoding in map_batches); the resumed run holds the
+    # Streamed, as large data is (Ray Data read tasks over S3, one per row group); the resumed run holds the
     # small data in memory, the default for it: both paths must feed the same training.
     first = _train(digits_uri, tmp_path / "run", "--epochs", "1", "--data-mode", "stream")
     assert first["epochs_run"] == 1

@@ -13,6 +13,7 @@ units, so the workers (pipeline/train/ray_sources.py) see the same rows in the s
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -232,6 +233,8 @@ def streamed_dataset(units, channels: int, size: int, resize: str, forget_flag: 
     dataset.context.execution_options.preserve_order = True
     dataset.context.enable_progress_bars = False
     dataset.context.print_on_execution_start = False
+    # ... which Ray Data then announces as a warning once per process, in every Train worker.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     return dataset
 
 

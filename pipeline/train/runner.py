@@ -16,13 +16,14 @@ def init_ray(num_workers: int = 1, cpus_per_worker: float = 1.0) -> None:
     tasks never get scheduled (RAY_NOTES §6); logical CPUs may exceed cores.
     A local Ray has no dashboard, so Ray Train's placement-group cleaner cannot
     reach the state API and warns every second: Ray's own log level is raised
-    to ERROR there, which leaves the progress lines (plain prints) readable.
+    to ERROR there, which leaves the progress lines (plain prints) readable. Ray Train's controller keeps
+    its default health-check interval (2 s): polled every 0.5 s it took enough of a 2-core machine to slow
+    the training beside it by up to a tenth (`python -m benchmarks.ray_overhead`).
     """
     import ray
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
