@@ -117,6 +117,29 @@ def write_bytes(uri: str, data: bytes) -> None:
         raise _storage_error("write", uri, exc) from exc
 
 
+def create_s3_object(uri: str, data: bytes) -> bool:
+    """PUT `data` at an s3:// URI only if no object is there (`If-None-Match: *`); False if one already was.
+
+    The check and the write are one request, so of two writers racing for the same key exactly one
+    wins (pyarrow's S3 filesystem cannot send the header, hence boto3).
+    """
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    parsed = urlparse(uri)
+    client = boto3.client("s3", endpoint_url=os.environ.get(ENDPOINT_ENV) or None,
+                          region_name=os.environ.get("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1")))
+    try:
+        client.put_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Body=data, IfNoneMatch="*")
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+            return False
+        raise _storage_error("write", uri, exc) from exc
+    except BotoCoreError as exc:
+        raise _storage_error("write", uri, exc) from exc
+    return True
+
+
 def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 

@@ -25,8 +25,10 @@ def _free_port() -> int:
 # exported before anything (Ray included) starts, so every process inherits them.
 MOTO_PORT = _free_port()
 os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{MOTO_PORT}"
-os.environ["AWS_ACCESS_KEY_ID"] = "testing"
-os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+# Distinctive fake keys, so that a test can show they reach no log, record, report or sweep file.
+FAKE_AWS_KEY_ID, FAKE_AWS_SECRET = "AKIAFAKE7TESTKEY0042", "fAkE/sEcReT+never-logged/0123456789abcdefXYZ"
+os.environ["AWS_ACCESS_KEY_ID"] = FAKE_AWS_KEY_ID
+os.environ["AWS_SECRET_ACCESS_KEY"] = FAKE_AWS_SECRET
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
     os.environ.pop(_var, None)

@@ -246,3 +246,25 @@ def test_a_destructive_learning_rate_is_recorded_as_infeasible_and_never_best(
     stored = {record.config["lotus"]["lr"]: record for record in records_by_trial(run["out"]).values()}
     if DESTRUCTIVE_LR in stored:  # ASHA may stop it after its first epoch, before a record is written
         assert stored[DESTRUCTIVE_LR].metrics["feasible"] is False
+
+
+def test_the_fake_aws_keys_appear_in_no_log_record_report_or_sweep_file(paused_then_resumed_sweep):
+    """The session runs with distinctive fake AWS keys (tests/conftest.py); by now Ray has run many jobs with them,
+    some over S3. Neither the key id nor the secret may be in the sweep's files, its output, or any Ray log."""
+    import ray
+
+    from tests.conftest import FAKE_AWS_KEY_ID, FAKE_AWS_SECRET
+
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == FAKE_AWS_SECRET  # what every process of the session inherited
+    run = paused_then_resumed_sweep
+    secrets = (FAKE_AWS_KEY_ID.encode(), FAKE_AWS_SECRET.encode())
+    assert not any(secret.decode() in run["printed"] for secret in secrets)
+    scanned = 0
+    for folder in (run["out"], ray._private.worker._global_node.get_logs_dir_path()):
+        for root, _, files in os.walk(folder):
+            for name in files:
+                with open(os.path.join(root, name), "rb") as handle:
+                    data = handle.read()
+                assert not any(secret in data for secret in secrets), os.path.join(root, name)
+                scanned += 1
+    assert scanned > 20  # the sweep's records, tables, plots and state, and Ray's logs

@@ -98,11 +98,29 @@ def run_config_for(plan: MethodPlan, run_uri: str) -> tune.RunConfig:
                    ReleaseStoppedTrainRuns()])
 
 
+CREDENTIAL_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
+
+
+def keep_credentials_out_of_ray_logs() -> None:
+    """Stop Tune from copying AWS credentials into every trial's runtime environment.
+
+    Tune 2.60 adds the driver's AWS_* keys to each trial actor's `runtime_env.env_vars`, and Ray's
+    runtime-env agent writes every runtime env it creates to its log at INFO: the secret key ended up
+    in plain text in `runtime_env_agent.log` (tests/test_sweep.py). Trials need no copy: Ray's worker
+    processes inherit the environment the local Ray was started with, and cluster nodes use their own
+    (an IAM role, their environment).
+    """
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - set(CREDENTIAL_ENV_VARS)
+
+
 def run_experiment(plan: MethodPlan, run_uri: str) -> bool:
     """Start the method's experiment, or restore it and run only its unfinished trials.
 
     Returns whether every trial has ended; False after a pause or Ctrl-C (the state is saved).
     """
+    keep_credentials_out_of_ray_logs()
     uri = absolute(experiment_uri(run_uri, plan.method))
     if tune.Tuner.can_restore(uri):
         if experiment_complete(uri, plan.trials):

@@ -182,9 +182,9 @@ def _create_exclusive(path: str, data: bytes) -> bool:
 def append_record(run_uri: str, record: ResultRecord, update_parquet: bool = True) -> str:
     """Store `record` as run_uri/records/<run_id>.json, refresh records.parquet; return the record's URI.
 
-    Refuses (RecordExistsError) to replace a stored record with the same run_id.
-    Locally the refusal is race-free; on S3 it is a check before the single PUT,
-    which suffices because run ids are unique per run (see new_run_id).
+    Refuses (RecordExistsError) to replace a stored record with the same run_id, race-free
+    in both places: locally a hard link publishes the file, on S3 a conditional PUT
+    (`If-None-Match: *`) creates the object only where none exists.
     Rebuilding the Parquet index reads every record of the run, so a sweep with
     many trials passes update_parquet=False and calls rebuild_parquet once at the end.
     """
@@ -192,9 +192,8 @@ def append_record(run_uri: str, record: ResultRecord, update_parquet: bool = Tru
     uri = record_uri(run_uri, record.run_id)
     data = record.to_json().encode("utf-8")
     if storage.is_s3(run_uri):
-        if storage.exists(uri):
+        if not storage.create_s3_object(uri, data):
             raise RecordExistsError(f"a record for run_id {record.run_id!r} already exists at {uri}")
-        storage.write_bytes(uri, data)
     else:
         _, path = storage.resolve(uri)
         try:
