@@ -62,6 +62,15 @@ def broadcast_object(value, source_rank: int):
     return holder[0]
 
 
+def all_gather_objects(value) -> list:
+    """Every worker's picklable `value`, in rank order (collective: all must call it)."""
+    if not is_distributed():
+        return [value]
+    gathered = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

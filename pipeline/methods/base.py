@@ -262,6 +262,7 @@ class UnlearningMethod:
                       "batchnorm_refresh_batches": 50}
     needs_original = False  # the frozen original model is passed as `self.teacher`
     needs_retain = True  # False only for methods that must never read D_r (JiT)
+    resumable_attributes: tuple[str, ...] = ()  # state carried from one epoch to the next (UNSIR's phase)
 
     def __init__(self, config: dict | None = None, seed: int = 0, log: Callable[[str], None] | None = print):
         self.config = {**UnlearningMethod.defaults, **type(self).defaults, **(config or {})}
@@ -335,8 +336,9 @@ class UnlearningMethod:
                 resume: dict | None = None) -> MethodReport:
         """Run the method on `model` in place. Timing covers the method's work only, barriers at both ends.
 
-        `resume` ({"epoch", "model", "optimizer"} from the last checkpoint) restores the state after the
-        method's pre-pass, so a restarted run continues with the epoch after the checkpointed one.
+        `resume` ({"epoch", "model", "optimizer", "method_state"} from the last checkpoint) restores the state
+        after the method's pre-pass, so a restarted run continues with the epoch after the checkpointed one
+        exactly as the uninterrupted run did (same weights to the bit on CPU).
         """
         if self.needs_original:
             self.teacher = frozen_copy(original if original is not None else model).to(device)
@@ -355,6 +357,8 @@ class UnlearningMethod:
             unwrap(model).load_state_dict(resume["model"])
             if resume.get("optimizer"):
                 self.optimizer.load_state_dict(resume["optimizer"])
+            if resume.get("method_state"):
+                self.restore_state(resume["method_state"])
             start_epoch = int(resume["epoch"]) + 1
             self.log(f"[{self.name}] resuming after epoch {start_epoch}")
         epochs = int(self.config["epochs"])
@@ -382,6 +386,27 @@ class UnlearningMethod:
         distributed.barrier()
         report.unlearn_seconds = time.perf_counter() - started - report.epoch_report_seconds
         return report
+
+    def resume_state(self) -> dict:
+        """What the next epoch depends on besides weights and optimizer, for a resume equal to no interruption:
+        torch's random generators (LoTUS's Gumbel noise), the method's own generators, `resumable_attributes`.
+        The data order needs nothing: it is a function of the seed and the epoch."""
+        state = {"torch_rng": torch.get_rng_state(),
+                 "generators": {name: value.get_state() for name, value in vars(self).items()
+                                if isinstance(value, torch.Generator)},
+                 "attributes": {name: getattr(self, name) for name in self.resumable_attributes}}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def restore_state(self, state: dict) -> None:
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        for name, generator_state in state["generators"].items():
+            getattr(self, name).set_state(generator_state)
+        for name, value in state["attributes"].items():
+            setattr(self, name, value)
 
     def check_finite(self, model: nn.Module, epoch: int, mean_loss: float) -> None:
         """Stop a diverged run: a NaN or infinite loss or weight raises DivergedError naming the epoch and settings.

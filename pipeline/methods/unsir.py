@@ -29,6 +29,7 @@ class Unsir(UnlearningMethod):
     # the paper's SGD schedule ends at forget 0.43, retain 0.47, test 0.36; SGD impair 5e-3 with
     # two repair epochs at 1e-2 repairs D_f too (forget 1.00). Adam impair 1e-3, then three
     # repair epochs at 1e-4: forget 0.975, retain 0.985, test 0.736 (original 1.00/1.00/0.758).
+    resumable_attributes = ("noise_cursor", "phase")
     defaults = {"epochs": 4, "impair_epochs": 1, "lr": 1e-3, "repair_lr": 1e-4, "batch_size": 64,
                 "optimizer": "adam", "weight_decay": 0.0,
                 "noise_per_class": 16, "noise_steps": 40, "noise_lr": 0.1, "noise_l2": 0.1, "noise_per_batch": 64}

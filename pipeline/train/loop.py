@@ -50,10 +50,11 @@ def _checkpoint_reporter(spec: ModelSpec, method, stats: InputStats, epoch_metri
         if epoch_metrics is not None:
             with stats.uncounted():  # its time is not the method's either (MethodReport.epoch_report_seconds)
                 entry = {**entry, **_scalars(epoch_metrics(model))}
+        method_states = distributed.all_gather_objects(method.resume_state())
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if ray.train.get_context().get_world_rank() == 0:
-                write_epoch_checkpoint(directory, model, spec, epoch, method.optimizer)
+                write_epoch_checkpoint(directory, model, spec, epoch, method.optimizer, method_states)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report({**entry, "epoch": epoch}, checkpoint=checkpoint)
 
@@ -73,7 +74,7 @@ def _resume_state():
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        return read_resume_state(directory)
+        return read_resume_state(directory, distributed.rank())
 
 
 def split_accuracies(model, sources: dict, device, batch_size: int = 256) -> dict[str, float]:
