@@ -31,6 +31,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 from pipeline import storage
@@ -39,8 +40,12 @@ from pipeline.results.records import ResultRecord, load_records
 
 DEFAULT_CONFIG = "configs/imagenet-synthetic.yaml"
 DEFAULT_CLASSES = (100, 300, 1000)
-# Growth above this is reported as worse than linear: timing noise on a shared laptop stays well under 30 %.
+# Growth above this is reported as worse than linear: timing noise on a quiet laptop stays well under 30 %.
 WORSE_THAN_LINEAR = 1.3
+# A step keeps about its machine's cores busy (1-minute load ~ cores); a mean load above this many times the
+# cores means other processes shared the CPU during the step, so its seconds are inflated.
+BUSY_LOAD_FACTOR = 1.75
+STEPS = ("prepare", "bench")  # what timing.json records the machine's load for
 MISSING = "—"
 
 
@@ -59,6 +64,14 @@ class SizeResult:
     classes: int
     images: int  # in the dataset, every split
     phases: dict[str, PhaseTime]  # phase name -> time, in table order
+    load: dict[str, dict] = dataclasses.field(default_factory=dict)  # step -> {mean, max} 1-minute load
+    cpus: int | None = None
+
+    def busy_steps(self) -> list[str]:
+        """The steps during which other processes evidently shared the CPU (see BUSY_LOAD_FACTOR)."""
+        if not self.cpus:
+            return []
+        return [step for step in STEPS if self.load.get(step, {}).get("mean", 0) > BUSY_LOAD_FACTOR * self.cpus]
 
 
 # ---- from a run's files to phase times ---------------------------------------------------------------------
@@ -100,7 +113,7 @@ def size_result(classes: int, counts: dict[str, int], timing: dict, original: di
     phases.update(bench_phases(records, methods))
     if timing.get("bench_wall_seconds") is not None:  # the whole `unlearn bench`: both Ray start-ups included
         phases["bench wall"] = PhaseTime(timing["bench_wall_seconds"], None)
-    return SizeResult(classes, images, phases)
+    return SizeResult(classes, images, phases, timing.get("load", {}), timing.get("cpus"))
 
 
 def size_folder(out: str, classes: int) -> str:
@@ -185,7 +198,17 @@ def markdown(results: list[SizeResult]) -> str:
                          _seconds(time_.seconds) + (f" ({_rate(time_.rate)})" if time_.rate else ""))
         cells += [_growth_cell(growth(base, other, phase)) for other in others]
         lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    if any(result.load for result in results):
+        cells = [" / ".join(_load(result, step) for step in STEPS) for result in results]
+        lines.append("| machine load (prepare / bench) | " + " | ".join(cells + [""] * len(others)) + " |")
     return "\n".join(lines) + "\n\n" + legend(results) + "\n"
+
+
+def _load(result: SizeResult, step: str) -> str:
+    load = result.load.get(step)
+    if not load:
+        return MISSING
+    return f"{load['mean']:.1f}" + (" ⚠" if step in result.busy_steps() else "")
 
 
 def legend(results: list[SizeResult]) -> str:
@@ -193,9 +216,15 @@ def legend(results: list[SizeResult]) -> str:
     text = ("Seconds per phase (images/s: the phase's images over its seconds). Growth = (seconds / seconds at "
             f"{min(r.classes for r in results)} classes) / (images / images there): 1.0 is linear, below it fixed "
             f"costs are amortised, **↑** above {WORSE_THAN_LINEAR} is worse than linear. eval: mean per "
-            "evaluated row; startup, data and fit total: the one Ray Train fit of all rows.")
+            "evaluated row; startup, data and fit total: the one Ray Train fit of all rows. Machine load: the "
+            "mean 1-minute load average during the step; ⚠ above "
+            f"{BUSY_LOAD_FACTOR} x the cores, where other processes shared the CPU.")
+    busy = [f"{result.classes} classes ({', '.join(result.busy_steps())})" for result in results if result.busy_steps()]
+    if busy:
+        text += (f"\n\n**Other processes shared the CPU** during {'; '.join(busy)}: those seconds are inflated, "
+                 "and growth against them is not the pipeline's.")
     if not flagged:
-        return text + f"\n\nEvery phase grew at most {WORSE_THAN_LINEAR}x linearly."
+        return text + f"\n\nNo phase grew more than {WORSE_THAN_LINEAR}x linearly."
     worst = ", ".join(f"{phase} at {classes} classes ({value:.2f})" for phase, classes, value in flagged)
     return text + f"\n\nWorse than linear: {worst}."
 
@@ -265,18 +294,52 @@ def overrides(out: str, classes: int, extra: list[str]) -> list[str]:
             f"models={storage.join(size_folder(out, classes), 'models')}", *extra]
 
 
+class LoadMonitor:
+    """The machine's 1-minute load average, sampled in a thread while a step runs: timings taken while other
+    processes shared the CPU are inflated, and the table says so rather than reading them as growth."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.every_s, self.samples = every_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.samples.append(os.getloadavg()[0])
+            if self._stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> "LoadMonitor":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        return {"mean": sum(self.samples) / len(self.samples), "max": max(self.samples)} if self.samples else {}
+
+
+def _update_timing(folder: str, **values) -> None:
+    uri = storage.join(folder, "timing.json")
+    timing = _json_or_none(uri) or {}
+    for key, value in values.items():
+        timing[key] = {**timing.get(key, {}), **value} if isinstance(value, dict) else value
+    storage.write_text(uri, json.dumps(timing, indent=2))
+
+
 def prepare_timed(config: dict, folder: str) -> None:
     """Prepare the shards if they are not there yet, and record how long that took in timing.json."""
     from jobs.bench import ensure_data
 
-    timing_uri = storage.join(folder, "timing.json")
-    timing = _json_or_none(timing_uri) or {}
     fresh = not storage.exists(storage.join(config["data"]["uri"], META_FILE))
     started = time.perf_counter()
-    ensure_data(config)  # also refuses shards at that URI prepared from other settings
+    with LoadMonitor() as load:
+        ensure_data(config)  # also refuses shards at that URI prepared from other settings
     if fresh:
-        timing["prepare_seconds"] = time.perf_counter() - started
-        storage.write_text(timing_uri, json.dumps(timing, indent=2))
+        _update_timing(folder, prepare_seconds=time.perf_counter() - started, cpus=os.cpu_count(),
+                       load={"prepare": load.summary()})
 
 
 def bench_needed(config: dict, run: str) -> bool:
@@ -288,24 +351,23 @@ def bench_needed(config: dict, run: str) -> bool:
 
 def run_bench(config_path: str, sets: list[str], folder: str) -> None:
     """`python -m jobs.bench` in its own process (its own Ray, as a user runs it), output to bench.log and
-    the console; its wall time goes into timing.json."""
+    the console; its wall time and the machine's load go into timing.json."""
     run = storage.join(folder, "run")
     argv = [sys.executable, "-m", "jobs.bench", "--config", config_path, "--out", run,
             *(item for value in sets for item in ("--set", value))]
     print(f"$ {' '.join(argv[1:])}", flush=True)
     started = time.perf_counter()
-    with open(os.path.join(folder, "bench.log"), "a", encoding="utf-8") as log:
+    with LoadMonitor() as load, open(os.path.join(folder, "bench.log"), "a", encoding="utf-8") as log:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in process.stdout:
             log.write(line)
             if not line.startswith((" ", "\t")):  # Ray's indented tracebacks and tables go to the log only
                 print(line, end="", flush=True)
-    if process.wait() != 0:
+        process.wait()
+    if process.returncode != 0:
         raise SystemExit(f"the bench at {run} failed (exit {process.returncode}); see {folder}/bench.log")
-    timing_uri = storage.join(folder, "timing.json")
-    timing = _json_or_none(timing_uri) or {}
-    timing["bench_wall_seconds"] = time.perf_counter() - started
-    storage.write_text(timing_uri, json.dumps(timing, indent=2))
+    _update_timing(folder, bench_wall_seconds=time.perf_counter() - started, cpus=os.cpu_count(),
+                   load={"bench": load.summary()})
 
 
 def run_size(config_path: str, out: str, classes: int, extra: list[str]) -> None:

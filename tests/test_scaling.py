@@ -30,7 +30,7 @@ def fit_record(method, unlearn, unlearn_images, *, startup=20.0, data=4.0, eval_
         input_wait={"unlearn": 0.0, "eval": 0.0}, unlearn_seconds=unlearn)
 
 
-def size(classes, factor, lotus_factor=None, eval_factor=None, images_recorded=True):
+def size(classes, factor, lotus_factor=None, eval_factor=None, images_recorded=True, bench_load=2.2):
     """Class count `classes` with `factor` x the images of the base (10 classes, 60 images a class): every
     phase `factor` x the base's seconds unless another factor is given, startup constant."""
     lotus_factor, eval_factor = lotus_factor or factor, eval_factor or factor
@@ -43,7 +43,8 @@ def size(classes, factor, lotus_factor=None, eval_factor=None, images_recorded=T
                           eval_seconds=3.0 * eval_factor, eval_images=600 * factor, data_images=600 * factor)]
     if not images_recorded:  # records written before `images` existed
         records = [dataclasses.replace(r, images={}) for r in records]
-    timing = {"prepare_seconds": 12.0 * factor, "bench_wall_seconds": 100.0 + 50.0 * factor}
+    timing = {"prepare_seconds": 12.0 * factor, "bench_wall_seconds": 100.0 + 50.0 * factor, "cpus": 2,
+              "load": {"prepare": {"mean": 1.9, "max": 2.1}, "bench": {"mean": bench_load, "max": bench_load + 1}}}
     original = {"train_seconds": 30.0 * factor, "epochs_run": 6}
     return scaling.size_result(classes, counts, timing, original, records, METHODS)
 
@@ -138,3 +139,21 @@ def test_the_bench_refuses_shards_prepared_from_other_settings():
     meta.extra["synthetic"]["classes"] = 300
     bench.check_prepared_from(data, meta)  # the same settings: taken
     bench.check_prepared_from(data, dataclasses.replace(meta, extra={}))  # no recorded source: taken as is
+
+
+def test_a_busy_machine_is_flagged_so_its_seconds_are_not_read_as_growth():
+    quiet, busy = size(10, 1), size(100, 10, bench_load=4.1)  # 2 cores: above 1.75 x 2 = 3.5
+    assert quiet.busy_steps() == [] and busy.busy_steps() == ["bench"]
+    text = scaling.markdown([quiet, busy])
+    assert "| machine load (prepare / bench) | 1.9 / 2.2 | 1.9 / 4.1 ⚠ |  |" in text
+    assert "**Other processes shared the CPU** during 100 classes (bench)" in text
+    assert "Other processes" not in scaling.markdown([quiet, size(100, 10)])
+
+
+def test_load_monitor_samples_while_a_step_runs():
+    import time
+
+    with scaling.LoadMonitor(every_s=0.01) as load:
+        time.sleep(0.05)
+    summary = load.summary()
+    assert len(load.samples) >= 2 and 0 <= summary["mean"] <= summary["max"]
