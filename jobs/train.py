@@ -13,7 +13,7 @@ from pipeline.data.shards import read_index, read_meta, verify_checksums
 from pipeline.data.splits import make_splits
 from pipeline.methods import method_class
 from pipeline.train.datasets import plan_sets
-from pipeline.train.runner import absolute, init_ray, run_trainer
+from pipeline.train.runner import absolute, init_ray, read_restarts, run_trainer
 
 
 def parser() -> argparse.ArgumentParser:
@@ -85,6 +85,9 @@ def train(args: argparse.Namespace) -> dict:
     result = run_trainer(loop_config, args.out, name="train", workers=args.workers, use_gpu=args.gpus,
                          cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures)
     phases.lap("train")
+    result["restarts"] = read_restarts(args.out, "train")
+    for restart in result["restarts"]:
+        log(f"restarted at {restart['time']} after epoch {restart['resumed_after_epoch']}: {restart['cause']}")
     accuracies = "  ".join(f"{name} {value:.3f}" for name, value in result["evaluation"].items())
     log(f"accuracy: {accuracies}")
     log(f"trained {result['epochs_run']} epoch(s) in {result['unlearn_seconds']:.1f} s "

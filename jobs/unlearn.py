@@ -18,7 +18,7 @@ from pipeline.methods import REGISTRY, create_method
 from pipeline.models import load_checkpoint
 from pipeline.results.records import ResultRecord, append_record, load_records, new_run_id
 from pipeline.train.datasets import plan_sets, subset_name
-from pipeline.train.runner import absolute, init_ray, run_trainer
+from pipeline.train.runner import absolute, init_ray, read_restarts, run_trainer
 
 EVALUATE = {"forget": "forget", "retain": "retain_all", "test": "test", "unseen": "unseen"}
 
@@ -179,6 +179,9 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
                           callbacks=tune_callbacks)
     results = [results] if single else results
     phases.lap("run")
+    restarts = read_restarts(args.out, fit_name)
+    for restart in restarts:
+        log(f"restarted at {restart['time']} after epoch {restart['resumed_after_epoch']}: {restart['cause']}")
     shared = phases.total()
     # The workers timed each method (barriers at both ends), its per-epoch checkpoints and reports, and each
     # evaluation; the rest of the fit's wall time is Ray start-up and streaming set-up, shared by its runs.
@@ -192,7 +195,7 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
             model=spec.name, seed=args.seed, forget_spec=args.forget,
             config={method: config, "data": args.data, "original": args.original, "gold": args.gold,
                     "workers": args.workers, "gpus": args.gpus, "epochs_run": result["epochs_run"],
-                    "history": result["history"]},
+                    "history": result["history"], "restarts": restarts},
             metrics=result["evaluation"], phases=seconds, unlearn_seconds=result["unlearn_seconds"],
             images={"data": plan.stored_rows, **result["images"]}, input_wait=result["input_wait"],
             workers=args.workers, gpus=args.workers if args.gpus else 0, versions=versions(),

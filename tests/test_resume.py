@@ -2,6 +2,8 @@
 Ray Train with a worker killed mid-run."""
 
 import copy
+import os
+import threading
 
 import pytest
 import torch
@@ -40,7 +42,85 @@ def test_a_run_resumed_from_its_epoch_checkpoint_ends_with_the_same_weights(name
 
     resumed = copy.deepcopy(original_model)  # a restarted worker starts from the original, then loads the checkpoint
     report = _unlearn(create_method(name, config, seed=SEED, log=None), resumed, original, sources, resume=saved)
-    assert report.epochs_run == 1
+    assert report.epochs_run == 3 and len(report.history) == 1  # three in all, one of them in this attempt
     different = [key for key, value in uninterrupted.state_dict().items()
                  if not torch.equal(value, resumed.state_dict()[key])]
     assert not different, f"{name}: resumed run differs in {different[:3]}"
+
+
+def _kill_a_train_worker_once_checkpointed(folder: str, epoch: int, killed: list, stop) -> None:
+    """SIGKILL this Ray session's Train worker as soon as a checkpoint of `epoch` (or later) is on disk."""
+    import glob
+    import time
+
+    import psutil
+    import ray
+    from ray._private import ray_constants
+
+    raylet = ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    while not stop.is_set():
+        for path in glob.glob(os.path.join(folder, "checkpoint_*", "state.pt")):
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # still being written
+                continue
+            if saved["epoch"] >= epoch:
+                for process in psutil.Process(raylet).children(recursive=True):
+                    if "RayTrainWorker" in " ".join(process.cmdline()):
+                        process.kill()
+                        killed.append(process.pid)
+                return
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(ray_session, digits_hard_uri,
+                                                                           original_checkpoint, tmp_path):
+    from jobs import unlearn
+
+    def run(out, *extra):
+        return unlearn.unlearn(unlearn.parser().parse_args([
+            "--data", digits_hard_uri, "--original", original_checkpoint, "--method", "lotus", "--forget", FORGET_SPEC,
+            "--seed", str(SEED), "--out", str(out), "--set", "lotus.epochs=4", "--set", "lotus.alpha=2",
+            "--floor-draws", "0", *extra]))
+
+    uninterrupted = run(tmp_path / "uninterrupted", "--max-failures", "0")
+    assert uninterrupted.config["epochs_run"] == 4 and uninterrupted.config["restarts"] == []
+
+    out, killed, stop = tmp_path / "killed", [], threading.Event()
+    killer = threading.Thread(target=_kill_a_train_worker_once_checkpointed,
+                              args=(str(out / "ray" / f"lotus-s{SEED}"), 1, killed, stop), daemon=True)
+    killer.start()
+    try:
+        resumed = run(out, "--max-failures", "1")
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "the worker was never killed"
+    (restart,) = resumed.config["restarts"]
+    assert restart["resumed_after_epoch"] in (0, 1, 2) and restart["cause"]  # the last epoch Ray had registered
+    assert resumed.config["epochs_run"] == 4
+    assert resumed.checkpoint_sha256 == uninterrupted.checkpoint_sha256  # the same weights, to the bit
+    for key in ("acc_forget", "acc_retain", "acc_test", "mia", "rf_jsd"):
+        assert resumed.metrics[key] == uninterrupted.metrics[key], key
+    folders = sorted(p.name for p in (out / "ray" / f"lotus-s{SEED}").glob("checkpoint_*") if p.is_dir())
+    assert len(folders) <= 2, f"orphan checkpoints left: {folders}"  # num_to_keep=2, nothing unregistered
+
+
+def test_a_lost_worker_is_logged_for_a_retry_and_an_error_of_our_own_ends_the_run_at_once(tmp_path):
+    """The Train controller's callback (pipeline/train/runner.py), called as Ray Train calls it."""
+    from pipeline.errors import UnlearnError
+    from pipeline.train.runner import _restart_log_class, read_restarts, run_folder
+
+    log = _restart_log_class()(run_folder(str(tmp_path), "run"))
+    log.after_report(None, [{"epoch": 2, "loss": 0.1}], checkpoint=object())
+    log.after_exception(None, {1: RuntimeError("ActorDiedError: The actor is dead because its worker process has "
+                                               "died. Worker exit type: SYSTEM_ERROR. Some common causes include")})
+    (restart,) = read_restarts(str(tmp_path), "run")
+    assert restart["resumed_after_epoch"] == 2 and restart["time"]
+    assert restart["cause"] == "ActorDiedError: The actor is dead because its worker process has died"
+
+    corrupt = RuntimeError("Traceback (most recent call last):\n  ...\n"
+                           "pipeline.errors.DataError: cannot decode image of sample 'digits/17': truncated JPEG")
+    with pytest.raises(UnlearnError, match="cannot decode image of sample 'digits/17'"):
+        log.after_exception(None, {0: corrupt})  # no retry: it would fail the same way
+    assert len(read_restarts(str(tmp_path), "run")) == 1

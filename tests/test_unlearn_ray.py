@@ -79,7 +79,7 @@ def test_a_diverged_ray_run_exits_non_zero_and_saves_no_model_or_record(ray_sess
 
     code = run_main(unlearn.main, ["--data", digits_hard_uri, "--original", original_checkpoint, "--method", METHOD,
                                    "--forget", FORGET_SPEC, "--seed", str(SEED), "--out", str(tmp_path),
-                                   "--max-failures", "0", f"--set={METHOD}.lr=1e6", f"--set={METHOD}.epochs=2"])
+                                   f"--set={METHOD}.lr=1e6", f"--set={METHOD}.epochs=2"])  # default: 1 retry, unused
     error = capsys.readouterr().err
     assert code == 2 and f"{METHOD} diverged in epoch 1" in error and f"{METHOD}.lr=1000000.0" in error
     assert not list(tmp_path.glob("*.pt")) and not (tmp_path / "records").exists()

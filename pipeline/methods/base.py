@@ -360,6 +360,7 @@ class UnlearningMethod:
             if resume.get("method_state"):
                 self.restore_state(resume["method_state"])
             start_epoch = int(resume["epoch"]) + 1
+            report.epochs_run = start_epoch  # epochs done in all: the record of a resumed run counts them too
             self.log(f"[{self.name}] resuming after epoch {start_epoch}")
         epochs = int(self.config["epochs"])
         for epoch in range(start_epoch, epochs):

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
+import json
 import os
+import re
+import uuid
+
+import pyarrow.fs as pafs
 
 from pipeline import storage
 from pipeline.errors import UnlearnError
@@ -55,6 +62,7 @@ def run_trainer(loop_config: dict, run_uri: str, name: str, workers: int = 1, us
     from ray.train.torch import TorchTrainer
 
     resources = {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    folder = run_folder(run_uri, name)
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
@@ -62,7 +70,8 @@ def run_trainer(loop_config: dict, run_uri: str, name: str, workers: int = 1, us
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage.join(absolute(run_uri), "ray"),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=callbacks or []),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[*(callbacks or []), _restart_log_class()(folder)]),
     )
     try:
         result = trainer.fit()
@@ -70,10 +79,80 @@ def run_trainer(loop_config: dict, run_uri: str, name: str, workers: int = 1, us
         raise UnlearnError(f"Ray Train run {name!r} failed: {_root_cause(exc)}") from exc
     if result.error:
         raise UnlearnError(f"Ray Train run {name!r} failed: {_root_cause(result.error)}")
+    _delete_unregistered_checkpoints(folder, [checkpoint for checkpoint, _ in result.best_checkpoints or []])
     return result.return_value
 
 
-def _root_cause(exc: BaseException) -> str:
+def run_folder(run_uri: str, name: str) -> str:
+    return storage.join(absolute(run_uri), "ray", name)
+
+
+RESTARTS_DIR = "restarts"
+# A worker error of the project's own kind (pipeline/errors.py) recurs on every retry: bad data, a diverged method.
+PROJECT_ERROR = re.compile(r"\b(?:pipeline\.errors\.)?(?:UnlearnError|DataError|ConfigError|DivergedError)\b")
+
+
+@functools.lru_cache(maxsize=None)
+def _restart_log_class():
+    """A Ray Train callback (it runs in the Train controller) that keeps a record of worker failures.
+
+    A failure of the project's own kind ends the run at once, its message last, instead of a retry
+    that would fail the same way (`--max-failures` is for lost workers and nodes). Any other failure
+    is written to `<run folder>/restarts/` with its time, cause and the last epoch checkpointed
+    before it (what the restarted workers resume after); `read_restarts` gives them to the record.
+    Defined on first use: importing ray.train costs seconds, and bad input is refused before that.
+    """
+    from ray.train import UserCallback
+
+    class RestartLog(UserCallback):
+        def __init__(self, folder: str):
+            self.folder, self.last_checkpoint_epoch = folder, None
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if checkpoint is not None and metrics and "epoch" in metrics[0]:
+                self.last_checkpoint_epoch = int(metrics[0]["epoch"])
+
+        def after_exception(self, run_context, worker_exceptions):
+            causes = sorted({_first_sentence(_root_cause(error)) for error in worker_exceptions.values()})
+            own = [cause for cause in causes if PROJECT_ERROR.search(cause)]
+            if own:
+                raise UnlearnError(own[0])  # in the controller: Ray Train ends the run without a retry
+            now = dt.datetime.now(dt.timezone.utc)
+            entry = {"time": now.isoformat(timespec="seconds"), "cause": "; ".join(causes),
+                     "resumed_after_epoch": self.last_checkpoint_epoch}
+            name = f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:6]}.json"
+            storage.write_text(storage.join(self.folder, RESTARTS_DIR, name), json.dumps(entry))
+
+    return RestartLog
+
+
+def read_restarts(run_uri: str, name: str) -> list[dict]:
+    """The worker-group restarts of a run, oldest first: {"time", "cause", "resumed_after_epoch"} each."""
+    uris = storage.list_files(storage.join(run_folder(run_uri, name), RESTARTS_DIR), ".json")
+    return [json.loads(storage.read_text(uri)) for uri in uris]
+
+
+def _delete_unregistered_checkpoints(folder: str, kept: list) -> None:
+    """Remove checkpoint folders Ray Train never registered (uploaded just before a worker died): orphans that
+    neither a resume nor Ray's `num_to_keep` clean-up would ever touch."""
+    kept_names = {os.path.basename(str(checkpoint.path).rstrip("/")) for checkpoint in kept}
+    fs, path = storage.resolve(folder)
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.type == pafs.FileType.Directory and entry.base_name.startswith("checkpoint_") \
+                and entry.base_name not in kept_names:
+            storage.delete_tree(storage.join(folder, entry.base_name))
+
+
+def _first_sentence(text: str, limit: int = 300) -> str:
+    """Ray's death notices run to a paragraph of possible causes; the record keeps what happened."""
+    return text.split(". ")[0].rstrip(".")[:limit]
+
+
+def _root_cause(exc: BaseException | str) -> str:
     """The last line of the innermost error message (a worker's DataError, say), not Ray's wrapping."""
     text = str(exc).strip().splitlines()
     for line in reversed(text):
