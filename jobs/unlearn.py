@@ -185,9 +185,13 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
     shared = phases.total()
     # The workers timed each method (barriers at both ends), its per-epoch checkpoints and reports, and each
     # evaluation; the rest of the fit's wall time is Ray start-up and streaming set-up, shared by its runs.
-    overhead = max(0.0, shared.pop("run") - sum(_worker_seconds(r) for r in results))
+    overhead = max(0.0, shared.pop("run") - sum(_worker_seconds(r) for r in results if "failed" not in r))
     records = []
     for (method, config), label, row, settings, result in zip(resolved, labels, rows, run_settings, results):
+        if "failed" in result:
+            records.append(_failed_record(args, record_kind, label, method, config, meta.name, spec.name,
+                                          result["failed"]))
+            continue
         seconds = {**shared, "startup": shared["startup"] + overhead, "unlearn": result["unlearn_seconds"],
                    "epoch_reports": result["epoch_report_seconds"], "eval": result["eval_seconds"]}
         record = ResultRecord(
@@ -209,6 +213,18 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
         records.append(record)
     log(f"unlearned model(s) and records under {args.out}")
     return records
+
+
+def _failed_record(args, kind: str, label: str, method: str, config: dict, dataset: str, model: str,
+                   error: str) -> ResultRecord:
+    """A run of a multi-method fit that failed (a diverged method): recorded as failed, with no model or metrics."""
+    record = ResultRecord(run_id=new_run_id(kind, label, args.seed), kind=kind, method=label, dataset=dataset,
+                          model=model, seed=args.seed, forget_spec=args.forget,
+                          config={method: config, "data": args.data, "original": args.original},
+                          workers=args.workers, versions=versions(), status="failed", error=error)
+    append_record(args.out, record)
+    log(f"[{label}] FAILED: {error}")
+    return record
 
 
 def _worker_seconds(result: dict) -> float:

@@ -175,17 +175,18 @@ def original_evaluated_once(ray_session, digits_hard_uri, original_checkpoint, t
 
 
 DESTRUCTIVE_LR = 10.0
+DIVERGING_LR = 1e6  # LoTUS's loss is NaN within the first epoch: the trial is recorded as failed, the sweep goes on
 
 
 @pytest.fixture(scope="module")
 def paused_then_resumed_sweep(original_evaluated_once, digits_hard_uri, original_checkpoint, tmp_path_factory):
-    """One 3-trial LoTUS sweep (grid over lr, ASHA) that every real-sweep test reads, since each Train fit costs
+    """One 4-trial LoTUS sweep (grid over lr, ASHA) that every real-sweep test reads, since each Train fit costs
     10-20 s on 2 CPU cores: paused after its first trial, then resumed to the end. One of its learning rates
     wrecks the model, so the same sweep also shows the feasibility rule at work."""
     out = tmp_path_factory.mktemp("lotus-sweep") / "run"
-    argv = sweep_argv(digits_hard_uri, original_checkpoint, out, "--trials", "3", "--search", "grid",
+    argv = sweep_argv(digits_hard_uri, original_checkpoint, out, "--trials", "4", "--search", "grid",
                       "--scheduler", "asha", "--set", "lotus.alpha=8",
-                      "--space", f"lotus.lr=grid:1e-4,3e-5,{DESTRUCTIVE_LR:g}", "--pause-after", "1")
+                      "--space", f"lotus.lr=grid:1e-4,3e-5,{DESTRUCTIVE_LR:g},{DIVERGING_LR:g}", "--pause-after", "1")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         paused = sweep_job.sweep(sweep_job.parser().parse_args(argv))
@@ -200,24 +201,25 @@ def test_a_paused_sweep_resumes_without_redoing_finished_trials(paused_then_resu
     assert run["paused"].complete is False and run["resumed"].complete is True
     assert len(run["after_pause"]) == 1, "the pause came after exactly one finished trial"
     table = run["resumed"].trials
-    assert len(table) == 3 and table["trial_id"].is_unique
+    assert len(table) == 4 and table["trial_id"].is_unique
     assert set(table["status"]) <= {"finished", "stopped early"}
     records = records_by_trial(run["out"])
     assert set(records) == set(table.loc[table["status"] == "finished", "trial_id"])
     (first_trial, first_json), = run["after_pause"].items()
     assert records[first_trial].to_json() == first_json, "the trial finished before the pause was not rerun"
-    for trial_id in records:  # each finished trial's unlearning ran to completion exactly once
-        assert nested_record_count(run["out"], trial_id) == 1, trial_id
-    assert "paused with trials left" in run["printed"] and "3/3 done" in run["printed"]
+    for trial_id, record in records.items():  # each finished trial's unlearning ran to completion exactly once
+        assert nested_record_count(run["out"], trial_id) == (1 if record.status == "ok" else 0), trial_id
+    assert "paused with trials left" in run["printed"] and "4/4 done" in run["printed"]
 
 
 def test_a_lotus_sweep_writes_its_outputs_and_picks_the_best_feasible_trial(paused_then_resumed_sweep):
     run = paused_then_resumed_sweep
     out = run["out"]
     table = pd.read_parquet(os.path.join(out, "trials.parquet"))
-    assert TABLE_COLUMNS <= set(table.columns) and len(table) == 3
-    assert list(pd.read_csv(os.path.join(out, "trials.csv"))["method"]) == ["lotus"] * 3
-    assert sorted(table["lr"]) == [3e-5, 1e-4, DESTRUCTIVE_LR] and table["epochs_run"].between(1, 2).all()
+    assert TABLE_COLUMNS <= set(table.columns) and len(table) == 4
+    assert list(pd.read_csv(os.path.join(out, "trials.csv"))["method"]) == ["lotus"] * 4
+    assert sorted(table["lr"]) == [3e-5, 1e-4, DESTRUCTIVE_LR, DIVERGING_LR]
+    assert table[table["lr"] != DIVERGING_LR]["epochs_run"].between(1, 2).all()
     with open(os.path.join(out, "heatmap_lotus.png"), "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -246,6 +248,17 @@ def test_a_destructive_learning_rate_is_recorded_as_infeasible_and_never_best(
     stored = {record.config["lotus"]["lr"]: record for record in records_by_trial(run["out"]).values()}
     if DESTRUCTIVE_LR in stored:  # ASHA may stop it after its first epoch, before a record is written
         assert stored[DESTRUCTIVE_LR].metrics["feasible"] is False
+
+
+def test_a_diverged_trial_is_recorded_as_failed_and_the_sweep_goes_on(paused_then_resumed_sweep):
+    run = paused_then_resumed_sweep
+    assert run["resumed"].complete is True
+    diverged = run["resumed"].trials.set_index("lr").loc[DIVERGING_LR]
+    assert diverged["status"] == "finished" and not diverged["feasible"]
+    (record,) = [r for r in records_by_trial(run["out"]).values() if r.config["lotus"]["lr"] == DIVERGING_LR]
+    assert record.status == "failed" and "lotus diverged in epoch 1" in record.error
+    assert record.metrics["feasible"] is False and record.checkpoint_uri is None
+    assert run["resumed"].best["lotus"]["lr"] not in (DIVERGING_LR, DESTRUCTIVE_LR)
 
 
 def test_the_fake_aws_keys_appear_in_no_log_record_report_or_sweep_file(paused_then_resumed_sweep):

@@ -123,3 +123,23 @@ def test_a_rerun_resumes_only_the_same_run_and_a_finished_one_is_not_run_again(r
     records = load_records(str(tmp_path))
     assert len(records) == 2 and {r.config[METHOD]["alpha"] for r in records} == {8, 2}
     assert all(r.config["epochs_run"] == 1 for r in records)
+
+
+def test_a_diverged_method_in_a_multi_method_fit_is_recorded_as_failed_and_the_others_run(
+        ray_session, digits_hard_uri, original_checkpoint, tmp_path):
+    args = unlearn.parser().parse_args([
+        "--data", digits_hard_uri, "--original", original_checkpoint, "--method", "lotus", "--forget", FORGET_SPEC,
+        "--seed", str(SEED), "--out", str(tmp_path), "--floor-draws", "0"])
+    failed, finished = unlearn.unlearn_many(args, [("lotus", {"lr": 1e6, "epochs": 1}), ("finetune", {"epochs": 1})])
+    assert failed.status == "failed" and "lotus diverged in epoch 1" in failed.error and not failed.checkpoint_uri
+    assert finished.status == "ok" and finished.metrics["acc_test"] > 0.5
+    stored = {record.method: record for record in load_records(str(tmp_path))}
+    assert stored["lotus"].status == "failed" and stored["finetune"].status == "ok"
+    assert not (tmp_path / f"lotus-s{SEED}.pt").exists()
+
+    from pipeline.results.report import write_report
+
+    written = write_report([str(tmp_path)])  # the table leaves the failed row out and lists it with its reason
+    with open(written["report.md"]) as handle:
+        report = handle.read()
+    assert "## Failed runs" in report and "lotus diverged in epoch 1" in report

@@ -15,6 +15,7 @@ import dataclasses
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from pipeline import storage
+from pipeline.errors import UnlearnError
 from pipeline.results.records import RecordExistsError, ResultRecord, append_record
 from pipeline.train.ray_sources import DEFAULT_CACHE_MB
 from tuning.objective import FeasibilityRule
@@ -95,6 +96,23 @@ def epochs_done(record: ResultRecord) -> int:
     return int(history[-1]["epoch"]) + 1 if history else int(record.config.get("epochs_run") or 0)
 
 
+def report_diverged_trial(context: dict, settings: dict, trial_id: str, rule: FeasibilityRule, error: str) -> None:
+    """A trial whose method diverged: recorded as failed and reported to Tune as infeasible, and the sweep goes on
+    (the searcher learns that corner of the space is bad; the best trial can never be this one)."""
+    from ray import tune
+
+    from pipeline.data.shards import read_meta
+    from pipeline.models import load_checkpoint
+
+    record = ResultRecord(run_id="pending", kind="sweep-trial", method=context["method"],
+                          dataset=read_meta(context["data"]).name, model=load_checkpoint(context["original"])[1].name,
+                          seed=context["seed"], forget_spec=context["forget"],
+                          config={context["method"]: settings, "data": context["data"]}, status="failed", error=error)
+    verdict = rule.judge({})
+    stored = store_trial_record(context, record, trial_id, verdict)
+    tune.report({**verdict, TIME_ATTRIBUTE: 0, FINISHED_FLAG: True, "run_id": stored.run_id, "failed": True})
+
+
 def run_trial(config: dict, context: dict) -> None:
     """Tune function trainable: `config` holds the method settings, `context` what every trial shares."""
     import ray.data
@@ -106,8 +124,13 @@ def run_trial(config: dict, context: dict) -> None:
     trial_id = tune.get_context().get_trial_id()
     rule = FeasibilityRule(**context["rule"])
     settings = {key: plain(value) for key, value in config.items()}
-    record = unlearn(trial_arguments(context, trial_id), method_config=settings,
-                     tune_callbacks=[JudgedReportCallback(rule)], record_kind="sweep-trial")
+    try:
+        record = unlearn(trial_arguments(context, trial_id), method_config=settings,
+                         tune_callbacks=[JudgedReportCallback(rule)], record_kind="sweep-trial")
+    except UnlearnError as exc:
+        if "DivergedError" not in str(exc):
+            raise
+        return report_diverged_trial(context, settings, trial_id, rule, str(exc))
     verdict = rule.judge(record.metrics)
     stored = store_trial_record(context, record, trial_id, verdict)
     numbers = {key: value for key, value in record.metrics.items()

@@ -226,7 +226,7 @@ def summarize(records: Iterable[ResultRecord], method_order: Iterable[str] | Non
     kinds = set(kinds)
     grouped: dict[GroupKey, dict[str, list[ResultRecord]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
-        if record.kind in kinds:
+        if record.kind in kinds and record.status == "ok":  # a failed run has no metrics: listed apart (report)
             grouped[(record.dataset, record.model, record.forget_spec)][record.method].append(record)
     summaries = []
     for group in sorted(grouped):

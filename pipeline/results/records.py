@@ -33,6 +33,7 @@ from pipeline import storage
 from pipeline.errors import DataError
 
 RECORD_KINDS = ("train", "unlearn", "eval", "sweep-trial", "bench")
+RECORD_STATUSES = ("ok", "failed")
 METRIC_KEYS = ("acc_forget", "acc_retain", "acc_test", "acc_unseen", "mia", "jsd", "jsd_e4",
                "rf_jsd", "rf_jsd_e4", "rf_jsd_floor", "rf_jsd_floor_e4", "avg_gap", "gold")
 PHASE_KEYS = ("startup", "data", "unlearn", "epoch_reports", "eval", "total")
@@ -93,6 +94,8 @@ class ResultRecord:
     checkpoint_sha256: str | None = None
     created: str = dataclasses.field(default_factory=utc_now_iso)
     notes: str = ""
+    status: str = "ok"  # "failed": the run produced no model (`error` says why) and no metrics
+    error: str | None = None
 
     def __post_init__(self) -> None:
         if not RUN_ID_PATTERN.match(str(self.run_id)):
@@ -100,6 +103,8 @@ class ResultRecord:
                             "starting with a letter or digit")
         if self.kind not in RECORD_KINDS:
             raise DataError(f"record kind {self.kind!r} is not one of {', '.join(RECORD_KINDS)}")
+        if self.status not in RECORD_STATUSES:
+            raise DataError(f"record status {self.status!r} is not one of {', '.join(RECORD_STATUSES)}")
         self.seed = int(self.seed)
         self.metrics = _with_defaults(self.metrics, METRIC_KEYS)
         self.metrics["gold"] = bool(self.metrics["gold"])

@@ -134,6 +134,9 @@ def _markdown(title: str, run_uris: list[str], generated: str, summaries, record
              "## Results", "", markdown_table(summaries)]
     if summaries:
         parts += ["## Where the time went", "", markdown_time_tables(summaries)]
+    failed = [record for record in records if record.status == "failed"]
+    if failed:
+        parts += ["## Failed runs", "", *(f"- `{r.run_id}` ({r.method}, seed {r.seed}): {r.error}" for r in failed), ""]
     sweeps = _best_trials_table(records)
     if sweeps:
         parts += ["## Sweeps", "", sweeps]

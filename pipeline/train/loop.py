@@ -13,6 +13,7 @@ import time
 import torch
 
 from pipeline import distributed
+from pipeline.errors import DivergedError
 from pipeline.methods import create_method
 from pipeline.methods.base import UnlearnData, count_correct, unwrap
 from pipeline.models import ModelSpec, build_model, load_checkpoint, load_weights, save_checkpoint
@@ -106,8 +107,16 @@ def worker_loop(config: dict):
     evaluator = WorkerEvaluator(sources, device)
     if "runs" not in config:
         return _run_one(config, sources, stats, device, evaluator, checkpointing=True)
-    return [_run_one({**config, **run}, sources, stats, device, evaluator, checkpointing=False)
-            for run in config["runs"]]
+    return [_run_or_fail({**config, **run}, sources, stats, device, evaluator) for run in config["runs"]]
+
+
+def _run_or_fail(config: dict, sources: dict, stats: InputStats, device, evaluator: WorkerEvaluator) -> dict:
+    """One of several runs in a fit: a diverged method fails its own run (recorded as failed), not the others'.
+    Every worker sees the divergence (the weights are the same on all), so all return here together."""
+    try:
+        return _run_one(config, sources, stats, device, evaluator, checkpointing=False)
+    except DivergedError as exc:
+        return {"failed": str(exc)}
 
 
 def _images_since(stats: InputStats, before: InputStats, device) -> tuple[int, float]:
