@@ -126,9 +126,11 @@ def test_a_lost_worker_is_logged_for_a_retry_and_an_error_of_our_own_ends_the_ru
     assert len(read_restarts(str(tmp_path), "run")) == 1
 
 
-def test_the_gold_model_survives_a_removed_node_and_ends_as_if_uninterrupted(digits_hard_uri, tmp_path):
-    """`unlearn train --retain-only` on a two-node Ray cluster, its worker node removed after an epoch checkpoint and
-    a new one added (tests/node_removal.py, in a process of its own: a cluster cannot share the session's Ray)."""
+def test_a_removed_node_is_survived_by_the_gold_model_and_by_an_unlearning_run(digits_hard_uri, original_checkpoint,
+                                                                              tmp_path):
+    """`unlearn train --retain-only` and `unlearn run` on a two-node Ray cluster, the worker node removed after an
+    epoch checkpoint and a new one added (tests/node_removal.py, in a process of its own: a cluster cannot share
+    the session's Ray): both end with the weights and metrics of their uninterrupted runs."""
     import json
     import subprocess
     import sys
@@ -136,11 +138,12 @@ def test_the_gold_model_survives_a_removed_node_and_ends_as_if_uninterrupted(dig
     from tests.conftest import ROOT
 
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-m", "tests.node_removal", digits_hard_uri, str(tmp_path)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "tests.node_removal", digits_hard_uri, str(tmp_path),
+                           original_checkpoint], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["resumed"] == result["uninterrupted"]  # the same gold model, to the bit
-    assert result["evaluation"][0] == result["evaluation"][1]
-    assert result["epochs_run"] == 4 and len(result["restarts"]) >= 1
-    assert len(result["checkpoints"]) <= 2, result["checkpoints"]  # no orphans
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for job, result in results.items():
+        assert result["resumed"] == result["uninterrupted"], job  # the same model, to the bit
+        assert result["evaluation"][0] == result["evaluation"][1], job
+        assert result["epochs_run"] == 4 and len(result["restarts"]) >= 1, job
+        assert len(result["checkpoints"]) <= 2, (job, result["checkpoints"])  # no orphans
