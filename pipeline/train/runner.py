@@ -39,7 +39,9 @@ def init_ray(num_workers: int = 1, cpus_per_worker: float = 1.0) -> None:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # not a line per pass over every set
         needed = int(num_workers * cpus_per_worker) + 2
-        ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False,
+        # address="local": a new Ray of our own, even where another one (a `ray start`, a test's Cluster) runs here;
+        # connecting to that one by accident failed with "num_cpus ... must not be provided".
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False,
                  object_store_memory=512 * 1024**2 if not os.environ.get("CI") else 256 * 1024**2,
                  logging_config=ray.LoggingConfig(log_level="ERROR"))
     context = ray.data.DataContext.get_current()
