@@ -42,10 +42,10 @@ DEFAULT_CONFIG = "configs/imagenet-synthetic.yaml"
 DEFAULT_CLASSES = (100, 300, 1000)
 # Growth above this is reported as worse than linear: timing noise on a quiet laptop stays well under 30 %.
 WORSE_THAN_LINEAR = 1.3
-# A step keeps about its machine's cores busy (1-minute load ~ cores); a mean load above this many times the
-# cores means other processes shared the CPU during the step, so its seconds are inflated.
-BUSY_LOAD_FACTOR = 1.75
-STEPS = ("prepare", "bench")  # what timing.json records the machine's load for
+# Other processes keeping more than this share of the cores busy during a step (on average) inflate its
+# seconds enough to fake or hide a growth of WORSE_THAN_LINEAR.
+BUSY_SHARE = 0.2
+STEPS = ("prepare", "bench")  # what timing.json records other processes' CPU use for
 MISSING = "—"
 
 
@@ -64,14 +64,14 @@ class SizeResult:
     classes: int
     images: int  # in the dataset, every split
     phases: dict[str, PhaseTime]  # phase name -> time, in table order
-    load: dict[str, dict] = dataclasses.field(default_factory=dict)  # step -> {mean, max} 1-minute load
+    contention: dict[str, dict] = dataclasses.field(default_factory=dict)  # step -> CpuMonitor.summary()
     cpus: int | None = None
 
     def busy_steps(self) -> list[str]:
-        """The steps during which other processes evidently shared the CPU (see BUSY_LOAD_FACTOR)."""
+        """The steps during which other processes shared the CPU (see BUSY_SHARE)."""
         if not self.cpus:
             return []
-        return [step for step in STEPS if self.load.get(step, {}).get("mean", 0) > BUSY_LOAD_FACTOR * self.cpus]
+        return [step for step in STEPS if self.contention.get(step, {}).get("other_cores", 0) > BUSY_SHARE * self.cpus]
 
 
 # ---- from a run's files to phase times ---------------------------------------------------------------------
@@ -113,7 +113,7 @@ def size_result(classes: int, counts: dict[str, int], timing: dict, original: di
     phases.update(bench_phases(records, methods))
     if timing.get("bench_wall_seconds") is not None:  # the whole `unlearn bench`: both Ray start-ups included
         phases["bench wall"] = PhaseTime(timing["bench_wall_seconds"], None)
-    return SizeResult(classes, images, phases, timing.get("load", {}), timing.get("cpus"))
+    return SizeResult(classes, images, phases, timing.get("contention", {}), timing.get("cpus"))
 
 
 def size_folder(out: str, classes: int) -> str:
@@ -198,17 +198,17 @@ def markdown(results: list[SizeResult]) -> str:
                          _seconds(time_.seconds) + (f" ({_rate(time_.rate)})" if time_.rate else ""))
         cells += [_growth_cell(growth(base, other, phase)) for other in others]
         lines.append(f"| {phase} | " + " | ".join(cells) + " |")
-    if any(result.load for result in results):
-        cells = [" / ".join(_load(result, step) for step in STEPS) for result in results]
-        lines.append("| machine load (prepare / bench) | " + " | ".join(cells + [""] * len(others)) + " |")
+    if any(result.contention for result in results):
+        cells = [" / ".join(_other_cores(result, step) for step in STEPS) for result in results]
+        lines.append("| other processes' cores (prepare / bench) | " + " | ".join(cells + [""] * len(others)) + " |")
     return "\n".join(lines) + "\n\n" + legend(results) + "\n"
 
 
-def _load(result: SizeResult, step: str) -> str:
-    load = result.load.get(step)
-    if not load:
+def _other_cores(result: SizeResult, step: str) -> str:
+    cores = result.contention.get(step, {}).get("other_cores")
+    if cores is None:
         return MISSING
-    return f"{load['mean']:.1f}" + (" ⚠" if step in result.busy_steps() else "")
+    return f"{cores:.2f}" + (" ⚠" if step in result.busy_steps() else "")
 
 
 def legend(results: list[SizeResult]) -> str:
@@ -216,9 +216,9 @@ def legend(results: list[SizeResult]) -> str:
     text = ("Seconds per phase (images/s: the phase's images over its seconds). Growth = (seconds / seconds at "
             f"{min(r.classes for r in results)} classes) / (images / images there): 1.0 is linear, below it fixed "
             f"costs are amortised, **↑** above {WORSE_THAN_LINEAR} is worse than linear. eval: mean per "
-            "evaluated row; startup, data and fit total: the one Ray Train fit of all rows. Machine load: the "
-            "mean 1-minute load average during the step; ⚠ above "
-            f"{BUSY_LOAD_FACTOR} x the cores, where other processes shared the CPU.")
+            "evaluated row; startup, data and fit total: the one Ray Train fit of all rows. Other processes' cores: "
+            "how many cores processes outside this benchmark kept busy during the step, on average; ⚠ above "
+            f"{BUSY_SHARE:.0%} of the machine's.")
     busy = [f"{result.classes} classes ({', '.join(result.busy_steps())})" for result in results if result.busy_steps()]
     if busy:
         text += (f"\n\n**Other processes shared the CPU** during {'; '.join(busy)}: those seconds are inflated, "
@@ -294,31 +294,83 @@ def overrides(out: str, classes: int, extra: list[str]) -> list[str]:
             f"models={storage.join(size_folder(out, classes), 'models')}", *extra]
 
 
-class LoadMonitor:
-    """The machine's 1-minute load average, sampled in a thread while a step runs: timings taken while other
-    processes shared the CPU are inflated, and the table says so rather than reading them as growth."""
+def _system_busy_ticks() -> int:
+    """CPU ticks the whole machine has spent busy since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, stat.readline().split()[1:9])
+    return user + nice + system + irq + softirq + steal
+
+
+def _tree_ticks(root: int) -> int:
+    """CPU ticks of `root` and its living descendants, each with the children it has reaped (cutime, cstime):
+    this process, the bench it runs, its Ray processes and the prepare workers."""
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):  # /proc/self is this process again
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                stat = handle.read()
+        except OSError:  # a process that has just exited
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (name) ": state, ppid, ...
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        ticks[int(entry)] = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += ticks.get(pid, 0)
+        stack.extend(children.get(pid, ()))
+    return total
+
+
+class CpuMonitor:
+    """While a step runs, how many cores other processes on the machine kept busy: the machine's busy CPU time
+    (/proc/stat) minus this process tree's. Timings taken while others shared the CPU are inflated, and the
+    table flags them rather than reading them as growth. Linux only; elsewhere it records nothing."""
 
     def __init__(self, every_s: float = 5.0):
-        self.every_s, self.samples = every_s, []
+        self.every_s = every_s
+        self.other_ticks = 0
+        self.seconds = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def _sample(self) -> None:
-        while True:
-            self.samples.append(os.getloadavg()[0])
-            if self._stop.wait(self.every_s):
-                return
+    def _take(self) -> tuple[float, int, int]:
+        return time.perf_counter(), _system_busy_ticks(), _tree_ticks(os.getpid())
 
-    def __enter__(self) -> "LoadMonitor":
-        self._thread.start()
+    def _sample(self) -> None:
+        last = self._take()
+        while not self._stop.wait(self.every_s):
+            last = self._add(last)
+        self._add(last)
+
+    def _add(self, last: tuple[float, int, int]) -> tuple[float, int, int]:
+        now = self._take()
+        mine = now[2] - last[2]
+        if mine < 0:
+            # A descendant reaped outside the tree (orphaned when its parent died first, e.g. a Ray worker at
+            # shutdown) took its ticks with it: this interval cannot be split, so it is left out.
+            return now
+        # max(0, ...): the two counters are read a moment apart, so a quiet machine can read slightly negative.
+        self.other_ticks += max(0, (now[1] - last[1]) - mine)
+        self.seconds += now[0] - last[0]
+        return now
+
+    def __enter__(self) -> "CpuMonitor":
+        if os.path.exists("/proc/stat"):
+            self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def summary(self) -> dict:
-        return {"mean": sum(self.samples) / len(self.samples), "max": max(self.samples)} if self.samples else {}
+        if not self.seconds:
+            return {}
+        return {"other_cores": self.other_ticks / os.sysconf("SC_CLK_TCK") / self.seconds,
+                "load_1min": os.getloadavg()[0]}
 
 
 def _update_timing(folder: str, **values) -> None:
@@ -335,11 +387,11 @@ def prepare_timed(config: dict, folder: str) -> None:
 
     fresh = not storage.exists(storage.join(config["data"]["uri"], META_FILE))
     started = time.perf_counter()
-    with LoadMonitor() as load:
+    with CpuMonitor() as cpu:
         ensure_data(config)  # also refuses shards at that URI prepared from other settings
     if fresh:
         _update_timing(folder, prepare_seconds=time.perf_counter() - started, cpus=os.cpu_count(),
-                       load={"prepare": load.summary()})
+                       contention={"prepare": cpu.summary()})
 
 
 def bench_needed(config: dict, run: str) -> bool:
@@ -351,13 +403,13 @@ def bench_needed(config: dict, run: str) -> bool:
 
 def run_bench(config_path: str, sets: list[str], folder: str) -> None:
     """`python -m jobs.bench` in its own process (its own Ray, as a user runs it), output to bench.log and
-    the console; its wall time and the machine's load go into timing.json."""
+    the console; its wall time and the other processes' CPU use go into timing.json."""
     run = storage.join(folder, "run")
     argv = [sys.executable, "-m", "jobs.bench", "--config", config_path, "--out", run,
             *(item for value in sets for item in ("--set", value))]
     print(f"$ {' '.join(argv[1:])}", flush=True)
     started = time.perf_counter()
-    with LoadMonitor() as load, open(os.path.join(folder, "bench.log"), "a", encoding="utf-8") as log:
+    with CpuMonitor() as cpu, open(os.path.join(folder, "bench.log"), "a", encoding="utf-8") as log:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in process.stdout:
             log.write(line)
@@ -367,7 +419,7 @@ def run_bench(config_path: str, sets: list[str], folder: str) -> None:
     if process.returncode != 0:
         raise SystemExit(f"the bench at {run} failed (exit {process.returncode}); see {folder}/bench.log")
     _update_timing(folder, bench_wall_seconds=time.perf_counter() - started, cpus=os.cpu_count(),
-                   load={"bench": load.summary()})
+                   contention={"bench": cpu.summary()})
 
 
 def run_size(config_path: str, out: str, classes: int, extra: list[str]) -> None:

@@ -30,7 +30,7 @@ def fit_record(method, unlearn, unlearn_images, *, startup=20.0, data=4.0, eval_
         input_wait={"unlearn": 0.0, "eval": 0.0}, unlearn_seconds=unlearn)
 
 
-def size(classes, factor, lotus_factor=None, eval_factor=None, images_recorded=True, bench_load=2.2):
+def size(classes, factor, lotus_factor=None, eval_factor=None, images_recorded=True, bench_others=0.1):
     """Class count `classes` with `factor` x the images of the base (10 classes, 60 images a class): every
     phase `factor` x the base's seconds unless another factor is given, startup constant."""
     lotus_factor, eval_factor = lotus_factor or factor, eval_factor or factor
@@ -44,7 +44,7 @@ def size(classes, factor, lotus_factor=None, eval_factor=None, images_recorded=T
     if not images_recorded:  # records written before `images` existed
         records = [dataclasses.replace(r, images={}) for r in records]
     timing = {"prepare_seconds": 12.0 * factor, "bench_wall_seconds": 100.0 + 50.0 * factor, "cpus": 2,
-              "load": {"prepare": {"mean": 1.9, "max": 2.1}, "bench": {"mean": bench_load, "max": bench_load + 1}}}
+              "contention": {"prepare": {"other_cores": 0.05}, "bench": {"other_cores": bench_others}}}
     original = {"train_seconds": 30.0 * factor, "epochs_run": 6}
     return scaling.size_result(classes, counts, timing, original, records, METHODS)
 
@@ -142,18 +142,42 @@ def test_the_bench_refuses_shards_prepared_from_other_settings():
 
 
 def test_a_busy_machine_is_flagged_so_its_seconds_are_not_read_as_growth():
-    quiet, busy = size(10, 1), size(100, 10, bench_load=4.1)  # 2 cores: above 1.75 x 2 = 3.5
+    quiet, busy = size(10, 1), size(100, 10, bench_others=0.9)  # 2 cores: above 20 % of them, 0.4
     assert quiet.busy_steps() == [] and busy.busy_steps() == ["bench"]
     text = scaling.markdown([quiet, busy])
-    assert "| machine load (prepare / bench) | 1.9 / 2.2 | 1.9 / 4.1 ⚠ |  |" in text
+    assert "| other processes' cores (prepare / bench) | 0.05 / 0.10 | 0.05 / 0.90 ⚠ |  |" in text
     assert "**Other processes shared the CPU** during 100 classes (bench)" in text
-    assert "Other processes" not in scaling.markdown([quiet, size(100, 10)])
+    assert "**Other processes shared the CPU**" not in scaling.markdown([quiet, size(100, 10)])
 
 
-def test_load_monitor_samples_while_a_step_runs():
+def test_cpu_monitor_counts_the_cores_other_processes_used(monkeypatch):
+    import itertools
+
+    # Scripted counters, 1 s apart: the machine busy 150 ticks a second, this tree 100 (2 cores, 100 Hz):
+    # others kept half a core busy. In the third second a descendant is reaped outside the tree and the
+    # tree's count drops: that interval cannot be split and is left out.
+    clock = itertools.count(0.0, 1.0)
+    system = iter([0, 150, 300, 450])
+    tree = iter([0, 100, 200, 100])
+    monkeypatch.setattr(scaling.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(scaling, "_system_busy_ticks", lambda: next(system))
+    monkeypatch.setattr(scaling, "_tree_ticks", lambda root: next(tree))
+    monkeypatch.setattr(scaling.os, "sysconf", lambda name: 100)
+    monitor = scaling.CpuMonitor()
+    last = monitor._take()
+    for _ in range(3):
+        last = monitor._add(last)
+    assert monitor.seconds == 2.0 and monitor.other_ticks == 50 + 50
+    assert monitor.summary()["other_cores"] == pytest.approx(0.5)
+
+
+def test_tree_ticks_include_this_process_work():
+    import os
     import time
 
-    with scaling.LoadMonitor(every_s=0.01) as load:
-        time.sleep(0.05)
-    summary = load.summary()
-    assert len(load.samples) >= 2 and 0 <= summary["mean"] <= summary["max"]
+    before = scaling._tree_ticks(os.getpid())
+    end = time.perf_counter() + 0.3
+    while time.perf_counter() < end:
+        pass
+    assert scaling._tree_ticks(os.getpid()) - before >= 0.1 * os.sysconf("SC_CLK_TCK")
+    assert scaling._system_busy_ticks() > 0
