@@ -85,7 +85,7 @@ def train(args: argparse.Namespace) -> dict:
     result = run_trainer(loop_config, args.out, name="train", workers=args.workers, use_gpu=args.gpus,
                          cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures)
     phases.lap("train")
-    result["restarts"] = read_restarts(args.out, "train")
+    result["restarts"] = read_restarts(args.out, "train", result.get("resumed_after_epoch"))
     for restart in result["restarts"]:
         log(f"restarted at {restart['time']} after epoch {restart['resumed_after_epoch']}: {restart['cause']}")
     accuracies = "  ".join(f"{name} {value:.3f}" for name, value in result["evaluation"].items())

@@ -179,7 +179,7 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
                           callbacks=tune_callbacks)
     results = [results] if single else results
     phases.lap("run")
-    restarts = read_restarts(args.out, fit_name)
+    restarts = read_restarts(args.out, fit_name, results[0].get("resumed_after_epoch") if single else None)
     for restart in restarts:
         log(f"restarted at {restart['time']} after epoch {restart['resumed_after_epoch']}: {restart['cause']}")
     shared = phases.total()

@@ -97,7 +97,7 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(ray_s
         killer.join()
     assert killed, "the worker was never killed"
     (restart,) = resumed.config["restarts"]
-    assert restart["resumed_after_epoch"] in (0, 1, 2) and restart["cause"]  # the last epoch Ray had registered
+    assert restart["resumed_after_epoch"] >= 1 and restart["cause"]  # the newest checkpoint written, registered or not
     assert resumed.config["epochs_run"] == 4
     assert resumed.checkpoint_sha256 == uninterrupted.checkpoint_sha256  # the same weights, to the bit
     for key in ("acc_forget", "acc_retain", "acc_test", "mia", "rf_jsd"):

@@ -68,14 +68,41 @@ def _scalars(metrics: dict) -> dict:
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
-def _resume_state():
+def _resume_state(run_folder: str | None):
+    """The newest complete epoch checkpoint of this run, or None for a fresh start.
+
+    Not just Ray Train's `get_checkpoint()`: Ray registers a reported checkpoint a poll later, so a
+    worker lost right after reporting epoch 2 was restarted from epoch 1. The run folder holds every
+    checkpoint written; the newest that loads is the one to go on from (a half-written one does not load).
+    """
     import ray.train
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as directory:
-        return read_resume_state(directory, distributed.rank())
+    candidates = newest_first(run_folder) if run_folder else []
+    registered = ray.train.get_checkpoint()
+    for checkpoint in [*candidates, *([registered] if registered is not None else [])]:
+        try:
+            with checkpoint.as_directory() as directory:
+                return read_resume_state(directory, distributed.rank())
+        except Exception:  # incomplete: the worker died while it was being written
+            continue
+    return None
+
+
+def newest_first(run_folder: str) -> list:
+    """The run folder's checkpoint folders as Ray Train Checkpoints, newest first (their names hold the time)."""
+    import pyarrow.fs as pafs
+    import ray.train
+
+    from pipeline import storage
+
+    fs, path = storage.resolve(run_folder)
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError:
+        return []
+    folders = sorted((e.path for e in entries if e.type == pafs.FileType.Directory
+                      and e.base_name.startswith("checkpoint_")), reverse=True)
+    return [ray.train.Checkpoint(path=folder, filesystem=fs) for folder in folders]
 
 
 def split_accuracies(model, sources: dict, device, batch_size: int = 256) -> dict[str, float]:
@@ -151,8 +178,8 @@ def _run_one(config: dict, sources: dict, stats: InputStats, device, evaluator: 
             return evaluator(config, current, original)
     on_epoch_end = _checkpoint_reporter(spec, method, stats, epoch_metrics) if checkpointing else None
     before = InputStats(stats.images, stats.wait_seconds)
-    report = method.unlearn(model, original, data, device, on_epoch_end=on_epoch_end,
-                            resume=_resume_state() if checkpointing else None)
+    resume = _resume_state(config.get("run_folder")) if checkpointing else None
+    report = method.unlearn(model, original, data, device, on_epoch_end=on_epoch_end, resume=resume)
     unlearn_images, unlearn_wait = _images_since(stats, before, device)
 
     before = InputStats(stats.images, stats.wait_seconds)
@@ -167,6 +194,7 @@ def _run_one(config: dict, sources: dict, stats: InputStats, device, evaluator: 
     return {"unlearn_seconds": report.unlearn_seconds, "epoch_report_seconds": report.epoch_report_seconds,
             "epochs_run": report.epochs_run, "history": report.history,
             "evaluation": evaluation, "eval_seconds": eval_seconds, "checkpoint_sha256": sha256,
+            "resumed_after_epoch": resume["epoch"] if resume else None,
             "images": {"unlearn": unlearn_images, "eval": eval_images},
             "input_wait": {"unlearn": unlearn_wait, "eval": eval_wait}}
 

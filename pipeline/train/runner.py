@@ -67,7 +67,7 @@ def run_trainer(loop_config: dict, run_uri: str, name: str, workers: int = 1, us
     folder = run_folder(run_uri, name)
     trainer = TorchTrainer(
         loop,
-        train_loop_config=loop_config,
+        train_loop_config={**loop_config, "run_folder": folder},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage.join(absolute(run_uri), "ray"),
@@ -128,10 +128,17 @@ def _restart_log_class():
     return RestartLog
 
 
-def read_restarts(run_uri: str, name: str) -> list[dict]:
-    """The worker-group restarts of a run, oldest first: {"time", "cause", "resumed_after_epoch"} each."""
+def read_restarts(run_uri: str, name: str, resumed_after_epoch: int | None = None) -> list[dict]:
+    """The worker-group restarts of a run, oldest first: {"time", "cause", "resumed_after_epoch"} each.
+
+    The controller knows only the checkpoints Ray had registered when a worker was lost; the workers of the
+    last attempt report the one they really went on from (`resumed_after_epoch`), which the last entry takes.
+    """
     uris = storage.list_files(storage.join(run_folder(run_uri, name), RESTARTS_DIR), ".json")
-    return [json.loads(storage.read_text(uri)) for uri in uris]
+    restarts = [json.loads(storage.read_text(uri)) for uri in uris]
+    if restarts and resumed_after_epoch is not None:
+        restarts[-1]["resumed_after_epoch"] = resumed_after_epoch
+    return restarts
 
 
 def _delete_unregistered_checkpoints(folder: str, kept: list) -> None:
