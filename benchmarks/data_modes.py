@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from benchmarks.ray_overhead import FORGET, SEED, train_original
+from benchmarks.ray_overhead import FORGET, SEED, data_and_original
 
 GOAL = 1.5
 
@@ -45,13 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--cache-mb", type=float, default=4096)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
-        data = args.data
-        if data is None:
-            from pipeline.data.converters import prepare
-
-            data = f"{scratch}/digits-hard"
-            prepare("digits-hard", data, seed=0)
-        original = args.original or train_original(data, scratch)
+        data, original = data_and_original(args.data, args.original, scratch)
         results = {mode: run_mode(data, original, args.methods, mode, args, f"{scratch}/{mode}")
                    for mode in ("memory", "stream")}
     print(f"\n{'method':<10}{'memory s':>10}{'stream s':>10}{'stream/memory':>15}{'stream wait s':>15}  same weights"

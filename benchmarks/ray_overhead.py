@@ -61,6 +61,16 @@ def train_original(data: str, out: str) -> str:
     return uri
 
 
+def data_and_original(data: str | None, original: str | None, scratch: str) -> tuple[str, str]:
+    """The given data and original, or digits-hard prepared and an original trained in `scratch`."""
+    if data is None:
+        from pipeline.data.converters import prepare
+
+        data = f"{scratch}/digits-hard"
+        prepare("digits-hard", data, seed=0)
+    return data, original or train_original(data, scratch)
+
+
 def in_process_seconds(data: str, original: str, methods: list[str]) -> dict[str, float]:
     from pipeline.models import load_checkpoint
 
@@ -114,13 +124,7 @@ def main(argv=None) -> int:
             json.dump(in_process_seconds(args.data, args.original, methods), handle)
         return 0
     with tempfile.TemporaryDirectory() as scratch:
-        data = args.data
-        if data is None:
-            from pipeline.data.converters import prepare
-
-            data = f"{scratch}/digits-hard"
-            prepare("digits-hard", data, seed=0)
-        original = args.original or train_original(data, scratch)
+        data, original = data_and_original(args.data, args.original, scratch)
         rounds = {"in_process": [], "ray": []}
         for repeat in range(args.repeats):
             started = time.perf_counter()
