@@ -89,26 +89,29 @@ def test_worse_than_linear_phases_are_flagged_with_their_growth():
     assert "Worse than linear: eval at 100 classes (2.00)." in text
 
 
-def test_growth_uses_each_phase_own_images_where_recorded():
-    # LoTUS stops early at the larger size: half its epochs, half the images per class. Per image it is
-    # as fast, so its growth is 1.0 although its seconds grew only 5x for 10x the data.
-    base = size(10, 1)
-    large = size(100, 10, lotus_factor=5)
-    lotus = large.phases["unlearn lotus"]
-    large.phases["unlearn lotus"] = scaling.PhaseTime(lotus.seconds, lotus.images / 2)
-    assert scaling.growth(base, large, "unlearn lotus") == pytest.approx(1.0)
-    # Records without images (older ones): the dataset's image count stands in.
-    old_base, old_large = size(10, 1, images_recorded=False), size(100, 10, lotus_factor=5, images_recorded=False)
+def test_growth_is_against_the_dataset_images_and_other_image_growth_is_named():
+    # Finetune at the larger size: its training pass grows with the data, its capped BatchNorm refresh does
+    # not, so its own images grow 5.7x while the dataset grows 10x; its seconds grow 10x: linear.
+    base, large = size(10, 1), size(100, 10)
+    finetune = base.phases["unlearn finetune"]
+    base.phases["unlearn finetune"] = scaling.PhaseTime(finetune.seconds, 900)  # 450 trained + 450 refreshed
+    large.phases["unlearn finetune"] = scaling.PhaseTime(large.phases["unlearn finetune"].seconds, 5150)
+    assert scaling.growth(base, large, "unlearn finetune") == pytest.approx(1.0)
+    assert scaling.own_image_ratio(base, large, "unlearn finetune") == pytest.approx(5150 / 900)
+    assert scaling.other_image_growth([base, large]) == [("unlearn finetune", 100, pytest.approx(5150 / 900), 10.0)]
+    assert "unlearn finetune ×5.72 at 100 classes (dataset ×10.0)" in scaling.legend([base, large])
+    # Records without images (older ones): no rate, the same growth.
+    old_base, old_large = size(10, 1, images_recorded=False), size(100, 10, images_recorded=False)
     assert old_large.phases["unlearn lotus"].images is None and old_large.phases["unlearn lotus"].rate is None
-    assert scaling.growth(old_base, old_large, "unlearn lotus") == pytest.approx(0.5)
-    assert scaling.growth(old_base, old_large, "data") == pytest.approx(1.0)
+    assert scaling.growth(old_base, old_large, "unlearn lotus") == pytest.approx(1.0)
+    assert scaling.other_image_growth([old_base, old_large]) == []
 
 
 def test_csv_is_long_format_with_growth_and_the_plot_is_a_png(tmp_path):
     results = [size(10, 1), size(30, 3), size(100, 10, eval_factor=20)]
     frame = pd.read_csv(io.StringIO(scaling.csv_text(results)))
     assert list(frame.columns) == ["phase", "classes", "dataset_images", "phase_images", "seconds", "images_per_s",
-                                   "growth"]
+                                   "growth", "own_image_ratio"]
     assert len(frame) == 9 * 3
     row = frame[(frame.phase == "eval") & (frame.classes == 100)].iloc[0]
     assert (row.seconds, row.phase_images, row.images_per_s, row.growth) == (60.0, 6000, 100.0, 2.0)
