@@ -1,4 +1,5 @@
-"""`unlearn methods`: every registered unlearning method, what it does, and its default settings."""
+"""`unlearn methods`: every registered unlearning method, what it does, its default settings, what it cannot do
+(METHOD_NOTES) and the settings of the shared loop that no paper has (EXTENSIONS)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import sys
 
 from jobs.common import run_main
-from pipeline.methods import REGISTRY, method_class
+from pipeline.methods import EXTENSIONS, METHOD_NOTES, REGISTRY, method_class
 from pipeline.methods.base import UnlearningMethod
 
 
@@ -16,7 +17,12 @@ def main(argv: list[str] | None = None) -> int:
         cls = method_class(name)
         settings = {**UnlearningMethod.defaults, **cls.defaults}
         print(f"{name:<11} {cls.summary}")
+        if name in METHOD_NOTES:
+            print(f"{'':<11} note: {METHOD_NOTES[name]}")
         print(f"{'':<11} defaults: {', '.join(f'{k}={v}' for k, v in settings.items())}")
+    print("\nNot in the papers (extensions of the shared loop; every record holds the value it ran with):")
+    for key, text in EXTENSIONS.items():
+        print(f"  {key}: {text}")
     return 0
 
 

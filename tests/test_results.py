@@ -231,6 +231,64 @@ def test_markdown_table_cells_for_a_hand_made_case():
     assert "sampling floor" not in text  # records without a floor: no floor claimed
 
 
+def collapsed_records():
+    """original (Acc_r 1.00, Acc_test 0.76), a method that collapsed, one just inside the 0.05 band, one just past,
+    and one that kept everything."""
+    records = []
+    for seed in (0, 1):
+        records += [make_record("original", seed, acc_retain=1.0, acc_test=0.76, acc_forget=1.0, avg_gap=0.3),
+                    make_record("scrub", seed, acc_retain=0.12, acc_test=0.11, acc_forget=0.10, avg_gap=0.01,
+                                rf_jsd_e4=1.0),
+                    make_record("lotus", seed, acc_retain=0.96, acc_test=0.715, avg_gap=0.05, rf_jsd_e4=4.0),
+                    make_record("salun", seed, acc_retain=0.999, acc_test=0.70, avg_gap=0.04, rf_jsd_e4=3.0),
+                    make_record("npo", seed, acc_retain=1.0, acc_test=0.77, avg_gap=0.2, rf_jsd_e4=8.0)]
+    return records
+
+
+def test_a_row_that_lost_retain_or_test_accuracy_is_flagged_and_never_bold(tmp_path):
+    from pipeline.results.report import write_report
+    from pipeline.results.tables import accuracy_losses, markdown_table
+
+    summaries = summarize(collapsed_records())
+    losses = accuracy_losses(summaries)
+    assert set(losses) == {"scrub", "salun"}  # lotus: Acc_test -0.045, Acc_r -0.04, inside the band
+    assert losses["scrub"] == {"acc_retain": pytest.approx(-0.88), "acc_test": pytest.approx(-0.65)}
+    assert losses["salun"] == {"acc_test": pytest.approx(-0.06)}
+    text = markdown_table(summaries)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["scrub ⚠"].startswith("| scrub ⚠ | 0.100 ± 0.000 | 0.120 ± 0.000 ⚠ | 0.110 ± 0.000 ⚠ |")
+    assert "**" not in rows["scrub ⚠"]  # the lowest Avg Gap and RF-JSD, but collapsed: not the best
+    assert "| salun ⚠ | 0.700 ± 0.000 | 0.999 ± 0.000 | 0.700 ± 0.000 ⚠ |" in rows["salun ⚠"]
+    assert "**0.050 ± 0.000**" in rows["lotus"] and "⚠" not in rows["lotus"]
+    assert "⚠ Acc_r or Acc_test more than 0.05 below the original's: salun (Acc_test -0.060); " \
+           "scrub (Acc_r -0.880, Acc_test -0.650)." in text
+
+    run = str(tmp_path / "run")
+    for record in collapsed_records():
+        append_record(run, record)
+    written = write_report([run], str(tmp_path / "out"))
+    markdown = open(written["report.md"], encoding="utf-8").read()
+    page = open(written["report.html"], encoding="utf-8").read()
+    assert "| scrub ⚠ |" in markdown and "scrub (Acc_r -0.880, Acc_test -0.650)" in markdown
+    assert "<td>scrub ⚠</td>" in page and "0.110 ± 0.000 ⚠" in page and "scrub (Acc_r -0.880" in page
+    assert "<td>lotus</td>" in page
+
+
+def test_no_flag_without_an_original_row_to_compare_with():
+    from pipeline.results.tables import accuracy_losses, markdown_table
+
+    summaries = summarize([r for r in collapsed_records() if r.method != "original"])
+    assert accuracy_losses(summaries) == {} and "⚠" not in markdown_table(summaries)
+
+
+def test_jit_is_marked_under_every_table_that_holds_it():
+    from pipeline.results.tables import markdown_table
+
+    text = markdown_table(summarize([make_record("original", 0), make_record("jit", 0)]))
+    assert "jit: does not forget memorised samples on digits-hard (property of the published method)" in text
+    assert "does not forget" not in markdown_table(summarize(benchmark_records()))
+
+
 def test_the_caption_names_rf_jsd_floor_when_the_records_carry_it():
     from pipeline.results.tables import markdown_table
 

@@ -26,6 +26,19 @@ REGISTRY = {
     "lotus": "pipeline.methods.lotus:LoTUS",
 }
 
+# What someone choosing a method must know and its defaults do not say: shown by `unlearn methods` and under every
+# report table that holds the method. Plain strings, so the report needs no torch to read them.
+METHOD_NOTES = {
+    "jit": "does not forget memorised samples on digits-hard (property of the published method)",
+}
+
+# Settings of the shared loop that no paper has: `unlearn methods` prints them, the README gives the figures.
+EXTENSIONS = {
+    "batchnorm_refresh_batches": (
+        "after every epoch, re-estimate BatchNorm's running statistics from up to this many batches of the "
+        "method's training set (default 50; ssd and jit use it too, retrain does not). 0 = the papers' exact loop."),
+}
+
 
 def method_class(name: str):
     if name not in REGISTRY:

@@ -3,17 +3,26 @@
 Cells read "0.912 ± 0.013"; a single seed shows the mean alone; a value that was
 not measured (e.g. gold metrics without a retrained model) shows "—". In the
 lower-is-better columns the best unlearning method is bold; original and
-retrain are references and never compete for bold.
+retrain are references and never compete for bold. A row whose Acc_r or Acc_test
+mean is more than 0.05 below the original's is flagged ⚠ (its method name and the
+cell that fell) and never bold: a model that lost what it should keep has not
+forgotten well, however low its Acc_f. Methods with a known property that a
+reader must not mistake for a bug (JiT) are noted under the table.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from pipeline.methods import METHOD_NOTES
 from pipeline.results.aggregate import (INPUT_BOUND_SHARE, REFERENCE_METHODS, STD_DDOF, MethodSummary, groups_of,
                                         summary_frame)
 
 MISSING = "—"
+# A row is flagged when Acc_r or Acc_test falls more than this below the original's (same table, means over seeds).
+KEEP_DROP = 0.05
+FLAG = "⚠"
+KEPT_COLUMNS = (("acc_retain", "Acc_r"), ("acc_test", "Acc_test"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,12 +60,33 @@ def _mean_std(summary: MethodSummary, column: Column) -> tuple[float | None, flo
     return summary.mean(column.metric), summary.std(column.metric)
 
 
+def accuracy_losses(summaries: list[MethodSummary]) -> dict[str, dict[str, float]]:
+    """{method: {metric: mean − original's mean}} for the rows of one table whose Acc_r or Acc_test mean falls
+    more than KEEP_DROP below the original's; empty without an original row to compare with."""
+    original = next((s for s in summaries if s.method == "original"), None)
+    if original is None:
+        return {}
+    flagged = {}
+    for summary in summaries:
+        if summary is original:
+            continue
+        drops = {}
+        for metric, _ in KEPT_COLUMNS:
+            base, value = original.mean(metric), summary.mean(metric)
+            if base is not None and value is not None and base - value > KEEP_DROP + 1e-9:
+                drops[metric] = value - base
+        if drops:
+            flagged[summary.method] = drops
+    return flagged
+
+
 def _best_methods(summaries: list[MethodSummary], column: Column) -> set[str]:
-    """Methods holding the lowest mean in a lower-is-better column, if at least two compete."""
+    """Methods holding the lowest mean in a lower-is-better column, if at least two compete (flagged rows don't)."""
     if not column.lower_is_better:
         return set()
+    flagged = accuracy_losses(summaries)
     means = {s.method: s.mean(column.metric) for s in summaries
-             if s.method not in REFERENCE_METHODS and s.mean(column.metric) is not None}
+             if s.method not in REFERENCE_METHODS and s.method not in flagged and s.mean(column.metric) is not None}
     if len(means) < 2:
         return set()
     # Compare at the printed precision so two cells that read the same are both bold.
@@ -74,11 +104,14 @@ class Cell:
 def table_cells(summaries: list[MethodSummary]) -> list[list[Cell]]:
     """Rows of cells (method name first) for the summaries of one group; shared by Markdown and HTML."""
     best = {column.metric: _best_methods(summaries, column) for column in COLUMNS}
+    flagged = accuracy_losses(summaries)
     rows = []
     for summary in summaries:
-        cells = [Cell(summary.method)]
+        fell = flagged.get(summary.method, {})
+        cells = [Cell(f"{summary.method} {FLAG}" if fell else summary.method)]
         for column in COLUMNS:
-            cells.append(Cell(format_cell(*_mean_std(summary, column), column.decimals),
+            text = format_cell(*_mean_std(summary, column), column.decimals)
+            cells.append(Cell(f"{text} {FLAG}" if column.metric in fell else text,
                               bold=summary.method in best[column.metric]))
         rows.append(cells)
     return rows
@@ -98,6 +131,17 @@ def caption(summaries: list[MethodSummary]) -> str:
         text += (f" RF-JSD's sampling floor ×1e4: {floors[0]:.2f} (the original on draws from D_test with D_f's "
                  "class counts: what a model that never saw D_f scores by sampling alone; RF-JSD is read "
                  "against it, not against 0).")
+    flagged = accuracy_losses(summaries)
+    if flagged:
+        headers = dict(KEPT_COLUMNS)
+        rows = "; ".join(f"{method} (" + ", ".join(f"{headers[metric]} {drop:+.3f}" for metric, drop in drops.items())
+                         + ")" for method, drops in flagged.items())
+        text += (f" {FLAG} Acc_r or Acc_test more than {KEEP_DROP:.2f} below the original's: {rows}. These models "
+                 "lost what they should keep; their low Acc_f is not good forgetting, and they never compete for "
+                 "bold.")
+    notes = [f"{s.method}: {METHOD_NOTES[s.method]}" for s in summaries if s.method in METHOD_NOTES]
+    if notes:
+        text += " Note: " + "; ".join(notes) + "."
     return text
 
 

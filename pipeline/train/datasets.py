@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 from pipeline import storage
 from pipeline.data.images import decode_batch
 from pipeline.data.shards import DatasetMeta, read_table, shard_uris
-from pipeline.data.splits import STORED_SPLITS, Splits, hash_unit
+from pipeline.data.splits import STORED_SPLITS, Splits
 from pipeline.errors import DataError
-from pipeline.methods.harness import RETAIN_SALT
+from pipeline.methods.harness import retain_subset_mask
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ class Selection:
 
 
 class RowSelector:
-    """The row mask of a Selection over a batch's sample ids and stored splits."""
+    """The row mask of a Selection over the shards' sample ids and stored splits (all rows: the retain subset is
+    an exact share of all of D_r)."""
 
     def __init__(self, selection: Selection, forget_ids: frozenset):
         self.selection, self.forget_ids = selection, forget_ids
@@ -56,8 +57,12 @@ class RowSelector:
         if s.retain_ids is not None:
             in_retain &= np.fromiter((i in s.retain_ids for i in ids), dtype=bool, count=len(ids))
         if s.retain_fraction < 1.0:
-            in_retain &= np.fromiter((hash_unit(s.seed, RETAIN_SALT, i) < s.retain_fraction for i in ids),
-                                     dtype=bool, count=len(ids))
+            # Exactly round(fraction · |D_r|) ids, chosen over all of D_r as in process (harness.retain_subset_mask):
+            # `ids` must be every row of the shards, as plan_sets passes them.
+            candidates = np.flatnonzero(in_retain & (splits == STORED_SPLITS["train"]))
+            chosen = np.zeros(len(ids), dtype=bool)
+            chosen[candidates[retain_subset_mask(ids[candidates], s.retain_fraction, s.seed)]] = True
+            in_retain &= chosen
         if s.forget is True:
             keep &= in_forget
         elif s.forget is False:

@@ -83,21 +83,54 @@ def test_plain_softmax_switch_is_deterministic_and_differs_from_gumbel():
 
 # ---- the retain subset -------------------------------------------------------------------------------------------
 
-def test_retain_subset_has_the_configured_fraction_and_follows_the_seed(digits_hard):
+def test_retain_subset_is_exactly_the_configured_fraction_and_follows_the_seed(digits_hard):
     sources, _ = digits_hard
     ids = sources["retain"].sample_ids
     assert len(ids) == 720
     mask = retain_subset_mask(ids, 0.3, SEED)
-    # Hash-chosen, so binomial: 0.3 * 720 = 216 +- 3 sd (sd = sqrt(720 * 0.3 * 0.7) = 12.3).
-    assert abs(int(mask.sum()) - 216) <= 37
+    assert int(mask.sum()) == 216  # round(0.3 * 720), exactly: the paper takes 30 %
     assert np.array_equal(mask, retain_subset_mask(ids, 0.3, SEED))
-    assert not np.array_equal(mask, retain_subset_mask(ids, 0.3, SEED + 1))
+    other_seed = retain_subset_mask(ids, 0.3, SEED + 1)
+    assert int(other_seed.sum()) == 216 and not np.array_equal(mask, other_seed)
+    # The choice depends on the set of ids, not on their order.
+    order = np.random.default_rng(0).permutation(len(ids))
+    assert np.array_equal(retain_subset_mask(ids[order], 0.3, SEED), mask[order])
+    # Exact at any size, halves rounded up: round(0.3 * 5) = 2 (1.5), round(0.5 * 5) = 3 (2.5).
+    for count, fraction, expected in ((5, 0.3, 2), (5, 0.5, 3), (7, 0.3, 2), (1, 0.3, 0), (720, 0.1, 72)):
+        assert int(retain_subset_mask(ids[:count], fraction, SEED).sum()) == expected
+    assert retain_subset_mask(ids, 1.0, SEED).all()
 
     method = create_method("lotus", seed=SEED, log=None)
     assert method.retain_fraction == 0.3
     data = unlearn_data(sources, method, SEED)
     assert sorted(data.retain.sample_ids) == sorted(ids[mask])
-    assert len(data.mixed) == 80 + int(mask.sum()) and int(data.mixed.is_forget.sum()) == 80
+    assert len(data.mixed) == 80 + 216 and int(data.mixed.is_forget.sum()) == 80
+
+
+def test_ray_data_plan_takes_the_same_retain_subset_as_in_process(digits_hard_uri, digits_hard):
+    """The driver's plan (read by every Ray worker) holds exactly the in-process subset, sample for sample."""
+    from pipeline.data.shards import read_meta
+    from pipeline.train.datasets import plan_sets, read_layout
+
+    sources, splits = digits_hard
+    meta = read_meta(digits_hard_uri)
+    plan = plan_sets(digits_hard_uri, meta, splits, ["retain@0.3", "mixed@0.3"], 32, [0.3], mode="stream")
+    layout = read_layout(digits_hard_uri, meta)
+    first_row = {(shard, group): first for shard, group, first, _ in layout.row_groups}
+
+    def planned(name):
+        units = plan.sets[name].units
+        rows = np.concatenate([first_row[(u.shard, u.row_group)] + u.rows for u in units])
+        flags = np.concatenate([u.is_forget for u in units])
+        return layout.ids[rows], flags
+
+    method = create_method("lotus", seed=SEED, log=None)
+    data = unlearn_data(sources, method, SEED)
+    retain_ids, _ = planned("retain@0.3")
+    assert len(retain_ids) == 216 and sorted(retain_ids) == sorted(data.retain.sample_ids)
+    mixed_ids, is_forget = planned("mixed@0.3")
+    assert sorted(mixed_ids[~is_forget]) == sorted(data.retain.sample_ids)
+    assert sorted(mixed_ids[is_forget]) == sorted(sources["forget"].sample_ids)
 
 
 # ---- class-unlearning mode ----------------------------------------------------------------------------------------
@@ -164,6 +197,18 @@ def test_batchnorm_refresh_replaces_lagging_statistics_with_the_data_s_own():
     assert refresh_batchnorm_statistics(model, source, CPU, batch_size=8, max_batches=1, seed=0) == 8
 
 
+# ---- the history of a run, and early stopping -------------------------------------------------------------------
+
+def assert_history_follows_the_rule(history, method, forget_before):
+    """Every epoch's acc_f, delta and tau, written out from the paper (not with the method's own functions)."""
+    assert history[0]["acc_f"] == round(forget_before, 2)  # epoch 1 starts from the original
+    for entry in history:
+        assert entry["acc_u"] == method.acc_u
+        assert entry["acc_f"] == round(entry["acc_f"], 2)
+        assert entry["delta"] == pytest.approx(entry["acc_f"] - method.acc_u, abs=1e-12)
+        assert entry["tau"] == pytest.approx(math.exp(method.alpha * (entry["acc_f"] - method.acc_u)), rel=1e-12)
+
+
 # ---- the common check -------------------------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -196,9 +241,7 @@ def test_lotus_makes_a_random_forget_set_look_unseen_and_keeps_test_accuracy(dig
     assert forget_confidence < unseen_confidence
     assert test_after >= test_before - 0.10
     assert method.alpha == 8 and report.epochs_run >= 1
-    for entry in report.history:  # tau shown in progress and history follows the rule for that epoch's acc_f
-        assert entry["tau"] == pytest.approx(temperature(8, entry["acc_f"], method.acc_u))
-        assert entry["delta"] > -0.01
+    assert_history_follows_the_rule(report.history, method, forget_before=1.0)
 
 
 def test_lotus_forgets_a_class_and_keeps_the_others(digits_hard_class, original_model):
