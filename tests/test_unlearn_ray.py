@@ -3,15 +3,41 @@
 import hashlib
 
 import pytest
+import torch
 
 from jobs import unlearn
 from pipeline.methods.base import accuracy
 from pipeline.models import load_checkpoint
 from pipeline.results.records import load_records
 from tests.conftest import CPU, FORGET_SPEC, SEED
-from tests.methods.helpers import run_method
 
 METHOD, SETTINGS = "lotus", {"epochs": 3}
+
+
+def in_process_on_the_ray_batches(digits_hard_uri, splits, model, original_checkpoint):
+    """Run the method here on `model`, on the batches the one Ray worker reads: the same data plan, read as rank 0
+    of 1, the same seeding and one torch thread as the worker's one CPU. Returns the method's report."""
+    from pipeline.data.shards import read_meta
+    from pipeline.methods import create_method
+    from pipeline.methods.base import UnlearnData
+    from pipeline.train.datasets import plan_sets
+    from pipeline.train.ray_sources import worker_sources
+
+    fraction = create_method(METHOD, SETTINGS, log=None).retain_fraction
+    roles = unlearn._roles(fraction)
+    plan = plan_sets(digits_hard_uri, read_meta(digits_hard_uri), splits, sorted(set(roles.values())), 32, [fraction])
+    sources, _ = worker_sources(plan, rank=0, world=1)
+    data = UnlearnData(forget=sources[roles["forget"]], retain=sources[roles["retain"]], mixed=sources[roles["mixed"]],
+                       unseen=sources[roles["unseen"]], num_classes=10)
+    teacher = load_checkpoint(original_checkpoint)[0]  # before seeding: building a model draws random weights
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(SEED)
+        method = create_method(METHOD, SETTINGS, seed=SEED, log=None)
+        return method.unlearn(model, teacher, data, CPU)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_ray_run_matches_in_process_run_and_writes_a_record(ray_session, digits_hard_uri, digits_hard,
@@ -21,23 +47,26 @@ def test_ray_run_matches_in_process_run_and_writes_a_record(ray_session, digits_
         "--seed", str(SEED), "--out", str(tmp_path), "--max-failures", "0",
         *[f"--set={METHOD}.{key}={value}" for key, value in SETTINGS.items()]])
     record = unlearn.unlearn(args)
-
-    sources, _ = digits_hard
-    run_method(METHOD, original_model, sources, SETTINGS)
-    in_process = {"acc_forget": accuracy(original_model, sources["forget"], CPU),
-                  "acc_retain": accuracy(original_model, sources["retain"], CPU)}
-    # The Ray path shuffles row groups and windows of rows, in process a whole permutation: batches differ,
-    # so agreement within 0.05, not bit for bit (tests/test_decode_once.py: bit for bit across Ray's data modes).
-    for key, value in in_process.items():
-        assert record.metrics[key] == pytest.approx(value, abs=0.05), key
-
     (stored,) = load_records(str(tmp_path))
+    ray_model, _, _ = load_checkpoint(stored.checkpoint_uri)
+
+    # Ray Data + Ray Train (one worker) and the method in process on the same batches agree to the bit: the same
+    # weights, the same per-epoch history (loss, acc_f, tau) and the same number of epochs. (With in-process
+    # batches, tests/methods' whole-set permutation, the data order differs: after these 3 epochs 0 of 80 forget,
+    # 4 of 720 retain and 30 of 500 test predictions differed from the Ray run's, weights by up to 0.044.)
+    sources, splits = digits_hard
+    report = in_process_on_the_ray_batches(digits_hard_uri, splits, original_model, original_checkpoint)
+    assert report.epochs_run == stored.config["epochs_run"] == SETTINGS["epochs"]
+    assert report.history == stored.config["history"]
+    for (name, ray_tensor), in_process in zip(ray_model.state_dict().items(), original_model.state_dict().values()):
+        assert torch.equal(ray_tensor, in_process), name
+    assert record.metrics["acc_forget"] == accuracy(original_model, sources["forget"], CPU)
+    assert record.metrics["acc_retain"] == accuracy(original_model, sources["retain"], CPU)
+
     assert stored.run_id == record.run_id and stored.method == METHOD and stored.config[METHOD]["epochs"] == 3
     assert stored.phases["unlearn"] > 0 and stored.phases["eval"] > 0 and stored.metrics["rf_jsd"] is not None
     with open(stored.checkpoint_uri, "rb") as handle:
         assert hashlib.sha256(handle.read()).hexdigest() == stored.checkpoint_sha256
-    model, _, _ = load_checkpoint(stored.checkpoint_uri)
-    assert accuracy(model, sources["forget"], CPU) == pytest.approx(record.metrics["acc_forget"])
 
 
 def test_eval_records_the_metrics_and_the_floor_the_driver_planned(ray_session, digits_hard_uri, digits_hard,
