@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import Phases, add_data_flags, add_ray_flags, apply_endpoint, check_run_arguments, log, run_main
+from jobs.common import (Phases, add_data_flags, add_ray_flags, apply_endpoint, check_run_arguments, log, run_main,
+                         versions)
 from pipeline import storage
 from pipeline.config import parse_overrides
 from pipeline.data.shards import read_index, read_meta, verify_checksums
 from pipeline.data.splits import make_splits
 from pipeline.methods import method_class
+from pipeline.results.records import ResultRecord, append_record, new_run_id
 from pipeline.train.datasets import plan_sets
 from pipeline.train.runner import absolute, init_ray, read_restarts, run_trainer
 
@@ -88,11 +90,25 @@ def train(args: argparse.Namespace) -> dict:
     result["restarts"] = read_restarts(args.out, "train", result.get("resumed_after_epoch"))
     for restart in result["restarts"]:
         log(f"restarted at {restart['time']} after epoch {restart['resumed_after_epoch']}: {restart['cause']}")
+    record_training(args, meta.name, config, result, model_uri, phases)
     accuracies = "  ".join(f"{name} {value:.3f}" for name, value in result["evaluation"].items())
     log(f"accuracy: {accuracies}")
     log(f"trained {result['epochs_run']} epoch(s) in {result['unlearn_seconds']:.1f} s "
         f"(+{result['epoch_report_seconds']:.1f} s of epoch checkpoints); model: {model_uri}")
     return result
+
+
+def record_training(args, dataset: str, config: dict, result: dict, model_uri: str, phases: Phases) -> None:
+    """The model's record under --out: its sha256 is what `unlearn forget` trusts the file by."""
+    label = "retrain" if args.retain_only else "original"
+    record = ResultRecord(
+        run_id=new_run_id("train", label, args.seed), kind="train", method=label, dataset=dataset, model=args.model,
+        seed=args.seed, forget_spec=args.forget if args.retain_only else "",
+        config={"retrain": config, "data": args.data, "epochs_run": result["epochs_run"]},
+        metrics={f"acc_{name}": value for name, value in result["evaluation"].items()}, phases=phases.total(),
+        unlearn_seconds=result["unlearn_seconds"], workers=args.workers, gpus=args.workers if args.gpus else 0,
+        versions=versions(), checkpoint_uri=model_uri, checkpoint_sha256=result["checkpoint_sha256"])
+    append_record(args.out, record)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from jobs.common import (Phases, add_data_flags, add_floor_flag, add_ray_flags, 
                          check_run_arguments, log, open_dataset, plan_floor, run_main, versions)
 from pipeline import storage
 from pipeline.config import parse_overrides
-from pipeline.data.splits import make_splits
+from pipeline.data.splits import Splits, make_splits
 from pipeline.errors import ConfigError
 from pipeline.methods import REGISTRY, create_method
 from pipeline.models import load_checkpoint
@@ -120,14 +120,16 @@ def unlearn(args: argparse.Namespace, method_config: dict | None = None, tune_ca
 
 
 def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: list | None = None,
-                 record_kind: str = "unlearn") -> list[ResultRecord]:
+                 record_kind: str = "unlearn", splits: Splits | None = None) -> list[ResultRecord]:
     """Run methods one after another in one Ray Train fit (one start-up), one record each.
 
     `runs` holds (method, settings) pairs, or (method, settings, row) where `row` may name the record's
     method (`label`), a starting model other than --original (`model_uri`), and a `finalize(record)`
     that returns the record to store: the benchmark evaluates its gold model as the `retrain` row this
-    way, as the `original` method started from the gold model. Such a row saves no checkpoint copy.
+    way, as the `original` method started from the gold model. Such a row saves no checkpoint copy; a row's
+    `model_out` puts the unlearned model elsewhere than --out/NAME.pt.
     A single run keeps per-epoch checkpoints and resumes; several runs in one fit do not.
+    `splits` replaces the sets of --forget (a deletion request that excludes earlier requests from D_r).
     """
     apply_endpoint(args)
     check_run_arguments(args)
@@ -136,7 +138,7 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
     resolved = [(method, method_settings(method, args.set if method == args.method else [], config))
                 for method, config, *_ in runs]
     meta, index = open_dataset(args)
-    splits = make_splits(index, args.forget, args.seed, meta.num_classes)
+    splits = splits or make_splits(index, args.forget, args.seed, meta.num_classes)
     _, spec, _ = load_checkpoint(args.original)
     check_model_fits_data(spec, meta, args.original, args.data)
     floor_plan = plan_floor(index, splits, meta.num_classes, getattr(args, "floor_draws", None), args.seed)
@@ -160,7 +162,8 @@ def unlearn_many(args: argparse.Namespace, runs: list[tuple], tune_callbacks: li
     plan = plan_sets(args.data, meta, splits, needed, spec.image_size, fractions, args.data_mode)
     run_settings = [{"method": method, "method_config": config, "roles": _roles(fraction),
                      "model_uri": absolute(row.get("model_uri", args.original)),
-                     "model_out": None if "model_uri" in row else storage.join(absolute(args.out), f"{name}.pt")}
+                     "model_out": row.get("model_out") or (None if "model_uri" in row
+                                                           else storage.join(absolute(args.out), f"{name}.pt"))}
                     for (method, config), fraction, name, row in zip(resolved, fractions, names, rows)]
     loop_config = {
         "seed": args.seed, "original_uri": absolute(args.original),

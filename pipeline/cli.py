@@ -10,6 +10,8 @@ COMMANDS = {
     "prepare": ("jobs.prepare", "convert digits / digits-hard / synthetic / synthetic-imagenet / an ImageFolder into shards"),
     "train": ("jobs.train", "train the original (or, with --retain-only, the gold) model through Ray Train"),
     "run": ("jobs.unlearn", "unlearn a forget set with LoTUS or a baseline through Ray Train, then evaluate"),
+    "forget": ("jobs.forget", "honour a deletion request: unlearn named samples, gate the result, record it"),
+    "audit": ("jobs.audit", "verify a model's audit chain of deletion requests and print its history"),
     "eval": ("jobs.evaluate", "evaluate a model: accuracies, MIA, JSD, RF-JSD, Avg Gap"),
     "methods": ("jobs.methods", "list the unlearning methods with their default settings"),
     "validate-rfjsd": ("jobs.validate_rfjsd", "correlate RF-JSD with JSD over methods and seeds"),

@@ -8,6 +8,7 @@ sets from `--s3-endpoint` before Ray starts so every Ray process inherits it.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import tempfile
@@ -137,6 +138,53 @@ def create_s3_object(uri: str, data: bytes) -> bool:
         raise _storage_error("write", uri, exc) from exc
     except BotoCoreError as exc:
         raise _storage_error("write", uri, exc) from exc
+    return True
+
+
+def create_once(uri: str, data: bytes) -> bool:
+    """Create a file or object with `data` unless one is already there (then False), race-free: of two
+    writers exactly one wins, and a reader never sees part of the bytes."""
+    if is_s3(uri):
+        return create_s3_object(uri, data)
+    _, path = resolve(uri)
+    try:
+        return _publish_local_once(path, data)
+    except OSError as exc:
+        raise _storage_error("write", uri, exc) from exc
+
+
+def _publish_local_once(path: str, data: bytes) -> bool:
+    """Create `path` with `data` unless it exists; atomic, so two writers cannot both win.
+
+    The bytes go to a temp file first, then os.link publishes it under the final
+    name: link() fails if the name is taken, where rename() would replace it.
+    """
+    tmp = write_temp_beside(path, data)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in NO_HARD_LINKS:
+            raise
+        return _create_exclusive(path, data)
+    finally:
+        os.unlink(tmp)
+
+
+# Filesystems without hard links (some network and FUSE mounts) answer link() with one of these.
+NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK)
+
+
+def _create_exclusive(path: str, data: bytes) -> bool:
+    """Fallback: O_EXCL still refuses an existing name, but a reader may briefly see a partial file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
     return True
 
 

@@ -200,7 +200,18 @@ def test_mia_calls_memorised_samples_members_more_often_than_held_out_ones(digit
             for split in SPLITS}
     assert rate["retain"] >= rate["test"] + 0.5, rate
     assert rate["forget"] >= rate["unseen"] + 0.5, rate  # neither was used to fit the attack
-    assert summarize(result, seed=0)["mia"] == rate["forget"]
+    summary = summarize(result, seed=0)
+    assert summary["mia"] == rate["forget"] and summary["mia_unseen"] == rate["unseen"]
+
+
+def test_confidence_is_the_mean_probability_of_the_true_class():
+    models, sources = tiny_setup()
+    summary = summarize(evaluate(models, sources, CPU, 5), seed=0)
+    for split, source in sources.items():
+        with torch.no_grad():
+            probs = torch.softmax(models["unlearned"](source.images).double(), dim=1)
+        expected = probs[torch.arange(len(source)), source.labels.long()].mean().item()
+        assert summary[f"confidence_{split}"] == pytest.approx(expected, rel=1e-9), split
 
 
 def test_avg_gap_on_hand_made_numbers():
@@ -225,7 +236,8 @@ def test_summary_without_gold_has_no_jsd_and_no_avg_gap():
 def test_summary_with_gold_reports_avg_gap_of_the_gold_row():
     models, sources = tiny_setup()
     summary = summarize(evaluate(models, sources, CPU, 5), seed=0)
-    assert summary["gold"] is True and set(summary["gold_metrics"]) == {f"acc_{s}" for s in SPLITS} | {"mia"}
+    assert summary["gold"] is True and set(summary["gold_metrics"]) == (
+        {f"{kind}_{s}" for s in SPLITS for kind in ("acc", "confidence")} | {"mia", "mia_unseen"})
     assert summary["avg_gap"] == pytest.approx(avg_gap(summary, summary["gold_metrics"]))
     assert summary["avg_gap"] > 0
 

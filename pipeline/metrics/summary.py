@@ -11,17 +11,26 @@ GAP_KEYS = ("acc_forget", "acc_retain", "acc_test", "mia")
 
 
 def model_metrics(result: EvalResult, model: str, seed: int, mia_max_per_class: int | None = None) -> dict:
-    """Accuracies on every split the model ran on (None elsewhere) and its MIA member rate on D_f."""
+    """Accuracies and true-class confidences on every split the model ran on (None elsewhere), its MIA member
+    rate on D_f, and the same attack's member rate on D_u (`mia_unseen`: what "looks unseen" means for the MIA)."""
     metrics = {}
     for split in (FORGET, RETAIN, TEST, UNSEEN):
         stats = result.stats(model, split)
         metrics[f"acc_{split}"] = stats.accuracy if stats else None
+        metrics[f"confidence_{split}"] = _true_class_confidence(stats) if stats else None
     metrics["mia"] = _mia(result, model, seed, mia_max_per_class)
+    metrics["mia_unseen"] = _mia(result, model, seed, mia_max_per_class, targets=UNSEEN)
     return metrics
 
 
-def _mia(result: EvalResult, model: str, seed: int, max_per_class: int | None) -> float | None:
-    members, nonmembers, targets = (result.stats(model, split) for split in (RETAIN, TEST, FORGET))
+def _true_class_confidence(stats) -> float | None:
+    """Mean probability the model gives a sample's true class (the diagonal of the per-class probability sums)."""
+    count = int(stats.class_counts.sum())
+    return float(stats.class_prob_sums.diagonal().sum()) / count if count else None
+
+
+def _mia(result: EvalResult, model: str, seed: int, max_per_class: int | None, targets: str = FORGET) -> float | None:
+    members, nonmembers, targets = (result.stats(model, split) for split in (RETAIN, TEST, targets))
     if not (members and nonmembers and targets) or 0 in (members.count, nonmembers.count, targets.count):
         return None
     return mia_member_rate(members.entropies, nonmembers.entropies, targets.entropies, seed, max_per_class)

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import errno
 import io
 import json
 import math
-import os
 import re
 import uuid
 from typing import Any
@@ -149,41 +147,6 @@ def record_uri(run_uri: str, run_id: str) -> str:
     return storage.join(run_uri, RECORDS_DIR, f"{run_id}.json")
 
 
-def _publish_local_once(path: str, data: bytes) -> bool:
-    """Create `path` with `data` unless it exists; atomic, so two writers cannot both win.
-
-    The bytes go to a temp file first, then os.link publishes it under the final
-    name: link() fails if the name is taken, where rename() would replace it.
-    """
-    tmp = storage.write_temp_beside(path, data)
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    except OSError as exc:
-        if exc.errno not in NO_HARD_LINKS:
-            raise
-        return _create_exclusive(path, data)
-    finally:
-        os.unlink(tmp)
-
-
-# Filesystems without hard links (some network and FUSE mounts) answer link() with one of these.
-NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK)
-
-
-def _create_exclusive(path: str, data: bytes) -> bool:
-    """Fallback: O_EXCL still refuses an existing name, but a reader may briefly see a partial file."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    return True
-
-
 def append_record(run_uri: str, record: ResultRecord, update_parquet: bool = True) -> str:
     """Store `record` as run_uri/records/<run_id>.json, refresh records.parquet; return the record's URI.
 
@@ -195,18 +158,8 @@ def append_record(run_uri: str, record: ResultRecord, update_parquet: bool = Tru
     """
     storage.ensure_bucket(run_uri)
     uri = record_uri(run_uri, record.run_id)
-    data = record.to_json().encode("utf-8")
-    if storage.is_s3(run_uri):
-        if not storage.create_s3_object(uri, data):
-            raise RecordExistsError(f"a record for run_id {record.run_id!r} already exists at {uri}")
-    else:
-        _, path = storage.resolve(uri)
-        try:
-            published = _publish_local_once(path, data)
-        except OSError as exc:
-            raise DataError(f"cannot write {uri}: {exc}") from exc
-        if not published:
-            raise RecordExistsError(f"a record for run_id {record.run_id!r} already exists at {uri}")
+    if not storage.create_once(uri, record.to_json().encode("utf-8")):
+        raise RecordExistsError(f"a record for run_id {record.run_id!r} already exists at {uri}")
     if update_parquet:
         rebuild_parquet(run_uri)
     return uri

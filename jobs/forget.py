@@ -1,0 +1,273 @@
+"""`unlearn forget`: honour a deletion request against a production model.
+
+Validates the request before any compute (every id a training sample, none forgotten by an earlier request
+of this model's chain, the model file the one the chain or its training record vouches for), unlearns through
+Ray exactly as `unlearn run` does (D_u = the val split), then gates the result without a retrained model:
+the forgotten samples must look unseen (RF-JSD at its sampling floor, membership inference at the unseen
+level) and retain and test accuracy must hold. The new model goes to a new URI under --out (the input is
+never touched); a rejected one under --out/rejected/. Each request appends a record to the model's audit
+chain and writes a one-page HTML receipt. Exits 0 only when the gate passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import posixpath
+import sys
+import uuid
+
+from jobs.common import (SAFE_NAME, Phases, add_data_flags, add_floor_flag, add_ray_flags, apply_endpoint,
+                         check_run_arguments, log, run_main, versions)
+from jobs.unlearn import unlearn_many
+from pipeline import storage
+from pipeline.data.id_lists import check_training_ids, ids_sha256, keyed_id_hashes, read_sample_ids
+from pipeline.data.shards import read_index, read_meta
+from pipeline.data.splits import build_splits
+from pipeline.deletion.chain import (ACCEPTED, FORGOTTEN_DIR, MODELS_DIR, RECEIPTS_DIR, REJECTED, REJECTED_DIR,
+                                     RUNS_DIR, SCHEMA_ID, ChainState, chain_state, file_sha256, location,
+                                     new_id_hash_key, publish_record, read_chain, sha256_hex)
+from pipeline.deletion.gate import GateThresholds, failed_checks, gate_checks
+from pipeline.deletion.receipt import render_receipt
+from pipeline.errors import ConfigError, DataError
+from pipeline.methods import REGISTRY
+from pipeline.results.records import RECORDS_DIR, load_records, utc_now_iso
+from pipeline.train.runner import absolute
+
+METRICS_KEPT = ("acc_forget", "acc_retain", "acc_test", "acc_unseen", "mia", "mia_unseen", "rf_jsd", "rf_jsd_e4",
+                "rf_jsd_floor_e4", "rf_jsd_floor_std_e4", "confidence_forget", "confidence_retain",
+                "confidence_test", "confidence_unseen")
+# A request's D_f is tiny next to D_r, so LoTUS's benchmark subset (30 % of D_r, chosen for 10 % forget sets) is
+# nearly all the model trains on and it drifts toward it: on digits-hard, 30-sample requests lost 0.05-0.07 test
+# accuracy with it (lr 5e-5, 3 epochs or no BatchNorm refresh did not help) and 0.02-0.05 with all of D_r, whose
+# forgetting then passed the gate in 5 epochs as in 10 (README "Deletion requests"). --set overrides these.
+REQUEST_SETTINGS = {"lotus": {"retain_fraction": 1.0, "epochs": 5}}
+
+
+def parser() -> argparse.ArgumentParser:
+    defaults = GateThresholds()
+    p = argparse.ArgumentParser(prog="unlearn forget", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_flags(p)
+    add_ray_flags(p)
+    p.add_argument("--model", required=True, help="the production model's checkpoint (local or s3://); never changed")
+    p.add_argument("--ids", required=True, help="the ids to forget: a text file (one per line), a .csv or .parquet")
+    p.add_argument("--id-column", help="the ids' column in a .csv or .parquet file (default: sample_id, or the only one)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="forget the listed ids that are training samples and record how many were not, "
+                        "instead of refusing the request")
+    p.add_argument("--out", required=True,
+                   help="the model's audit chain (local or s3://): the same URI for every request on this model")
+    p.add_argument("--request-id", help="this request's name, e.g. a ticket number (default: req-TIME-RANDOM)")
+    p.add_argument("--model-sha256", help="first request only, for a model without an `unlearn train` record beside "
+                                          "it: the sha256 your model registry holds for it")
+    p.add_argument("--method", default="lotus", help=f"one of: {', '.join(REGISTRY)} (default: lotus)")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE", help="method settings")
+    p.add_argument("--seed", type=int, default=3407)
+    p.add_argument("--rf-jsd-margin", type=float, default=defaults.rf_jsd_floor_stds, metavar="STDS",
+                   help="gate: RF-JSD may exceed its sampling floor by this many of the floor's standard deviations "
+                        f"(default {defaults.rf_jsd_floor_stds:g})")
+    p.add_argument("--mia-margin", type=float, default=defaults.mia_stds, metavar="STDS",
+                   help="gate: the attack's member rate on the forgotten samples may exceed its rate on unseen "
+                        f"samples by this many standard errors (default {defaults.mia_stds:g})")
+    p.add_argument("--max-acc-drop", type=float, default=defaults.max_acc_drop,
+                   help=f"gate: retain and test accuracy may fall this far below the input model's "
+                        f"(default {defaults.max_acc_drop:g})")
+    add_floor_flag(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    record = forget(parser().parse_args(argv))
+    return 0 if record["verdict"] == ACCEPTED else 1
+
+
+def thresholds_of(args) -> GateThresholds:
+    thresholds = GateThresholds(args.rf_jsd_margin, args.mia_margin, args.max_acc_drop)
+    negative = [name for name, value in thresholds.as_dict().items() if value < 0]
+    if negative:
+        raise ConfigError(f"gate margins must be 0 or more: {', '.join(negative)}")
+    return thresholds
+
+
+def forget(args: argparse.Namespace) -> dict:
+    """Run one deletion request end to end; return its audit record (stored, with its receipt)."""
+    apply_endpoint(args)
+    check_run_arguments(args)
+    thresholds = thresholds_of(args)
+    phases = Phases()
+    request_id = args.request_id or f"req-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    check_new_request_id(args.out, request_id)
+    state = chain_state(args.out)
+    model = trusted_input_model(args, state)
+    meta = read_meta(args.data)
+    index = read_index(args.data, meta)
+    requested = read_sample_ids(args.ids, args.id_column)
+    checked = check_training_ids(index, requested)
+    problem = checked.problem(f"deletion request {args.ids}")
+    if problem and not args.allow_missing:
+        raise DataError(f"{problem}. Nothing was changed; --allow-missing forgets the listed training samples only")
+    if not checked.train:
+        raise DataError(f"deletion request {args.ids} names no training sample of {args.data}: nothing to forget")
+    key = state.id_hash_key or new_id_hash_key()
+    hashes = keyed_id_hashes(checked.train, key)
+    refuse_repeated(args.ids, checked.train, hashes, state)
+    splits = request_splits(index, checked.train, state, key, args.seed, request_id)
+    phases.lap("validate")
+    log(f"request {request_id}: {len(checked.train)} training sample(s) to forget from {model['uri']} "
+        f"(validated in {phases.seconds['validate']:.2f} s)")
+
+    output_uri = location(args.out, MODELS_DIR, request_id, ".pt")
+    run_args = argparse.Namespace(**{**vars(args), "original": model["uri"], "forget": f"request:{request_id}",
+                                     "gold": None, "name": None, "overwrite": False,
+                                     "out": storage.join(absolute(args.out), RUNS_DIR, request_id)})
+    before, after = unlearn_many(run_args, [("original", {}, {"label": "input", "model_uri": model["uri"]}),
+                                            (args.method, REQUEST_SETTINGS.get(args.method),
+                                             {"model_out": output_uri})], splits=splits)
+    phases.lap("unlearn")
+
+    checks = (gate_checks(before.metrics, after.metrics, len(checked.train), thresholds)
+              if after.status == "ok" else [])
+    passed = bool(checks) and all(check["passed"] for check in checks)
+    reason = None if passed else (after.error or "; ".join(failed_checks(checks)))
+    output = place_output(args.out, request_id, after, passed)
+    forgotten = record_forgotten(args.out, request_id, hashes) if passed else None
+    record = {
+        "schema": SCHEMA_ID, "sequence": state.next_sequence, "request_id": request_id, "created": utc_now_iso(),
+        "verdict": ACCEPTED if passed else REJECTED, "reason": reason,
+        "request": {"ids_file": args.ids, "ids_count": len(checked.train), "ids_sha256": ids_sha256(checked.train),
+                    "lines": len(requested), "duplicates": checked.duplicates, "missing": len(checked.missing),
+                    "allow_missing": args.allow_missing},
+        "input_model": model, "output_model": output, "forgotten_ids": forgotten, "id_hash_key": key,
+        "data": {"uri": args.data, "dataset": meta.name, "counts": dict(splits.counts)},
+        "method": {"name": args.method, "settings": after.config.get(args.method, {}), "seed": args.seed,
+                   "workers": args.workers, "gpus": after.gpus, "epochs_run": after.config.get("epochs_run")},
+        "metrics": {"input": _kept(before.metrics), "output": _kept(after.metrics) if after.status == "ok" else None},
+        "gate": {"passed": passed, "thresholds": thresholds.as_dict(), "checks": checks},
+        "phases": {"validate": phases.seconds["validate"], **_fit_phases(after), "total": phases.total()["total"]},
+        "versions": versions(), "run_records": [before.run_id, after.run_id],
+        "previous_record_sha256": state.previous_sha256,
+    }
+    record_uri = publish_record(args.out, record)
+    report(record, record_uri, write_receipt(args.out, record_uri))
+    return record
+
+
+def check_new_request_id(out: str, request_id: str) -> None:
+    if not SAFE_NAME.fullmatch(request_id) or ".." in request_id:
+        raise ConfigError(f"--request-id {request_id!r} must be letters, digits, '.', '_' or '-': it names files")
+    for folder, suffix in ((MODELS_DIR, ".pt"), (REJECTED_DIR, ".pt"), (RECEIPTS_DIR, ".html")):
+        if storage.exists(location(out, folder, request_id, suffix)):
+            raise ConfigError(f"request {request_id!r} already exists under {out} ({folder}/); a request is never "
+                              f"redone in place: give a new --request-id")
+
+
+def trusted_input_model(args, state: ChainState) -> dict:
+    """The model file, refused unless its sha256 is the one something trustworthy recorded for it: the chain's
+    last accepted request, else --model-sha256, else the `unlearn train` record beside the file."""
+    sha = file_sha256(args.model)
+    if state.head_model:
+        head = state.head_model
+        if sha != head["sha256"]:
+            raise DataError(f"--model {args.model} (sha256 {sha}) is not the model this chain's last accepted request "
+                            f"{head['request_id']} produced ({head['uri']}, sha256 {head['sha256']}): a request starts "
+                            f"from the chain's current model, and a changed file is refused")
+        return {"uri": args.model, "sha256": sha, "trusted_by": f"the output of request {head['request_id']}"}
+    if args.model_sha256:
+        if sha != args.model_sha256.strip().lower():
+            raise DataError(f"--model {args.model} has sha256 {sha}, not {args.model_sha256} as given by "
+                            "--model-sha256: the file was changed or is another model")
+        return {"uri": args.model, "sha256": sha, "trusted_by": "--model-sha256"}
+    folder = posixpath.dirname(absolute(args.model).rstrip("/"))
+    stored = load_records(folder) if storage.list_files(storage.join(folder, RECORDS_DIR), ".json") else []
+    records = [r for r in stored if r.kind == "train" and r.checkpoint_uri == absolute(args.model)]
+    if not records:
+        raise ConfigError(f"no training record vouches for {args.model} (none under {folder}/records): give the "
+                          f"sha256 your model registry holds with --model-sha256, or train it with `unlearn train`")
+    expected = records[-1]
+    if sha != expected.checkpoint_sha256:
+        raise DataError(f"--model {args.model} has sha256 {sha}, but its training record {expected.run_id} recorded "
+                        f"{expected.checkpoint_sha256}: the file was changed after training; refusing the request")
+    return {"uri": args.model, "sha256": sha, "trusted_by": f"training record {expected.run_id}"}
+
+
+def refuse_repeated(source: str, ids, hashes: list[str], state: ChainState) -> None:
+    repeated = [(sample_id, state.forgotten[h]) for sample_id, h in zip(ids, hashes) if h in state.forgotten]
+    if repeated:
+        requests = sorted({request for _, request in repeated})
+        shown = ", ".join(sample_id for sample_id, _ in repeated[:20]) + (" ..." if len(repeated) > 20 else "")
+        raise ConfigError(f"deletion request {source}: {len(repeated)} id(s) were already forgotten by earlier "
+                          f"request(s) {', '.join(requests)} of this chain: {shown}. Nothing was changed")
+
+
+def request_splits(index, forget_ids, state: ChainState, key: str, seed: int, request_id: str):
+    """D_f = the request; D_r = train minus this and every earlier accepted request (they must stay forgotten)."""
+    spec = f"request:{request_id}"
+    if not state.forgotten:
+        return build_splits(index, spec, seed, forget_ids)
+    split = index.column("split").to_numpy(zero_copy_only=False)
+    train_ids = index.column("sample_id").to_numpy(zero_copy_only=False)[split == "train"].tolist()
+    earlier = {i for i, h in zip(train_ids, keyed_id_hashes(train_ids, key)) if h in state.forgotten}
+    retain = tuple(sorted(set(train_ids) - set(forget_ids) - earlier))
+    return build_splits(index, spec, seed, forget_ids, retain)
+
+
+def place_output(out: str, request_id: str, run, passed: bool) -> dict | None:
+    """The unlearned model's final place: models/ when accepted, moved to rejected/ otherwise."""
+    if run.status != "ok":
+        return None
+    uri = location(out, MODELS_DIR, request_id, ".pt")
+    data = storage.read_bytes(uri)
+    if sha256_hex(data) != run.checkpoint_sha256:
+        raise DataError(f"{uri} changed between being written and being recorded (sha256 differs)")
+    if not passed:
+        rejected = location(out, REJECTED_DIR, request_id, ".pt")
+        if not storage.create_once(rejected, data):
+            raise ConfigError(f"{rejected} already exists; it was left as it is")
+        storage.delete_file(uri)
+        uri = rejected
+    return {"uri": uri, "sha256": run.checkpoint_sha256}
+
+
+def record_forgotten(out: str, request_id: str, hashes: list[str]) -> dict:
+    uri = location(out, FORGOTTEN_DIR, request_id, ".txt")
+    data = ("\n".join(sorted(hashes)) + "\n").encode("utf-8")
+    if not storage.create_once(uri, data):
+        raise ConfigError(f"{uri} already exists; request ids must be new")
+    return {"uri": uri, "sha256": sha256_hex(data), "count": len(hashes)}
+
+
+def _kept(metrics: dict) -> dict:
+    return {key: metrics.get(key) for key in METRICS_KEPT}
+
+
+def _fit_phases(run) -> dict:
+    return {key: run.phases.get(key) for key in ("startup", "data", "unlearn", "epoch_reports", "eval")}
+
+
+def write_receipt(out: str, record_uri: str) -> str:
+    """The receipt of the record at `record_uri`, with the chain up to it."""
+    entries = read_chain(out)
+    position = [entry.uri for entry in entries].index(record_uri)
+    history = [entry.record() for entry in entries[:position + 1]]
+    record = history[-1]
+    uri = location(out, RECEIPTS_DIR, record["request_id"], ".html")
+    storage.write_text(uri, render_receipt(record, history, record_uri, entries[position].sha256, out))
+    return uri
+
+
+def report(record: dict, record_uri: str, receipt_uri: str) -> None:
+    for check in record["gate"]["checks"]:
+        measured = "—" if check["measured"] is None else f"{check['measured']:.4g}"
+        limit = "—" if check["limit"] is None else f"{check['limit']:.4g}"
+        log(f"  gate {check['check']:<11} {measured:>9}  ({check['direction']} {limit}) "
+            f"{'passed' if check['passed'] else 'FAILED'}")
+    if record["verdict"] == ACCEPTED:
+        log(f"request {record['request_id']} ACCEPTED: new model {record['output_model']['uri']}")
+    else:
+        log(f"request {record['request_id']} REJECTED: {record['reason']}")
+    log(f"audit record {record_uri}; receipt {receipt_uri}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

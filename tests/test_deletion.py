@@ -1,0 +1,249 @@
+"""Deletion requests without Ray: reading and checking id lists, the gate's checks, the audit chain's seals and
+links, the receipt. The end-to-end requests through Ray are in tests/test_forget.py."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import storage
+from pipeline.data.id_lists import check_training_ids, ids_sha256, keyed_id_hashes, read_sample_ids
+from pipeline.deletion.chain import (ACCEPTED, REJECTED, chain_state, content_digest, file_sha256, location,
+                                     new_id_hash_key, publish_record, read_chain, schema_errors, sealed_bytes,
+                                     sha256_hex, verify_chain)
+from pipeline.deletion.gate import GateThresholds, failed_checks, gate_checks, member_rate_spread
+from pipeline.deletion.receipt import render_receipt
+from pipeline.errors import ConfigError, DataError
+
+
+def small_index(train=6, val=2, test=2) -> pa.Table:
+    ids = [f"s{i:03d}" for i in range(train + val + test)]
+    split = ["train"] * train + ["val"] * val + ["test"] * test
+    return pa.table({"sample_id": ids, "label": [i % 2 for i in range(len(ids))], "split": split})
+
+
+# ---- id lists -----------------------------------------------------------------------------------------------
+
+def test_a_text_list_skips_blank_lines_and_comments(tmp_path):
+    path = tmp_path / "ids.txt"
+    path.write_text("# ticket 42\ns001\n\n  s002  \ns001\n")
+    assert read_sample_ids(str(path)) == ["s001", "s002", "s001"]
+
+
+def test_csv_and_parquet_lists_read_the_sample_id_column_or_the_only_one_and_keep_ids_as_text(tmp_path):
+    (tmp_path / "a.csv").write_text("user,sample_id\nann,007\nbob,s002\n")
+    (tmp_path / "b.csv").write_text("id\n007\n")
+    pq.write_table(pa.table({"key": ["s004", "s005"]}), tmp_path / "c.parquet")
+    assert read_sample_ids(str(tmp_path / "a.csv")) == ["007", "s002"]  # "007" is not the number 7
+    assert read_sample_ids(str(tmp_path / "b.csv")) == ["007"]
+    assert read_sample_ids(str(tmp_path / "c.parquet")) == ["s004", "s005"]
+    assert read_sample_ids(str(tmp_path / "a.csv"), column="user") == ["ann", "bob"]
+    with pytest.raises(DataError, match="no column 'ticket'.*columns: user, sample_id.*--id-column"):
+        read_sample_ids(str(tmp_path / "a.csv"), column="ticket")
+
+
+def test_unreadable_or_missing_lists_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        read_sample_ids(str(tmp_path / "absent.txt"))
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="bad.parquet cannot be read"):
+        read_sample_ids(str(tmp_path / "bad.parquet"))
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(DataError, match="not UTF-8"):
+        read_sample_ids(str(tmp_path / "bin.txt"))
+
+
+def test_the_check_sorts_ids_into_training_unknown_and_other_splits_in_file_order():
+    checked = check_training_ids(small_index(), ["s003", "zz-9", "s001", "s007", "s003", "aa-1"])
+    assert checked.train == ("s001", "s003")
+    assert checked.unknown == ("zz-9", "aa-1")  # as listed, so the message matches the file
+    assert checked.not_train == ("s007",)
+    assert checked.duplicates == 1
+    message = checked.problem("request r.txt")
+    assert "2 unknown sample id(s): zz-9, aa-1" in message and "1 id(s) outside the train split" in message
+    assert check_training_ids(small_index(), ["s000"]).problem("r") is None
+
+
+def test_a_hundred_thousand_ids_are_checked_against_a_large_index():
+    ids = np.char.add("img-", np.arange(300_000).astype(str))
+    index = pa.table({"sample_id": ids, "label": np.zeros(len(ids), dtype=np.int32),
+                      "split": np.where(np.arange(len(ids)) < 250_000, "train", "val")})
+    requested = ids[::3][:100_000].tolist() + ["img-x"]
+    checked = check_training_ids(index, requested)
+    assert len(checked.train) == 83_334 and len(checked.not_train) == 16_666 and checked.unknown == ("img-x",)
+
+
+def test_list_fingerprints_ignore_order_and_duplicates_and_keyed_hashes_depend_on_the_key():
+    assert ids_sha256(["b", "a", "b"]) == ids_sha256(["a", "b"]) != ids_sha256(["a"])
+    assert keyed_id_hashes(["a"], "k1") != keyed_id_hashes(["a"], "k2")
+    (hashed,) = keyed_id_hashes(["user-jane-doe"], "k1")
+    assert len(hashed) == 64 and "jane" not in hashed
+
+
+# ---- the gate -----------------------------------------------------------------------------------------------
+
+BEFORE = {"acc_retain": 1.0, "acc_test": 0.80}
+FORGOTTEN = {"rf_jsd_e4": 500.0, "rf_jsd_floor_e4": 700.0, "rf_jsd_floor_std_e4": 100.0, "mia": 0.2,
+             "mia_unseen": 0.3, "acc_retain": 0.99, "acc_test": 0.78}
+REQUEST = 30
+
+
+def test_the_gate_passes_a_model_whose_forgotten_samples_look_unseen_and_whose_accuracy_holds():
+    checks = gate_checks(BEFORE, FORGOTTEN, REQUEST, GateThresholds())
+    assert [c["check"] for c in checks] == ["rf_jsd_e4", "mia", "acc_retain", "acc_test"]
+    assert all(c["passed"] for c in checks) and failed_checks(checks) == []
+    # floor + 1.5 floor deviations; unseen rate + 2 standard errors of a rate over 30 samples; 0.05 below
+    assert [c["limit"] for c in checks] == pytest.approx([850.0, 0.3 + 2 * (0.3 * 0.7 / 30) ** 0.5, 0.95, 0.75])
+
+
+def test_the_mia_margin_narrows_as_the_request_grows_and_never_claims_zero_noise():
+    assert member_rate_spread(0.3, 30) == pytest.approx((0.21 / 30) ** 0.5)
+    assert member_rate_spread(0.3, 100_000) < member_rate_spread(0.3, 30) / 50
+    assert member_rate_spread(0.0, 30) == pytest.approx(((1 / 60) * (59 / 60) / 30) ** 0.5)
+    assert member_rate_spread(None, 30) is None
+
+
+@pytest.mark.parametrize("change, failed", [
+    ({"rf_jsd_e4": 900.0}, "rf_jsd_e4"),  # still further from unseen samples than sampling explains
+    ({"mia": 0.9}, "mia"),  # still recognised as members
+    ({"acc_test": 0.70}, "acc_test"),  # forgot more than it should
+    ({"rf_jsd_floor_e4": None}, "rf_jsd_e4"),  # no floor: no evidence, no pass
+    ({"rf_jsd_floor_std_e4": None}, "rf_jsd_e4"),
+    ({"mia_unseen": None}, "mia"),
+])
+def test_each_check_fails_on_its_own_and_an_unmeasured_figure_fails(change, failed):
+    checks = gate_checks(BEFORE, {**FORGOTTEN, **change}, REQUEST, GateThresholds())
+    assert [c["check"] for c in checks if not c["passed"]] == [failed]
+    assert failed_checks(checks)[0].startswith(failed)
+
+
+# ---- the chain ----------------------------------------------------------------------------------------------
+
+def make_record(chain: str, sequence: int, previous: str | None, verdict: str = ACCEPTED, key: str | None = None,
+                input_sha: str | None = None) -> dict:
+    """A complete record with real files behind it (a model and a forgotten-id file)."""
+    request_id = f"r{sequence}"
+    model_uri = location(chain, "models" if verdict == ACCEPTED else "rejected", request_id, ".pt")
+    storage.write_bytes(model_uri, f"model {sequence}".encode())
+    forgotten = None
+    if verdict == ACCEPTED:
+        forgotten_uri = location(chain, "forgotten", request_id, ".txt")
+        storage.write_text(forgotten_uri, "\n".join(keyed_id_hashes([f"s{sequence}"], key or "0" * 32)) + "\n")
+        forgotten = {"uri": forgotten_uri, "sha256": file_sha256(forgotten_uri), "count": 1}
+    metrics = {key_: 0.5 for key_ in ("acc_forget", "acc_retain", "acc_test", "acc_unseen", "mia", "mia_unseen",
+                                      "rf_jsd_e4", "rf_jsd_floor_e4", "rf_jsd_floor_std_e4", "confidence_forget",
+                                      "confidence_unseen")}
+    return {
+        "schema": "ray-unlearn/deletion-audit/1", "sequence": sequence, "request_id": request_id,
+        "created": "2026-11-30T00:00:00+00:00", "verdict": verdict, "reason": None if verdict == ACCEPTED else "x",
+        "request": {"ids_file": "ids.txt", "ids_count": 1, "ids_sha256": ids_sha256([f"s{sequence}"]), "lines": 1,
+                    "duplicates": 0, "missing": 0, "allow_missing": False},
+        "input_model": {"uri": "orig.pt", "sha256": input_sha or sha256_hex(b"orig"), "trusted_by": "test"},
+        "output_model": {"uri": model_uri, "sha256": file_sha256(model_uri)}, "forgotten_ids": forgotten,
+        "id_hash_key": key or "0" * 32,
+        "data": {"uri": "d", "dataset": "digits-hard", "counts": {"forget": 1, "retain": 5, "unseen": 2, "test": 2}},
+        "method": {"name": "lotus", "settings": {}, "seed": 1, "workers": 1, "gpus": 0, "epochs_run": 1},
+        "metrics": {"input": metrics, "output": metrics},
+        "gate": {"passed": verdict == ACCEPTED, "thresholds": GateThresholds().as_dict(), "checks": []},
+        "phases": {"validate": 0.1, "total": 1.0}, "versions": {"python": "3", "torch": "2", "ray": "2", "package": "0"},
+        "previous_record_sha256": previous,
+    }
+
+
+def two_request_chain(tmp_path) -> str:
+    chain = str(tmp_path / "chain")
+    storage.write_bytes(str(tmp_path / "orig.pt"), b"orig")
+    first = make_record(chain, 1, None)
+    first["input_model"]["uri"] = str(tmp_path / "orig.pt")
+    publish_record(chain, first)
+    second = make_record(chain, 2, read_chain(chain)[0].sha256, input_sha=first["output_model"]["sha256"])
+    publish_record(chain, second)
+    return chain
+
+
+def test_a_published_chain_verifies_and_gives_the_next_request_its_head(tmp_path):
+    chain = two_request_chain(tmp_path)
+    entries, problems = verify_chain(chain)
+    assert problems == [] and [e.name for e in entries] == ["000001.json", "000002.json"]
+    assert schema_errors(entries[0].record()) == []
+    state = chain_state(chain)
+    assert state.next_sequence == 3 and state.previous_sha256 == entries[1].sha256
+    assert state.head_model["request_id"] == "r2"
+    assert set(state.forgotten.values()) == {"r1", "r2"}
+
+
+def test_one_changed_byte_of_a_record_is_found_and_named(tmp_path):
+    chain = two_request_chain(tmp_path)
+    path = tmp_path / "chain" / "chain" / "000001.json"
+    path.write_bytes(path.read_bytes().replace(b'"ids_count": 1', b'"ids_count": 2'))
+    _, problems = verify_chain(chain)
+    assert any(p.startswith("chain/000001.json: its content no longer matches its digest") for p in problems)
+    assert any(p.startswith("chain/000002.json: links to a previous record") for p in problems)
+    with pytest.raises(DataError, match="audit chain .* is broken"):
+        chain_state(chain)  # no request extends a broken chain
+
+
+def test_a_changed_model_file_or_a_removed_record_is_named(tmp_path):
+    chain = two_request_chain(tmp_path)
+    model = tmp_path / "chain" / "models" / "r1.pt"
+    model.write_bytes(model.read_bytes() + b"!")
+    _, problems = verify_chain(chain)
+    assert len(problems) == 1 and "chain/000001.json: its output model" in problems[0] and "was changed" in problems[0]
+    (tmp_path / "chain" / "chain" / "000001.json").unlink()
+    _, problems = verify_chain(chain)
+    assert any("expected 000001.json here" in p for p in problems)
+
+
+def test_a_record_that_is_not_json_or_not_of_the_schema_is_named(tmp_path):
+    chain = str(tmp_path / "chain")
+    record = make_record(chain, 1, None)
+    del record["gate"]
+    storage.write_bytes(storage.join(chain, "chain", "000001.json"), sealed_bytes(record))
+    _, problems = verify_chain(chain)
+    assert any("'gate' is a required property" in p for p in problems)
+    storage.write_bytes(storage.join(chain, "chain", "000001.json"), b"{not json")
+    _, problems = verify_chain(chain)
+    assert problems[0].startswith("chain/000001.json:") and "not a readable audit record" in problems[0]
+
+
+def test_a_request_must_start_from_the_model_the_chain_produced(tmp_path):
+    chain = str(tmp_path / "chain")
+    publish_record(chain, make_record(chain, 1, None))
+    publish_record(chain, make_record(chain, 2, read_chain(chain)[0].sha256, input_sha=sha256_hex(b"other")))
+    _, problems = verify_chain(chain)
+    assert any("chain/000002.json: started from a model" in p for p in problems)
+
+
+def test_of_two_requests_racing_for_the_same_number_only_one_is_recorded(tmp_path):
+    chain = str(tmp_path / "chain")
+    publish_record(chain, make_record(chain, 1, None))
+    late = make_record(chain, 1, None, verdict=REJECTED)
+    with pytest.raises(ConfigError, match="another request was recorded"):
+        publish_record(chain, late)
+    assert json.loads(read_chain(chain)[0].data)["verdict"] == ACCEPTED
+
+
+def test_the_digest_covers_everything_but_itself():
+    record = {"a": 1, "b": [1, 2]}
+    sealed = json.loads(sealed_bytes(record))
+    assert sealed["record_digest"] == content_digest(record) == content_digest(sealed)
+    assert content_digest({**record, "a": 2}) != content_digest(record)
+    assert len(new_id_hash_key()) == 32
+
+
+def test_the_receipt_states_the_verdict_the_figures_and_the_chain_in_plain_words(tmp_path):
+    chain = two_request_chain(tmp_path)
+    entries = read_chain(chain)
+    history = [entry.record() for entry in entries]
+    history[1]["gate"]["checks"] = gate_checks(BEFORE, FORGOTTEN, REQUEST, GateThresholds())
+    page = render_receipt(history[1], history, entries[1].uri, entries[1].sha256, chain)
+    assert page.startswith("<!doctype html>") and "<script" not in page and "http" not in page.replace(
+        "https://", "")  # one self-contained page
+    assert "Accepted." in page and "Deletion request r2" in page
+    assert "membership-inference attack" in page and "passed" in page
+    assert page.count("<tr><td class=num>") == 2  # both requests in the chain table
+    assert f"unlearn audit {chain}" in page
+    history[1]["verdict"], history[1]["reason"] = REJECTED, "acc_test 0.70 (must be at least 0.75)"
+    assert "Rejected." in render_receipt(history[1], history, entries[1].uri, entries[1].sha256, chain)
