@@ -2,6 +2,8 @@
 links, the receipt. The end-to-end requests through Ray are in tests/test_forget.py."""
 
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pyarrow as pa
@@ -247,3 +249,30 @@ def test_the_receipt_states_the_verdict_the_figures_and_the_chain_in_plain_words
     assert f"unlearn audit {chain}" in page
     history[1]["verdict"], history[1]["reason"] = REJECTED, "acc_test 0.70 (must be at least 0.75)"
     assert "Rejected." in render_receipt(history[1], history, entries[1].uri, entries[1].sha256, chain)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+HEADLESS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian: apt-get install chromium); README shows the "
+                                             "command this test runs")
+def test_the_receipt_renders_in_a_real_headless_browser(tmp_path):
+    chain = two_request_chain(tmp_path)
+    entries = read_chain(chain)
+    history = [entry.record() for entry in entries]
+    history[1]["gate"]["checks"] = gate_checks(BEFORE, FORGOTTEN, REQUEST, GateThresholds())
+    page = tmp_path / "receipt.html"
+    page.write_text(render_receipt(history[1], history, entries[1].uri, entries[1].sha256, chain))
+    common = [CHROMIUM, *HEADLESS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert "Accepted." in dom and "The chain so far" in dom
+    shot = tmp_path / "receipt.png"
+    subprocess.run([*common, "--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert image.size == (1200, 1600) and colours is not None and len(colours) > 50  # drawn, not a blank page

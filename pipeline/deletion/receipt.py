@@ -36,8 +36,11 @@ def _verdict_sentence(record: dict) -> str:
         return (f"Accepted. The model no longer shows signs of having learned the {count} requested sample(s): "
                 "it treats them like data it never saw, and it still works as well as before on everything else. "
                 "The new model replaces the old one for this chain.")
-    return (f"Rejected. The unlearned model did not pass every check below, so it must not be released. "
-            f"It is kept under rejected/ as evidence. Reason: {record.get('reason') or 'see the checks'}")
+    failed = [check["meaning"] for check in record["gate"]["checks"] if not check["passed"]]
+    why = (" Not met: " + " ".join(f"{meaning}." for meaning in failed)) if failed else \
+        f" The unlearning itself failed: {record.get('reason')}."
+    return ("Rejected. The unlearned model did not pass the checks, so it must not be released; it is kept under "
+            f"rejected/ as evidence and the model given stays the current one.{why}")
 
 
 def _checks_table(record: dict) -> str:
