@@ -73,7 +73,7 @@ import time
 import yaml
 
 from jobs import train, unlearn
-from jobs.common import apply_endpoint, log, run_main
+from jobs.common import add_verbose_flag, apply_endpoint, log, run_main
 from jobs.report import publish, regression_check
 from pipeline import storage
 from pipeline.config import deep_merge, load_yaml, parse_overrides, parse_value
@@ -115,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override any config value, e.g. --set settings.lotus.epochs=2 --set ray.workers=4")
     p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
+    add_verbose_flag(p)
     return p
 
 

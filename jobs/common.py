@@ -14,6 +14,7 @@ from pipeline.errors import ConfigError, UnlearnError
 from pipeline.storage import ENDPOINT_ENV
 from pipeline.train.datasets import DATA_MODES
 from pipeline.train.ray_sources import DEFAULT_CACHE_MB
+from pipeline.train.console import VERBOSE_ENV
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +37,13 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-failures", type=int, default=1,
                         help="worker-group restarts before giving up (each resumes from the last epoch checkpoint)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU convnets)")
+    add_verbose_flag(parser)
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Ray's own lines (worker groups, per-epoch reports and checkpoints, Tune's "
+                             "tables); its warnings and errors show either way")
 
 
 def add_floor_flag(parser: argparse.ArgumentParser) -> None:
@@ -119,9 +127,11 @@ def check_model_fits_data(spec, meta, model_uri: str, data_uri: str) -> None:
 
 
 def apply_endpoint(args: argparse.Namespace) -> None:
-    """Export the endpoint before Ray starts, so every Ray process inherits it (RAY_NOTES §1)."""
+    """Export the endpoint and --verbose before Ray starts, so every Ray process inherits them (RAY_NOTES §1)."""
     if getattr(args, "s3_endpoint", None):
         os.environ[ENDPOINT_ENV] = args.s3_endpoint
+    if getattr(args, "verbose", False):
+        os.environ[VERBOSE_ENV] = "1"
 
 
 class Phases:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from jobs import bench
-from jobs.common import log, run_main
+from jobs.common import add_verbose_flag, apply_endpoint, log, run_main
 from pipeline import storage
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -27,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     p.add_argument("--methods", nargs="+", help="only these methods (default: every method in the config)")
     p.add_argument("--config", default=str(DEMO_CONFIG), help="the demo's benchmark config")
+    add_verbose_flag(p)
     return p
 
 
@@ -43,6 +44,7 @@ def demo_config(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     started = time.perf_counter()
+    apply_endpoint(args)
     config = demo_config(args)
     status = bench.run_bench(config, bench.default_run_uri(config))
     log(f"demo finished in {time.perf_counter() - started:.0f} s")

@@ -7,6 +7,7 @@ method by method.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -16,6 +17,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from pipeline import storage
+from pipeline.train.console import verbose
 from pipeline.train.runner import absolute
 from tuning.callbacks import PauseAfter, ProgressLine, ReleaseStoppedTrainRuns
 from tuning.spaces import constants, grid_points, tune_space, tuned_keys
@@ -93,7 +95,7 @@ def trainable_for(plan: MethodPlan):
 def run_config_for(plan: MethodPlan, run_uri: str) -> tune.RunConfig:
     return tune.RunConfig(
         name=plan.method, storage_path=storage.join(absolute(run_uri), TUNE_DIR),
-        verbose=0,  # the ProgressLine callback prints one line per trial event instead of Tune's tables
+        verbose=1 if verbose() else 0,  # the ProgressLine callback prints a line per trial event instead
         callbacks=[ProgressLine(plan.method, plan.trials, tuned_keys(plan.space)), PauseAfter(run_uri),
                    ReleaseStoppedTrainRuns()])
 
@@ -131,6 +133,8 @@ def run_experiment(plan: MethodPlan, run_uri: str) -> bool:
             trainable_for(plan), param_space=tune_space(plan.space), run_config=run_config_for(plan, run_uri),
             tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=plan.trials,
                                         search_alg=search_for(plan), scheduler=scheduler_for(plan)))
+    if not verbose():  # Tune's newer console output prints its header box and paths even at verbose=0
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     tuner.fit()
     return experiment_complete(uri, plan.trials)
 

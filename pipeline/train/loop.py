@@ -18,6 +18,7 @@ from pipeline.methods import create_method
 from pipeline.methods.base import UnlearnData, count_correct, unwrap
 from pipeline.models import ModelSpec, build_model, load_checkpoint, load_weights, save_checkpoint
 from pipeline.train.checkpoints import read_resume_state, write_epoch_checkpoint
+from pipeline.train.console import quiet_worker_reports
 from pipeline.train.ray_sources import DEFAULT_CACHE_MB, InputStats, worker_sources, warm_up_data_workers
 
 
@@ -124,6 +125,7 @@ def worker_loop(config: dict):
     import ray
     import ray.train.torch
 
+    quiet_worker_reports()
     device = ray.train.torch.get_device()
     plan = config["data_plan"]
     if plan.mode == "stream":

@@ -13,6 +13,7 @@ import pyarrow.fs as pafs
 
 from pipeline import storage
 from pipeline.errors import UnlearnError
+from pipeline.train.console import verbose
 from pipeline.train.loop import worker_loop
 
 
@@ -38,12 +39,15 @@ def init_ray(num_workers: int = 1, cpus_per_worker: float = 1.0) -> None:
         # line would appear twice on a local console.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # not a line per pass over every set
+        # Ray Train watches for node drains (spot preemption); one machine is never drained, and starting
+        # the watcher printed a core_worker.cc error line at every fit.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         needed = int(num_workers * cpus_per_worker) + 2
         # address="local": a new Ray of our own, even where another one (a `ray start`, a test's Cluster) runs here;
         # connecting to that one by accident failed with "num_cpus ... must not be provided".
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False,
                  object_store_memory=512 * 1024**2 if not os.environ.get("CI") else 256 * 1024**2,
-                 logging_config=ray.LoggingConfig(log_level="ERROR"))
+                 logging_config=ray.LoggingConfig(log_level="INFO" if verbose() else "ERROR"))
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
@@ -73,6 +77,9 @@ def run_trainer(loop_config: dict, run_uri: str, name: str, workers: int = 1, us
             name=name, storage_path=storage.join(absolute(run_uri), "ray"),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Ray Train's INFO lines (worker group started, a report and a checkpoint per epoch and worker)
+            # only with --verbose; its warnings and errors always, and everything in its log files.
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
             callbacks=[*(callbacks or []), _restart_log_class()(folder)]),
     )
     try:
