@@ -6,7 +6,7 @@ import torch
 from pipeline.methods import create_method
 from pipeline.methods.base import UnlearnData, batchnorm_layers
 from tests.conftest import CPU, SEED
-from tests.methods.helpers import assert_forgets_and_keeps_test_accuracy
+from tests.methods.helpers import Margin, check_defaults
 
 
 class ForbiddenSource:
@@ -127,4 +127,5 @@ def test_jit_statistics_undo_a_rescaled_channel(digits_hard, original_model):
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="JiT does not lower forget accuracy of a memorised set on digits-hard")
 def test_jit_forgets_and_keeps_test_accuracy(digits_hard, original_model):
-    assert_forgets_and_keeps_test_accuracy("jit", original_model, digits_hard[0], test_tolerance=0.05)
+    # The smallest claim: 2 of 80 memorised samples lose their label, at the test cost the other methods keep.
+    check_defaults("jit", original_model, digits_hard[0], Margin(test_drop=0.05, flipped=2))

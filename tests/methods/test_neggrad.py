@@ -1,8 +1,10 @@
+"""NegGrad+: the forget term is ascended (its defaults at three forget settings: test_defaults.py)."""
+
 import torch
 import torch.nn.functional as F
 
 from pipeline.methods import create_method
-from tests.methods.helpers import assert_forgets_and_keeps_test_accuracy
+from tests.methods.helpers import run_method
 
 
 @torch.no_grad()
@@ -13,14 +15,13 @@ def forget_cross_entropy(model, forget):
         len(b["label"]) for b in batches)
 
 
-def test_neggrad_forgets_and_keeps_test_accuracy(digits_hard, original_model):
+def test_neggrad_ascends_the_forget_loss(digits_hard, original_model):
     sources = digits_hard[0]
     loss_before = forget_cross_entropy(original_model, sources["forget"])
-    # Gradient ascent on D_f also pulls test samples of the same classes. Measured on seven originals: forget
-    # 0.95-0.98, test +0.02..-0.03.
-    assert_forgets_and_keeps_test_accuracy("neggrad", original_model, sources, test_tolerance=0.07)
+    run_method("neggrad", original_model, sources, original=None)
     loss_after = forget_cross_entropy(original_model, sources["forget"])
-    # The ascent must ascend: CE on D_f rises well above the original's (~0.005 on a memorised set).
+    # The ascent must ascend: CE on D_f rises well above the original's (~0.005 on a memorised set); at the
+    # defaults it ended at 0.09-0.14 on originals 0-2.
     assert loss_after > loss_before + 0.05, f"forget CE {loss_before:.4f} -> {loss_after:.4f}"
 
 
