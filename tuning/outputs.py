@@ -1,8 +1,9 @@
-"""What a finished sweep leaves under its run URI: the trial table, the best configs, heatmaps.
+"""What a finished sweep leaves under its run URI: the trial table, the best configs, the sweep plots.
 
     trials.parquet, trials.csv   every trial of every method (settings, RF-JSD, accuracies, feasible, ...)
     best_configs.yaml            method → settings of its best feasible trial (what `bench` loads)
-    heatmap_<method>.png         RF-JSD over two searched settings (α × lr for LoTUS), infeasible trials marked
+    heatmap_<method>.png         RF-JSD over two searched settings (α × lr for LoTUS), infeasible trials marked:
+                                 a heatmap for a grid search, a scatter on log axes for random search
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline import storage
-from pipeline.results.plots import heatmap
+from pipeline.results.plots import sweep_plot
 from tuning.objective import best_trial
 from tuning.spaces import constants, tuned_keys
 from tuning.trial import plain
@@ -72,10 +73,9 @@ def write_heatmap(frame: pd.DataFrame, method: str, space: dict, run_uri: str) -
     plotted = plotted.assign(**{axis: pd.to_numeric(plotted[axis]) for axis in axes})
     uri = storage.join(run_uri, f"heatmap_{method}.png")
     with tempfile.TemporaryDirectory() as folder:
-        path = heatmap(plotted, os.path.join(folder, "heatmap.png"), x=axes[0], y=axes[1], value="rf_jsd",
-                       infeasible_column="feasible",
-                       title=f"{method}: lowest RF-JSD per cell over feasible trials ({len(plotted)} trials; "
-                             "× = infeasible)")
+        path = sweep_plot(plotted, os.path.join(folder, "heatmap.png"), x=axes[0], y=axes[1], value="rf_jsd",
+                          infeasible_column="feasible",
+                          title=f"{method}: RF-JSD of the feasible trials ({len(plotted)} trials; × = infeasible)")
         with open(path, "rb") as handle:
             storage.write_bytes(uri, handle.read())
     return uri

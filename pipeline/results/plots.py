@@ -1,4 +1,5 @@
-"""PNG plots for reports: time vs RF-JSD / Avg Gap, per-phase runtimes, and Tune sweep heatmaps.
+"""PNG plots for reports: time vs RF-JSD / Avg Gap, per-phase runtimes, and Tune sweeps (grid searches as
+heatmaps, random searches as scatters).
 
 Figures are built on matplotlib's object API with the Agg canvas, never through
 pyplot: no global backend switch, no display needed, and safe to call from
@@ -42,8 +43,8 @@ def _figure(panels: int, width: float = 6.0, height: float = 4.5) -> tuple[Figur
     return figure, [figure.add_subplot(1, panels, index + 1) for index in range(panels)]
 
 
-def _wants_log(values: list[float]) -> bool:
-    return bool(values) and min(values) > 0 and max(values) / min(values) >= LOG_SPAN
+def _wants_log(values: list[float], span: float = LOG_SPAN) -> bool:
+    return bool(values) and min(values) > 0 and max(values) / min(values) >= span
 
 
 def time_vs_metric(summaries: list[MethodSummary], metric: str, path: str) -> str | None:
@@ -178,6 +179,59 @@ def heatmap(frame: pd.DataFrame, path: str, *, x: str = "alpha", y: str = "lr", 
     axes.set_yticks(range(len(y_labels)), y_labels, fontsize=8)
     axes.set_xlabel(x + x_note)
     axes.set_ylabel(y + y_note)
+    axes.set_title(title or f"{value} over {x} × {y} ({len(trials)} trials)", fontsize=10)
+    return _save(figure, path)
+
+
+def is_grid(frame: pd.DataFrame, x: str, y: str) -> bool:
+    """Whether the trials' (x, y) values fill the cross product of their distinct values (a grid search), rather
+    than scattering over it (random search: n trials take about n distinct values on each axis)."""
+    pairs = frame[[x, y]].dropna().drop_duplicates()
+    return len(pairs) == pairs[x].nunique() * pairs[y].nunique()
+
+
+def sweep_plot(frame: pd.DataFrame, path: str, *, x: str, y: str, value: str, infeasible_column: str | None = "feasible",
+               title: str | None = None) -> str:
+    """A grid search as a heatmap of its cells; sampled values as a scatter (on a categorical grid most
+    cells of a random search would be empty)."""
+    if is_grid(frame, x, y):
+        return heatmap(frame, path, x=x, y=y, value=value, infeasible_column=infeasible_column, title=title)
+    return sweep_scatter(frame, path, x=x, y=y, value=value, infeasible_column=infeasible_column, title=title)
+
+
+def sweep_scatter(frame: pd.DataFrame, path: str, *, x: str, y: str, value: str,
+                  infeasible_column: str | None = "feasible", title: str | None = None) -> str:
+    """One point per trial at its sampled (x, y), log axes where the values span decades: colour = `value` for
+    feasible trials (the best is ringed), a red × for infeasible ones, a grey + for trials with no value."""
+    trials = frame.dropna(subset=[x, y])
+    if trials.empty:
+        raise DataError(f"no trials with both {x} and {y} set to plot")
+    feasible = _feasible_mask(trials, infeasible_column)
+    values = trials[value].to_numpy(dtype=float)
+    xs, ys = trials[x].to_numpy(dtype=float), trials[y].to_numpy(dtype=float)
+    measured = feasible & ~np.isnan(values)
+    figure, (axes,) = _figure(1, width=7.0, height=5.0)
+    if measured.any():
+        points = axes.scatter(xs[measured], ys[measured], c=values[measured], cmap=_colormap(), s=70,
+                              edgecolors="black", linewidths=0.5, zorder=3, label="feasible trial")
+        figure.colorbar(points, ax=axes, label=f"{value} (lower is better)")
+        best = np.flatnonzero(measured)[np.argmin(values[measured])]
+        axes.scatter([xs[best]], [ys[best]], s=260, facecolors="none", edgecolors="black", linewidths=1.5,
+                     zorder=4, label=f"best: {_format_number(values[best])}")
+    if (~feasible).any():
+        axes.scatter(xs[~feasible], ys[~feasible], marker="x", s=90, color="red", linewidths=2, zorder=3,
+                     label="infeasible trial")
+    unmeasured = feasible & np.isnan(values)
+    if unmeasured.any():
+        axes.scatter(xs[unmeasured], ys[unmeasured], marker="+", s=90, color="grey", zorder=3,
+                     label="no value (failed)")
+    for axis, values_on_axis in (("x", xs), ("y", ys)):
+        if _wants_log(list(values_on_axis), span=10.0):
+            getattr(axes, f"set_{axis}scale")("log")
+    axes.set_xlabel(x)
+    axes.set_ylabel(y)
+    axes.legend(loc="upper left", bbox_to_anchor=(0, -0.12), fontsize=8, ncol=2)
+    axes.grid(True, which="both", alpha=0.25)
     axes.set_title(title or f"{value} over {x} × {y} ({len(trials)} trials)", fontsize=10)
     return _save(figure, path)
 

@@ -90,8 +90,8 @@ def _sweep_plots(records: list[ResultRecord], folder: str) -> dict[str, str]:
         if not trials[value].notna().any():
             continue
         path = os.path.join(folder, f"sweep_{_safe_name(method)}.png")
-        plots.heatmap(trials, path, x=axes[0], y=axes[1], value=value, infeasible_column="feasible",
-                      title=f"{method} sweep: best {value} per cell ({len(trials)} trials; × = infeasible)")
+        plots.sweep_plot(trials, path, x=axes[0], y=axes[1], value=value, infeasible_column="feasible",
+                         title=f"{method} sweep: {value} of the feasible trials ({len(trials)} trials; × = infeasible)")
         written[f"{method} sweep: {value} over {axes[0]} × {axes[1]}"] = path
     return written
 
