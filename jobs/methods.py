@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         if name in METHOD_NOTES:
             print(f"{'':<11} note: {METHOD_NOTES[name]}")
         print(f"{'':<11} defaults: {', '.join(f'{k}={v}' for k, v in settings.items())}")
-    print("\nNot in the papers (extensions of the shared loop; every record holds the value it ran with):")
+    print("\nNot in the papers (every record holds the value it ran with):")
     for key, text in EXTENSIONS.items():
         print(f"  {key}: {text}")
     return 0
