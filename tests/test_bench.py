@@ -1,9 +1,11 @@
 """`unlearn bench` end to end on a tiny budget, its nightly regression check, and the nightly config's plumbing."""
 
 import contextlib
+import html
 import io
 import json
 import pathlib
+import re
 
 import pytest
 import torch
@@ -66,7 +68,12 @@ def test_tiny_bench_ends_with_records_and_a_report(tiny_bench):
     for name in ("report.md", "report.csv", "report.html", "time_vs_rf_jsd.png", "time_vs_avg_gap.png"):
         assert (report_dir / name).stat().st_size > 0, name
     printed = tiny_bench["printed"]
-    assert "| lotus |" in printed and "| retrain |" in printed  # the table
+    assert re.search(r"^\| lotus( ⚠)? \|", printed, re.M)  # the table
+    # The gold model trained for one epoch here is far below the original (trained for 15): its row is flagged
+    # in the printed table, report.md and report.html, so that its low Acc_f cannot be read as forgetting.
+    assert records["retrain"].metrics["acc_test"] < records["original"].metrics["acc_test"] - 0.05
+    for text in (printed, (report_dir / "report.md").read_text(), html.unescape((report_dir / "report.html").read_text())):
+        assert "retrain ⚠" in text and "⚠ Acc_r or Acc_test more than 0.05 below the original's: retrain (" in text
     ratio = records["lotus"].unlearn_seconds / retrain.unlearn_seconds
     assert f"LoTUS time / retrain time (digits-hard · cnn · forget {FORGET_SPEC}): {ratio:.3f}" in printed
     assert "mean over 1 seed(s), both measured in this run)" in printed  # the gold model was trained here
@@ -102,7 +109,7 @@ def test_compare_exits_nonzero_on_a_planted_regression(tiny_bench, tmp_path):
     status, printed = run_job(report.main, [tiny_bench["run"], "--out", str(tmp_path / "report"),
                                             "--compare", str(tmp_path / "previous"),
                                             "--bands", str(ROOT / "configs" / "digits.yaml")])
-    assert status == 1 and "acc_test" in printed and "| finetune |" in printed
+    assert status == 1 and "acc_test" in printed and re.search(r"^\| finetune( ⚠)? \|", printed, re.M)
     assert str(tmp_path / "report" / "report.html") in printed
 
 
