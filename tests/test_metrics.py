@@ -204,6 +204,16 @@ def test_mia_calls_memorised_samples_members_more_often_than_held_out_ones(digit
     assert summary["mia"] == rate["forget"] and summary["mia_unseen"] == rate["unseen"]
 
 
+def test_per_class_forget_accuracy_covers_the_classes_of_d_f_and_averages_to_acc_forget():
+    models, sources = tiny_setup()
+    summary = summarize(evaluate(models, sources, CPU, 5), seed=0)
+    labels = sources["forget"].labels
+    assert summary["forget_classes"] == sorted(set(labels.tolist()))
+    counts = [int((labels == c).sum()) for c in summary["forget_classes"]]
+    weighted = sum(a * n for a, n in zip(summary["acc_forget_per_class"], counts)) / sum(counts)
+    assert weighted == pytest.approx(summary["acc_forget"])
+
+
 def test_confidence_is_the_mean_probability_of_the_true_class():
     models, sources = tiny_setup()
     summary = summarize(evaluate(models, sources, CPU, 5), seed=0)
@@ -237,7 +247,8 @@ def test_summary_with_gold_reports_avg_gap_of_the_gold_row():
     models, sources = tiny_setup()
     summary = summarize(evaluate(models, sources, CPU, 5), seed=0)
     assert summary["gold"] is True and set(summary["gold_metrics"]) == (
-        {f"{kind}_{s}" for s in SPLITS for kind in ("acc", "confidence")} | {"mia", "mia_unseen"})
+        {f"{kind}_{s}" for s in SPLITS for kind in ("acc", "confidence")}
+        | {"mia", "mia_unseen", "forget_classes", "acc_forget_per_class"})
     assert summary["avg_gap"] == pytest.approx(avg_gap(summary, summary["gold_metrics"]))
     assert summary["avg_gap"] > 0
 

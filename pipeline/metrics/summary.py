@@ -20,7 +20,17 @@ def model_metrics(result: EvalResult, model: str, seed: int, mia_max_per_class: 
         metrics[f"confidence_{split}"] = _true_class_confidence(stats) if stats else None
     metrics["mia"] = _mia(result, model, seed, mia_max_per_class)
     metrics["mia_unseen"] = _mia(result, model, seed, mia_max_per_class, targets=UNSEEN)
+    metrics["forget_classes"], metrics["acc_forget_per_class"] = _per_class_accuracy(result.stats(model, FORGET))
     return metrics
+
+
+def _per_class_accuracy(stats) -> tuple[list[int], list[float]]:
+    """The classes present in D_f and the model's accuracy on each (two aligned lists: they store flat)."""
+    if stats is None:
+        return [], []
+    counts, correct = stats.class_counts.cpu().numpy(), stats.class_correct.cpu().numpy()
+    classes = [int(c) for c in counts.nonzero()[0]]
+    return classes, [float(correct[c] / counts[c]) for c in classes]
 
 
 def _true_class_confidence(stats) -> float | None:

@@ -253,3 +253,68 @@ def _colormap():
 
     # viridis: the best (lowest) RF-JSD is the darkest cell; cells without a feasible trial are light grey.
     return colormaps["viridis"].with_extremes(bad="lightgrey")
+
+
+CURVE_PANELS = (("loss", "training loss"), ("acc_f", "Acc_f during unlearning"), ("tau", "LoTUS temperature τ"))
+
+
+def epoch_curves(histories: dict[str, list[list[dict]]], path: str, title: str = "") -> str | None:
+    """How unlearning unfolded: per-epoch values from the methods' histories, one line per run (a colour per
+    method), one panel per value that some method recorded: loss; Acc_f where measured (LoTUS's acc_f, with
+    its acc_u target dashed); LoTUS's τ."""
+    panels = [(key, label) for key, label in CURVE_PANELS
+              if any(key in entry for runs in histories.values() for run in runs for entry in run)]
+    if not panels:
+        return None
+    figure, axes_list = _figure(len(panels), width=5.0, height=4.0)
+    colours = _method_colours(histories)
+    for axes, (key, label) in zip(axes_list, panels):
+        for method, runs in histories.items():
+            for index, run in enumerate(runs):
+                points = [(entry["epoch"] + 1, entry[key]) for entry in run if entry.get(key) is not None]
+                if points:
+                    axes.plot(*zip(*points), marker="o", markersize=3, color=colours[method],
+                              label=method if index == 0 else None)
+                target = [entry["acc_u"] for entry in run if entry.get("acc_u") is not None]
+                if key == "acc_f" and target and index == 0:
+                    axes.axhline(target[0], color=colours[method], linestyle="--", linewidth=1,
+                                 label=f"{method}: acc_u (target)")
+        axes.set_xlabel("epoch")
+        axes.set_title(label, fontsize=10)
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return _save(figure, path)
+
+
+def _method_colours(methods) -> dict[str, tuple]:
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10" if len(methods) <= 10 else "tab20"]
+    return {method: palette(index % palette.N) for index, method in enumerate(methods)}
+
+
+def forgetting_by_class(rows: dict[str, dict[int, float]], path: str, title: str = "") -> str | None:
+    """Acc_f per class of D_f (columns) for each model (rows: the original first, the retrained model last):
+    which classes a method forgot, and how far from the retrained model's level. Values are written in the
+    cells when there are few classes."""
+    rows = {label: values for label, values in rows.items() if values}
+    if not rows:
+        return None
+    classes = sorted({c for values in rows.values() for c in values})
+    grid = np.array([[values.get(c, np.nan) for c in classes] for values in rows.values()])
+    figure, (axes,) = _figure(1, width=min(16.0, max(6.0, 0.55 * len(classes) + 3)), height=0.4 * len(rows) + 2.5)
+    image = axes.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=_colormap(), vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes, label="Acc_f (mean over seeds)")
+    if len(classes) <= 30:
+        axes.set_xticks(range(len(classes)), [str(c) for c in classes], fontsize=8)
+        for (row, column), value in np.ndenumerate(grid):
+            if not math.isnan(value):
+                axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                          bbox={"facecolor": "white", "alpha": 0.6, "linewidth": 0, "pad": 1})
+    axes.set_yticks(range(len(rows)), list(rows), fontsize=8)
+    axes.set_xlabel(f"class ({len(classes)} in D_f)")
+    axes.set_title(title or "Acc_f per class", fontsize=10)
+    return _save(figure, path)
+

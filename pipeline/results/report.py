@@ -17,7 +17,7 @@ import pandas as pd
 from pipeline import storage
 from pipeline.errors import DataError
 from pipeline.results import plots
-from pipeline.results.aggregate import record_values, summarize
+from pipeline.results.aggregate import TABLE_KINDS, record_values, summarize
 from pipeline.results.html import render_html
 from pipeline.results.records import ResultRecord, load_records
 from pipeline.results.regression import compare, format_regressions
@@ -94,6 +94,46 @@ def _sweep_plots(records: list[ResultRecord], folder: str) -> dict[str, str]:
                          title=f"{method} sweep: {value} of the feasible trials ({len(trials)} trials; × = infeasible)")
         written[f"{method} sweep: {value} over {axes[0]} × {axes[1]}"] = path
     return written
+
+
+def _runs_by_group(records: list[ResultRecord]) -> dict[tuple, dict[str, list[ResultRecord]]]:
+    """The reported unlearning runs (what the tables hold), per (dataset, model, forget spec), per method."""
+    groups: dict[tuple, dict[str, list[ResultRecord]]] = {}
+    for record in records:
+        if record.kind in TABLE_KINDS and record.status == "ok":
+            key = (record.dataset, record.model, record.forget_spec)
+            groups.setdefault(key, {}).setdefault(record.method, []).append(record)
+    return groups
+
+
+def _unfolding_plots(records: list[ResultRecord], folder: str) -> dict[str, str]:
+    """Per group: the per-epoch curves of every method that kept a history, and Acc_f per class for the
+    original, every method and the retrained model (means over seeds)."""
+    written = {}
+    for index, (group, methods) in enumerate(sorted(_runs_by_group(records).items())):
+        name = " · ".join(str(part) for part in group)
+        histories = {method: [r.config["history"] for r in runs if r.config.get("history")]
+                     for method, runs in methods.items()}
+        path = plots.epoch_curves({m: h for m, h in histories.items() if h},
+                                  os.path.join(folder, f"curves_{index}.png"), title=name)
+        if path:
+            written[f"How unlearning unfolded, per epoch ({name})"] = path
+        ordered = sorted(methods, key=lambda m: (m != "original", m == "retrain"))
+        by_class = {method: _mean_per_class(methods[method]) for method in ordered}
+        path = plots.forgetting_by_class(by_class, os.path.join(folder, f"classes_{index}.png"),
+                                         title=f"Acc_f per class: original, each method, retrained ({name})")
+        if path:
+            written[f"Forgetting per class ({name})"] = path
+    return written
+
+
+def _mean_per_class(runs: list[ResultRecord]) -> dict[int, float]:
+    sums: dict[int, list[float]] = {}
+    for record in runs:
+        for cls, accuracy in zip(record.metrics.get("forget_classes") or [],
+                                 record.metrics.get("acc_forget_per_class") or []):
+            sums.setdefault(int(cls), []).append(float(accuracy))
+    return {cls: sum(values) / len(values) for cls, values in sums.items()}
 
 
 def _method_plots(summaries, folder: str) -> dict[str, str]:
@@ -173,7 +213,8 @@ def write_report(run_uris: list[str] | tuple[str, ...], out_uri: str | None = No
     generated = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
     with tempfile.TemporaryDirectory(prefix="unlearn-report-") as folder:
-        images = {**_method_plots(summaries, folder), **_sweep_plots(records, folder)}
+        images = {**_method_plots(summaries, folder), **_unfolding_plots(records, folder),
+                  **_sweep_plots(records, folder)}
         pngs = {caption: Path(path).read_bytes() for caption, path in images.items()}
         outputs: dict[str, bytes] = {os.path.basename(path): pngs[caption] for caption, path in images.items()}
     outputs["report.md"] = _markdown(title, run_uris, generated, summaries, records, regression_text,
