@@ -73,7 +73,7 @@ import time
 import yaml
 
 from jobs import train, unlearn
-from jobs.common import add_verbose_flag, apply_endpoint, log, run_main
+from jobs.common import add_mlflow_flag, add_verbose_flag, apply_endpoint, check_mlflow, log, run_main, track
 from jobs.report import publish, regression_check
 from pipeline import storage
 from pipeline.config import deep_merge, load_yaml, parse_overrides, parse_value
@@ -116,6 +116,7 @@ def parser() -> argparse.ArgumentParser:
                    help="override any config value, e.g. --set settings.lotus.epochs=2 --set ray.workers=4")
     p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
     add_verbose_flag(p)
+    add_mlflow_flag(p)
     return p
 
 
@@ -371,7 +372,7 @@ def run_seed(config: dict, data: str, original: str, models: str, seed: int, mis
     run_methods(config, data, original, gold, gold_info, seed, missing, run_uri)
 
 
-def run_bench(config: dict, run_uri: str, compare_with: list[str] = ()) -> int:
+def run_bench(config: dict, run_uri: str, compare_with: list[str] = (), mlflow: str | None = None) -> int:
     """Run every missing (row, seed) of the config under run_uri, write the report; 1 if anything regressed."""
     started = time.perf_counter()
     storage.ensure_bucket(run_uri)
@@ -393,7 +394,11 @@ def run_bench(config: dict, run_uri: str, compare_with: list[str] = ()) -> int:
     bands = config["bands"] or DEFAULT_BANDS
     written = publish([run_uri], previous_uris=list(compare_with), bands=bands,
                       title=config["name"], method_order=config["methods"])
-    log(time_ratio_line(load_records(run_uri), config["methods"]))
+    records = load_records(run_uri)
+    log(time_ratio_line(records, config["methods"]))
+    track(argparse.Namespace(mlflow=mlflow, out=run_uri), [r for r in records if r.kind != "sweep-trial"],
+          [uri for name, uri in written.items() if name.endswith((".html", ".md", ".csv"))],
+          tags={"bench": config["name"] or run_uri})
     log(f"bench finished in {time.perf_counter() - started:.0f} s; records under {run_uri}; "
         f"report {written['report.html']}")
     if compare_with and regression_check([run_uri], list(compare_with), bands):
@@ -436,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     run_uri = args.out or default_run_uri(config)
     log(f"bench {config['name'] or args.config}: {len(config['methods'])} method(s) x seeds {config['seeds']} "
         f"-> {run_uri}")
-    return run_bench(config, run_uri, args.compare)
+    check_mlflow(argparse.Namespace(mlflow=args.mlflow, out=run_uri))
+    return run_bench(config, run_uri, args.compare, mlflow=args.mlflow)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,36 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
     add_verbose_flag(parser)
 
 
+def add_mlflow_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mlflow", nargs="?", const="local", metavar="URI",
+                        help="log each run to MLflow: a tracking server (http://HOST:5000) or store URI; without a "
+                             "URI a local store under --out (OUT/mlflow.db). Without the flag MLflow is not used")
+
+
+def check_mlflow(args: argparse.Namespace) -> str | None:
+    """The tracking URI of --mlflow (None without it), checked before any compute."""
+    if getattr(args, "mlflow", None) is None:
+        return None
+    import importlib.util
+
+    from pipeline.results.tracking import tracking_uri
+
+    if importlib.util.find_spec("mlflow") is None:
+        raise ConfigError("--mlflow needs MLflow: pip install 'ray-unlearn[mlflow]'")
+    return tracking_uri(args.mlflow, args.out)
+
+
+def track(args: argparse.Namespace, records, artifacts=(), **options) -> None:
+    """Log the records to MLflow when --mlflow was given; MLflow is imported only then."""
+    uri = check_mlflow(args)
+    if uri is None or not records:
+        return
+    from pipeline.results.tracking import log_records
+
+    log_records(uri, list(records), list(artifacts), **options)
+    log(f"MLflow: {len(records)} run(s) logged to {uri}")
+
+
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true",
                         help="also show Ray's own lines (worker groups, per-epoch reports and checkpoints, Tune's "
@@ -94,6 +124,7 @@ def check_run_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"--name {name!r} must be letters, digits, '.', '_' or '-' (no path separators or '..'): "
                           "it names files under --out")
     check_output_uri(args.out)
+    check_mlflow(args)
 
 
 def check_output_uri(uri: str) -> None:

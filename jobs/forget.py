@@ -17,8 +17,8 @@ import posixpath
 import sys
 import uuid
 
-from jobs.common import (SAFE_NAME, Phases, add_data_flags, add_floor_flag, add_ray_flags, apply_endpoint,
-                         check_run_arguments, log, run_main, versions)
+from jobs.common import (SAFE_NAME, Phases, add_data_flags, add_floor_flag, add_mlflow_flag, add_ray_flags,
+                         apply_endpoint, check_run_arguments, log, run_main, track, versions)
 from jobs.unlearn import unlearn_many
 from pipeline import storage
 from pipeline.data.id_lists import check_training_ids, ids_sha256, keyed_id_hashes, read_sample_ids
@@ -74,6 +74,7 @@ def parser() -> argparse.ArgumentParser:
                    help=f"gate: retain and test accuracy may fall this far below the input model's "
                         f"(default {defaults.max_acc_drop:g})")
     add_floor_flag(p)
+    add_mlflow_flag(p)
     return p
 
 
@@ -149,7 +150,9 @@ def forget(args: argparse.Namespace) -> dict:
         "previous_record_sha256": state.previous_sha256,
     }
     record_uri = publish_record(args.out, record)
-    report(record, record_uri, write_receipt(args.out, record_uri))
+    receipt_uri = write_receipt(args.out, record_uri)
+    report(record, record_uri, receipt_uri)
+    track(args, [before, after], [record_uri, receipt_uri], tags={"request_id": request_id, "verdict": record["verdict"]})
     return record
 
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import pandas as pd
 import yaml
 
-from jobs.common import add_data_flags, add_ray_flags, apply_endpoint, log, open_dataset, run_main
+from jobs.common import (add_data_flags, add_mlflow_flag, add_ray_flags, apply_endpoint, check_mlflow, log,
+                         open_dataset, run_main)
 from pipeline.train.ray_sources import DEFAULT_CACHE_MB
 from pipeline import storage
 from pipeline.errors import ConfigError
@@ -72,6 +73,7 @@ def parser() -> argparse.ArgumentParser:
                    help="fix a setting for every trial, e.g. --set lotus.epochs=3")
     p.add_argument("--pause-after", type=int, help="stop this session after N trials end (continue with --resume)")
     p.add_argument("--out", required=True, help="run URI of the sweep (local folder or s3://)")
+    add_mlflow_flag(p)
     return p
 
 
@@ -224,7 +226,8 @@ def run_sweep(args: argparse.Namespace, state: dict, pause_after: int | None = N
 
     started = time.perf_counter()
     run_uri = absolute(args.out)  # Tune and the trials' workers need an absolute local path
-    open_dataset(args)  # verify the shards once; trials skip it
+    tracking = check_mlflow(argparse.Namespace(mlflow=getattr(args, "mlflow", None), out=run_uri))
+    meta, _ = open_dataset(args)  # verify the shards once; trials skip it
     init_ray(args.workers, args.cpus_per_worker)
     if state["original"] is None:
         state["original"] = evaluate_original(args)
@@ -239,7 +242,14 @@ def run_sweep(args: argparse.Namespace, state: dict, pause_after: int | None = N
         for plan in plans:
             log(f"[sweep {plan.method}] {plan.trials} trials, {plan.search} search over {tuned_keys(plan.space)}, "
                 f"{plan.scheduler} over up to {plan.epochs} epochs, {plan.max_concurrent} at once")
-            if PauseAfter.exhausted(run_uri) or not run_experiment(plan, run_uri):
+            if tracking:
+                plan.tracking = sweep_tracking(tracking, meta.name, plan, run_uri)
+            finished = not PauseAfter.exhausted(run_uri) and run_experiment(plan, run_uri)
+            if plan.tracking:
+                from pipeline.results.tracking import end_run
+
+                end_run(tracking, plan.tracking["parent_run_id"])
+            if not finished:
                 log(f"[sweep] paused with trials left; continue with: unlearn sweep --resume {args.out}")
                 return SweepOutcome(complete=False)
         return write_outputs(plans, run_uri)
@@ -249,6 +259,17 @@ def run_sweep(args: argparse.Namespace, state: dict, pause_after: int | None = N
         state["wall_seconds"] = float(state.get("wall_seconds") or 0.0) + seconds
         save_state(run_uri, state)
         log(f"[sweep] this session took {seconds:.1f} s ({state['wall_seconds']:.1f} s over all sessions)")
+
+
+def sweep_tracking(uri: str, experiment: str, plan, run_uri: str) -> dict:
+    """An MLflow run for this method's sweep; Tune's MLflow callback nests one run per trial under it."""
+    from pipeline.results.tracking import start_parent_run
+
+    parent = start_parent_run(uri, experiment, f"sweep {plan.method}",
+                              {"sweep": run_uri, "method": plan.method, "space": plan.space, "trials": plan.trials,
+                               "search": plan.search, "scheduler": plan.scheduler})
+    log(f"[sweep {plan.method}] MLflow: trials nested under run {parent} at {uri}")
+    return {"uri": uri, "experiment": experiment, "parent_run_id": parent}
 
 
 def sweep(args: argparse.Namespace) -> SweepOutcome:

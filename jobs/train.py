@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import (Phases, add_data_flags, add_ray_flags, apply_endpoint, check_run_arguments, log, run_main,
-                         versions)
+from jobs.common import (Phases, add_data_flags, add_mlflow_flag, add_ray_flags, apply_endpoint, check_run_arguments,
+                         log, run_main, track, versions)
 from pipeline import storage
 from pipeline.config import parse_overrides
 from pipeline.data.shards import read_index, read_meta, verify_checksums
@@ -34,6 +34,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="retrain.KEY=VALUE",
                    help="override the training recipe (the `retrain` method's settings)")
     p.add_argument("--out", required=True, help="run URI: model.pt and checkpoints land here")
+    add_mlflow_flag(p)
     return p
 
 
@@ -90,7 +91,7 @@ def train(args: argparse.Namespace) -> dict:
     result["restarts"] = read_restarts(args.out, "train", result.get("resumed_after_epoch"))
     for restart in result["restarts"]:
         log(f"restarted at {restart['time']} after epoch {restart['resumed_after_epoch']}: {restart['cause']}")
-    record_training(args, meta.name, config, result, model_uri, phases)
+    track(args, [record_training(args, meta.name, config, result, model_uri, phases)])
     accuracies = "  ".join(f"{name} {value:.3f}" for name, value in result["evaluation"].items())
     log(f"accuracy: {accuracies}")
     log(f"trained {result['epochs_run']} epoch(s) in {result['unlearn_seconds']:.1f} s "
@@ -98,7 +99,7 @@ def train(args: argparse.Namespace) -> dict:
     return result
 
 
-def record_training(args, dataset: str, config: dict, result: dict, model_uri: str, phases: Phases) -> None:
+def record_training(args, dataset: str, config: dict, result: dict, model_uri: str, phases: Phases) -> ResultRecord:
     """The model's record under --out: its sha256 is what `unlearn forget` trusts the file by."""
     label = "retrain" if args.retain_only else "original"
     record = ResultRecord(
@@ -109,6 +110,7 @@ def record_training(args, dataset: str, config: dict, result: dict, model_uri: s
         unlearn_seconds=result["unlearn_seconds"], workers=args.workers, gpus=args.workers if args.gpus else 0,
         versions=versions(), checkpoint_uri=model_uri, checkpoint_sha256=result["checkpoint_sha256"])
     append_record(args.out, record)
+    return record
 
 
 if __name__ == "__main__":

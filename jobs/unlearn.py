@@ -8,7 +8,8 @@ import argparse
 import json
 import sys
 
-from jobs.common import (Phases, add_data_flags, add_floor_flag, add_ray_flags, apply_endpoint, check_model_fits_data,
+from jobs.common import (Phases, add_data_flags, add_floor_flag, add_mlflow_flag, add_ray_flags, apply_endpoint,
+                         check_model_fits_data, track,
                          check_run_arguments, log, open_dataset, plan_floor, run_main, versions)
 from pipeline import storage
 from pipeline.config import parse_overrides
@@ -36,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
                    help="method settings, e.g. --set lotus.alpha=2 --set lotus.lr=1e-4")
     p.add_argument("--out", required=True, help="run URI: unlearned checkpoint, epoch checkpoints, result records")
     p.add_argument("--name", help="run name (default: METHOD-sSEED); a rerun with the same name and settings resumes")
+    add_mlflow_flag(p)
     p.add_argument("--overwrite", action="store_true",
                    help="start this run afresh even if --out holds a run of the same name with other settings")
     add_floor_flag(p)
@@ -249,7 +251,8 @@ def print_metrics(label: str, metrics: dict, seconds: float | None = None) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    unlearn(parser().parse_args(argv))
+    args = parser().parse_args(argv)
+    track(args, [unlearn(args)])
     return 0
 
 

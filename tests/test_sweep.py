@@ -2,6 +2,7 @@
 (pause + resume, outputs, best feasible trial, a destructive learning rate that must never win)."""
 
 import contextlib
+import importlib.util
 import io
 import math
 import os
@@ -186,7 +187,8 @@ def paused_then_resumed_sweep(original_evaluated_once, digits_hard_uri, original
     out = tmp_path_factory.mktemp("lotus-sweep") / "run"
     argv = sweep_argv(digits_hard_uri, original_checkpoint, out, "--trials", "4", "--search", "grid",
                       "--scheduler", "asha", "--set", "lotus.alpha=8",
-                      "--space", f"lotus.lr=grid:1e-4,3e-5,{DESTRUCTIVE_LR:g},{DIVERGING_LR:g}", "--pause-after", "1")
+                      "--space", f"lotus.lr=grid:1e-4,3e-5,{DESTRUCTIVE_LR:g},{DIVERGING_LR:g}", "--pause-after", "1",
+                      *(["--mlflow"] if importlib.util.find_spec("mlflow") else []))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         paused = sweep_job.sweep(sweep_job.parser().parse_args(argv))
@@ -194,6 +196,18 @@ def paused_then_resumed_sweep(original_evaluated_once, digits_hard_uri, original
         resumed = sweep_job.resume(str(out))
     return {"out": str(out), "paused": paused, "after_pause": after_pause, "resumed": resumed,
             "printed": printed.getvalue()}
+
+
+def test_with_mlflow_every_trial_is_an_mlflow_run_nested_under_its_sweep(paused_then_resumed_sweep):
+    mlflow = pytest.importorskip("mlflow")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{paused_then_resumed_sweep['out']}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parents = {run.info.run_id for run in runs if run.info.run_name == "sweep lotus"}
+    trials = [run for run in runs if run.info.run_id not in parents]
+    assert parents and len(trials) == 4  # one run per trial, across the pause
+    assert all(run.data.tags.get("mlflow.parentRunId") in parents for run in trials)
+    assert {float(run.data.params["lr"]) for run in trials} == {1e-4, 3e-5, DESTRUCTIVE_LR, DIVERGING_LR}
+    assert all("rf_jsd" in run.data.metrics for run in trials if float(run.data.params["lr"]) != DIVERGING_LR)
 
 
 def test_a_paused_sweep_resumes_without_redoing_finished_trials(paused_then_resumed_sweep):

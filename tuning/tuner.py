@@ -45,6 +45,7 @@ class MethodPlan:
     max_concurrent: int = 1
     seed: int = 0
     context: dict = field(default_factory=dict)
+    tracking: dict | None = None  # {"uri", "experiment", "parent_run_id"}: one MLflow run per trial, nested
 
 
 def experiment_uri(run_uri: str, method: str) -> str:
@@ -97,7 +98,18 @@ def run_config_for(plan: MethodPlan, run_uri: str) -> tune.RunConfig:
         name=plan.method, storage_path=storage.join(absolute(run_uri), TUNE_DIR),
         verbose=1 if verbose() else 0,  # the ProgressLine callback prints a line per trial event instead
         callbacks=[ProgressLine(plan.method, plan.trials, tuned_keys(plan.space)), PauseAfter(run_uri),
-                   ReleaseStoppedTrainRuns()])
+                   ReleaseStoppedTrainRuns(), *mlflow_callbacks(plan)])
+
+
+def mlflow_callbacks(plan: MethodPlan) -> list:
+    """Ray Tune's own MLflow integration: each trial's settings as params, each epoch's report as step metrics."""
+    if not plan.tracking:
+        return []
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    return [MLflowLoggerCallback(tracking_uri=plan.tracking["uri"], experiment_name=plan.tracking["experiment"],
+                                 tags={"mlflow.parentRunId": plan.tracking["parent_run_id"], "method": plan.method},
+                                 save_artifact=False)]
 
 
 CREDENTIAL_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
