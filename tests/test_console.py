@@ -1,6 +1,8 @@
 """A normal run's console holds the project's own lines; Ray's INFO lines need --verbose (a real run in a
-subprocess: the test session's own Ray would hide what a user's console shows)."""
+subprocess: the test session's own Ray would hide what a user's console shows). The same run logs to MLflow's
+local store under --out (--mlflow without a URI)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -20,15 +22,32 @@ RAY_NOISE = ("Reporting training result", "Checkpoint successfully created", "co
 
 def test_a_normal_run_prints_the_projects_lines_and_none_of_rays(digits_hard_uri, original_checkpoint, tmp_path):
     env = {key: value for key, value in os.environ.items() if key not in (VERBOSE_ENV, "RAY_ADDRESS")}
+    tracked = importlib.util.find_spec("mlflow") is not None
     run = subprocess.run(
         [sys.executable, "-m", "jobs.unlearn", "--data", digits_hard_uri, "--original", original_checkpoint,
-         "--method", "finetune", "--set", "finetune.epochs=2", "--seed", str(SEED), "--out", str(tmp_path),
-         "--max-failures", "0"],
+         "--method", "lotus", "--set", "lotus.epochs=1", "--seed", str(SEED), "--out", str(tmp_path),
+         "--max-failures", "0", *(["--mlflow"] if tracked else [])],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     console = run.stdout + run.stderr
     assert run.returncode == 0, console
-    assert "[finetune] epoch 2/2 done" in console and "[finetune] Acc_f" in console
+    assert "[lotus] epoch 1/1 done" in console and "[lotus] Acc_f" in console
     assert [line for line in console.splitlines() if any(noise in line for noise in RAY_NOISE)] == []
+    if tracked:
+        assert_logged_to_mlflow(tmp_path)
+
+
+def assert_logged_to_mlflow(out: Path) -> None:
+    """The run's record is an MLflow run in OUT/mlflow.db: its metrics, and its epochs as step metrics."""
+    import mlflow
+
+    from pipeline.results.records import load_records
+
+    (record,) = load_records(str(out))
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.tags["run_id"] == record.run_id and run.data.params["lotus.epochs"] == "1"
+    assert run.data.metrics["rf_jsd"] == pytest.approx(record.metrics["rf_jsd"])
+    assert len(client.get_metric_history(run.info.run_id, "epoch.tau")) == record.config["epochs_run"]
 
 
 @pytest.mark.parametrize("value, expected", [(None, False), ("", False), ("0", False), ("1", True)])

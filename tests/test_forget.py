@@ -1,9 +1,9 @@
-"""`unlearn forget` and `unlearn audit` end to end through Ray on digits-hard: a 30-sample request passes the
-gate with LoTUS, two requests form a chain that verifies, refused requests change nothing, a destructive
-request is rejected and kept as evidence, and a request runs with model, data and chain on S3 (moto)."""
+"""`unlearn forget` and `unlearn audit` end to end through Ray on digits-hard, with the production model, the data,
+the request and the audit chain all on S3 (moto on 127.0.0.1): a 30-sample request passes the gate with LoTUS,
+a destructive request is rejected and kept as evidence, the next request starts from the last accepted model,
+the chain verifies and names a changed byte, and refused requests change nothing."""
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -20,19 +20,24 @@ from tests.conftest import SEED
 from tests.test_bench import run_job
 
 REQUEST_SIZE = 30
+BUCKET = "deletion-requests"
 
 
-def sha256_of(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def sha256_of(uri) -> str:
+    return hashlib.sha256(storage.read_bytes(str(uri))).hexdigest()
 
 
-def write_request(data_uri: str, path: Path, seed: int, exclude=()) -> list[str]:
-    """REQUEST_SIZE training ids drawn with `seed`, one per line."""
+def training_ids(data_uri: str) -> list[str]:
     index = read_index(data_uri, read_meta(data_uri))
-    train = sorted(i for i, s in zip(index.column("sample_id").to_pylist(), index.column("split").to_pylist())
-                   if s == "train" and i not in exclude)
+    return sorted(i for i, s in zip(index.column("sample_id").to_pylist(), index.column("split").to_pylist())
+                  if s == "train")
+
+
+def write_request(data_uri: str, uri: str, seed: int, exclude=()) -> list[str]:
+    """REQUEST_SIZE training ids drawn with `seed`, one per line, at `uri`."""
+    train = [i for i in training_ids(data_uri) if i not in exclude]
     ids = np.random.default_rng(seed).choice(train, size=REQUEST_SIZE, replace=False).tolist()
-    path.write_text("\n".join(ids) + "\n")
+    storage.write_text(uri, "\n".join(ids) + "\n")
     return ids
 
 
@@ -41,38 +46,45 @@ def request_argv(data: str, model: str, ids: str, chain: str, request_id: str, *
             "--seed", str(SEED), "--max-failures", "0", *extra]
 
 
-@pytest.fixture(scope="module")
-def production_model(original_checkpoint, tmp_path_factory) -> str:
-    """The conftest original as a production model: a copy with the `unlearn train` record that vouches for it."""
-    folder = tmp_path_factory.mktemp("production")
-    model = folder / "model.pt"
-    shutil.copy(original_checkpoint, model)
-    append_record(str(folder), ResultRecord(
+def vouched_model(checkpoint: str, folder: str) -> str:
+    """A copy of `checkpoint` at FOLDER/model.pt with the `unlearn train` record that vouches for it."""
+    model = storage.join(folder, "model.pt")
+    storage.write_bytes(model, Path(checkpoint).read_bytes())
+    append_record(folder, ResultRecord(
         run_id=new_run_id("train", "original", 0), kind="train", method="original", dataset="digits-hard",
-        model="cnn", seed=0, forget_spec="", checkpoint_uri=str(model), checkpoint_sha256=sha256_of(model)))
-    return str(model)
+        model="cnn", seed=0, forget_spec="", checkpoint_uri=model, checkpoint_sha256=sha256_of(model)))
+    return model
 
 
 @pytest.fixture(scope="module")
-def chain(ray_session, digits_hard_uri, production_model, tmp_path_factory):
-    """Three requests in sequence: r1 accepted on the production model; r2 with a destructive learning rate,
-    rejected; r3 asking r2's ids again, on the model r1 produced (a rejected request forgot nothing)."""
-    folder = tmp_path_factory.mktemp("requests")
-    chain_uri = str(folder / "chain")
-    first = write_request(digits_hard_uri, folder / "r1.txt", seed=1)
-    second = write_request(digits_hard_uri, folder / "r2.txt", seed=2, exclude=first)
-    model_sha = sha256_of(production_model)
+def chain(ray_session, s3_server, original_checkpoint):
+    """Three requests in sequence on S3: r1 accepted on the production model; r2 with a destructive learning
+    rate, rejected; r3 asking r2's ids again, on the model r1 produced (a rejected request forgot nothing). Only
+    r1's verdict is the defaults' to earn; r2 and r3 run one epoch, enough for what their tests read."""
+    import boto3
+
+    from pipeline.data.converters import prepare
+
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    root = f"s3://{BUCKET}"
+    data, chain_uri = f"{root}/digits-hard", f"{root}/chains/production"
+    prepare("digits-hard", data, seed=0)
+    model = vouched_model(original_checkpoint, f"{root}/production")
+    first = write_request(data, f"{root}/requests/r1.txt", seed=1)
+    second = write_request(data, f"{root}/requests/r2.txt", seed=2, exclude=first)
+    model_sha = sha256_of(model)
     head = f"{chain_uri}/models/r1.pt"
-    runs = {name: run_job(forget.main, request_argv(digits_hard_uri, model, str(folder / ids), chain_uri, name,
-                                                    *extra))
-            for name, model, ids, extra in (("r1", production_model, "r1.txt", ()),
-                                            ("r2", head, "r2.txt", ("--set", "lotus.lr=0.01")),
-                                            ("r3", head, "r2.txt", ()))}
+    runs = {name: run_job(forget.main, request_argv(data, start, f"{root}/requests/{ids}", chain_uri, name, *extra))
+            for name, start, ids, extra in (
+                ("r1", model, "r1.txt", ()),
+                ("r2", head, "r2.txt", ("--set", "lotus.lr=0.01", "--set", "lotus.epochs=1")),
+                ("r3", head, "r2.txt", ("--set", "lotus.epochs=1")))}
     records = {entry.record()["request_id"]: entry for entry in read_chain(chain_uri)}
-    return {"uri": chain_uri, "runs": runs, "records": records, "ids": (first, second), "model_sha": model_sha}
+    return {"uri": chain_uri, "data": data, "model": model, "runs": runs, "records": records,
+            "ids": (first, second), "model_sha": model_sha}
 
 
-def test_a_30_sample_request_passes_the_gate_and_its_samples_now_look_unseen(chain, production_model):
+def test_a_30_sample_request_passes_the_gate_and_its_samples_now_look_unseen(chain):
     status, printed = chain["runs"]["r1"]
     assert status == 0, printed
     entry = chain["records"]["r1"]
@@ -90,11 +102,12 @@ def test_a_30_sample_request_passes_the_gate_and_its_samples_now_look_unseen(cha
     assert after["mia"] < before["mia"] - 0.3
     assert after["acc_forget"] <= before["acc_forget"]
     # The input is untouched, the output is new, the record names both by sha256 and never names an id.
-    assert sha256_of(production_model) == chain["model_sha"] == record["input_model"]["sha256"]
+    assert sha256_of(chain["model"]) == chain["model_sha"] == record["input_model"]["sha256"]
     assert record["input_model"]["trusted_by"].startswith("training record train-original")
-    assert sha256_of(f"{chain['uri']}/models/r1.pt") == record["output_model"]["sha256"]
+    assert record["output_model"]["uri"] == f"{chain['uri']}/models/r1.pt"
+    assert sha256_of(record["output_model"]["uri"]) == record["output_model"]["sha256"]
     assert not any(sample_id in entry.data.decode() for sample_id in chain["ids"][0])
-    assert "Accepted." in (Path(chain["uri"]) / "receipts" / "r1.html").read_text()
+    assert "Accepted." in storage.read_text(f"{chain['uri']}/receipts/r1.html")
     assert "ACCEPTED" in printed and "gate mia" in printed
 
 
@@ -104,9 +117,10 @@ def test_a_request_that_fails_the_gate_is_rejected_and_its_model_kept_as_evidenc
     record = chain["records"]["r2"].record()
     assert record["verdict"] == "rejected" and "acc_test" in record["reason"] and not record["gate"]["passed"]
     assert record["forgotten_ids"] is None and schema_errors(record) == []
-    assert not (Path(chain["uri"]) / "models" / "r2.pt").exists()
-    assert sha256_of(Path(chain["uri"]) / "rejected" / "r2.pt") == record["output_model"]["sha256"]
-    assert "Rejected." in (Path(chain["uri"]) / "receipts" / "r2.html").read_text()
+    assert not storage.exists(f"{chain['uri']}/models/r2.pt")
+    assert record["output_model"]["uri"] == f"{chain['uri']}/rejected/r2.pt"
+    assert sha256_of(record["output_model"]["uri"]) == record["output_model"]["sha256"]
+    assert "Rejected." in storage.read_text(f"{chain['uri']}/receipts/r2.html")
     assert "REJECTED" in printed
 
 
@@ -118,104 +132,78 @@ def test_the_next_request_starts_from_the_last_accepted_model_and_keeps_forgotte
     assert third["data"]["counts"]["retain"] == first["data"]["counts"]["retain"] - REQUEST_SIZE
 
 
-def test_audit_verifies_the_chain_and_names_a_changed_byte_in_a_record_or_a_model(chain, tmp_path, capsys):
-    copy = tmp_path / "chain"  # a changed record is tried on a copy; the records name files by URI
-    shutil.copytree(chain["uri"], copy)
+def flip_last_byte(uri: str) -> bytes:
+    data = storage.read_bytes(uri)
+    storage.write_bytes(uri, data[:-1] + bytes([data[-1] ^ 1]))
+    return data
+
+
+def test_audit_verifies_the_chain_and_names_a_changed_byte_in_a_record_or_a_model(chain, capsys):
     assert run_main(audit.main, [chain["uri"]]) == 0
     printed = capsys.readouterr().out
     assert "3 record(s), every link and file verified" in printed and "rejected" in printed
-
-    record = copy / "chain" / "000001.json"
-    data = record.read_bytes()
-    record.write_bytes(data.replace(b'"verdict": "accepted"', b'"verdict": "accepteD"', 1))
-    assert run_main(audit.main, [str(copy)]) == 1
-    errors = capsys.readouterr().err
-    assert "chain/000001.json" in errors and "chain/000002.json: links to a previous record" in errors
-
-    model = Path(chain["uri"]) / "models" / "r1.pt"
-    original = model.read_bytes()
-    try:
-        model.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
-        assert run_main(audit.main, [chain["uri"]]) == 1
-        errors = capsys.readouterr().err
-        assert "chain/000001.json: its output model" in errors and "r1.pt" in errors
-    finally:
-        model.write_bytes(original)
+    for changed, named in ((f"{chain['uri']}/chain/000001.json", "chain/000001.json: its content no longer matches"),
+                           (f"{chain['uri']}/models/r1.pt", "chain/000001.json: its output model")):
+        original = flip_last_byte(changed) if changed.endswith(".pt") else storage.read_bytes(changed)
+        if changed.endswith(".json"):
+            storage.write_bytes(changed, original.replace(b'"verdict": "accepted"', b'"verdict": "accepteD"', 1))
+        try:
+            assert run_main(audit.main, [chain["uri"]]) == 1
+            errors = capsys.readouterr().err
+            assert named in errors, errors
+            if changed.endswith(".json"):  # the next record's link breaks too
+                assert "chain/000002.json: links to a previous record" in errors
+        finally:
+            storage.write_bytes(changed, original)
     assert run_main(audit.main, [chain["uri"]]) == 0
 
 
-def listing(folder) -> dict:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+def listing(uri: str) -> dict:
+    return {file: storage.read_bytes(file) for file in storage.list_files(uri)}
 
 
-def test_refused_requests_name_the_problem_and_change_nothing(chain, digits_hard_uri, production_model, tmp_path,
-                                                              capsys):
-    head = chain_state(chain["uri"]).head_model["uri"]
+def test_refused_requests_name_the_problem_and_change_nothing(chain, capsys):
+    state = chain_state(chain["uri"])
+    head, ids_uri = state.head_model["uri"], f"s3://{BUCKET}/requests/refused.txt"
     before = listing(chain["uri"])
-    model_before = Path(production_model).read_bytes()
 
     def refused(model, ids_text, request_id, *extra):
-        ids = tmp_path / f"{request_id}.txt"
-        ids.write_text(ids_text)
-        status = run_main(forget.main, request_argv(digits_hard_uri, model, str(ids), chain["uri"], request_id, *extra))
+        storage.write_text(ids_uri, ids_text)
+        status = run_main(forget.main, request_argv(chain["data"], model, ids_uri, chain["uri"], request_id, *extra))
         assert status == 2
         return capsys.readouterr().err
 
     repeated = "\n".join(chain["ids"][0][:3]) + "\n"
     assert "3 id(s) were already forgotten by earlier request(s) r1" in refused(head, repeated, "again")
     assert "2 unknown sample id(s): nobody-1, nobody-2" in refused(head, "nobody-1\nnobody-2\n", "unknown")
-    index = read_index(digits_hard_uri, read_meta(digits_hard_uri))
+    index = read_index(chain["data"], read_meta(chain["data"]))
     val_id = index.column("sample_id")[index.column("split").to_pylist().index("val")].as_py()
-    assert f"1 id(s) outside the train split" in refused(head, f"{val_id}\n", "unseen")
+    assert "1 id(s) outside the train split" in refused(head, f"{val_id}\n", "unseen")
     assert "names no training sample" in refused(head, "# nothing\n", "empty")
-    assert f"is not the model this chain's last accepted request {Path(head).stem} produced" in refused(
-        production_model, chain["ids"][1][0] + "x\n", "stale", "--allow-missing")
-    tampered = tmp_path / "tampered.pt"
-    data = Path(head).read_bytes()
-    tampered.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-    assert "is not the model this chain's last accepted request" in refused(str(tampered), "x\n", "tampered")
+    assert f"is not the model this chain's last accepted request {state.head_model['request_id']} produced" in refused(
+        chain["model"], chain["ids"][1][0] + "x\n", "stale", "--allow-missing")
+    tampered = f"s3://{BUCKET}/tampered/model.pt"
+    storage.write_bytes(tampered, storage.read_bytes(head))
+    flip_last_byte(tampered)
+    assert "is not the model this chain's last accepted request" in refused(tampered, "x\n", "tampered")
     assert "already exists" in refused(head, "x\n", "r1")  # a request id is never reused
-    assert listing(chain["uri"]) == before and Path(production_model).read_bytes() == model_before
+    assert listing(chain["uri"]) == before and sha256_of(chain["model"]) == chain["model_sha"]
 
 
-def test_a_first_request_needs_a_model_something_vouches_for(digits_hard_uri, production_model, tmp_path, capsys):
+def test_a_first_request_needs_a_model_something_vouches_for(digits_hard_uri, original_checkpoint, tmp_path, capsys):
     ids = tmp_path / "ids.txt"
     ids.write_text("x\n")
-    changed = tmp_path / "vouched"
-    shutil.copytree(Path(production_model).parent, changed)
-    data = (changed / "model.pt").read_bytes()
-    (changed / "model.pt").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-    for record in (changed / "records").glob("*.json"):  # the copied record names the copy
-        record.write_text(record.read_text().replace(production_model, str(changed / "model.pt")))
+    changed = vouched_model(original_checkpoint, str(tmp_path / "vouched"))
+    flip_last_byte(changed)
 
     def refusal(model, *extra):
         argv = request_argv(digits_hard_uri, model, str(ids), str(tmp_path / "chain"), "first", *extra)
         assert run_main(forget.main, argv) == 2
         return capsys.readouterr().err
 
-    assert "the file was changed after training" in refusal(str(changed / "model.pt"))
+    assert "the file was changed after training" in refusal(changed)
     lone = tmp_path / "lone.pt"
-    shutil.copy(production_model, lone)
+    shutil.copy(original_checkpoint, lone)
     assert "no training record vouches for" in refusal(str(lone))
     assert "not " + "0" * 64 in refusal(str(lone), "--model-sha256", "0" * 64)
     assert not (tmp_path / "chain").exists()
-
-
-def test_a_request_with_model_data_and_chain_on_s3(ray_session, s3_bucket, original_checkpoint, tmp_path):
-    from pipeline.data.converters import prepare
-
-    data, model = f"s3://{s3_bucket}/data", f"s3://{s3_bucket}/production/model.pt"
-    prepare("digits-hard", data, seed=0)
-    storage.write_bytes(model, Path(original_checkpoint).read_bytes())
-    ids = tmp_path / "ids.txt"
-    write_request(data, ids, seed=4)
-    storage.write_bytes(f"s3://{s3_bucket}/requests/ids.txt", ids.read_bytes())
-    chain_uri = f"s3://{s3_bucket}/chains/production"
-    status, printed = run_job(forget.main, request_argv(
-        data, model, f"s3://{s3_bucket}/requests/ids.txt", chain_uri, "s3-request",
-        "--model-sha256", sha256_of(original_checkpoint)))
-    assert status == 0, printed
-    record = json.loads(storage.read_text(f"{chain_uri}/chain/000001.json"))
-    assert record["output_model"]["uri"] == f"{chain_uri}/models/s3-request.pt"
-    assert storage.exists(f"{chain_uri}/receipts/s3-request.html")
-    assert run_job(audit.main, [chain_uri])[0] == 0

@@ -1,9 +1,14 @@
 """The report shows how forgetting unfolded: per-epoch curves of each method's history (loss; LoTUS's τ, Acc_f
 and its acc_u target) and Acc_f per class for the original, each method and the retrained model."""
 
+import subprocess
+
+import pytest
+
 from pipeline.results import plots
 from pipeline.results.records import append_record
 from pipeline.results.report import _mean_per_class, write_report
+from tests.test_deletion import CHROMIUM, HEADLESS
 from tests.test_results import assert_png, make_record
 
 LOTUS_HISTORY = [{"epoch": e, "loss": 1.0 - 0.2 * e, "tau": 4.9 - e, "acc_f": 1.0 - 0.1 * e, "acc_u": 0.8}
@@ -45,3 +50,20 @@ def test_plots_are_skipped_without_histories_or_per_class_figures(tmp_path):
     assert plots.epoch_curves({"ssd": []}, str(tmp_path / "c.png")) is None
     assert plots.forgetting_by_class({"ssd": {}}, str(tmp_path / "k.png")) is None
     assert_png(plots.epoch_curves({"lotus": [LOTUS_HISTORY]}, str(tmp_path / "c.png")))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian: apt-get install chromium); README shows the "
+                                             "command this test runs")
+def test_the_report_renders_in_a_real_headless_browser_with_its_plots(tmp_path):
+    run = str(tmp_path / "run")
+    for record in unfolding_records():
+        append_record(run, record, update_parquet=False)
+    write_report([run], str(tmp_path / "out"))
+    page = (tmp_path / "out" / "report.html").as_uri()
+    common = [CHROMIUM, *HEADLESS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*common, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    assert "How unlearning unfolded, per epoch" in dom and dom.count("<img") >= 4  # inline PNGs, no files needed
+    shot = tmp_path / "report.png"
+    subprocess.run([*common, "--window-size=1300,3000", f"--screenshot={shot}", page], capture_output=True,
+                   timeout=120, check=True)
+    assert_png(str(shot))

@@ -33,9 +33,11 @@ def _short(sha: str | None) -> str:
 def _verdict_sentence(record: dict) -> str:
     count = record["request"]["ids_count"]
     if record["verdict"] == "accepted":
-        return (f"Accepted. The model no longer shows signs of having learned the {count} requested sample(s): "
-                "it treats them like data it never saw, and it still works as well as before on everything else. "
-                "The new model replaces the old one for this chain.")
+        return (f"Accepted. The checks below find no sign, beyond what sampling explains, that the model still "
+                f"remembers the {count} requested sample(s): a membership-inference attack no longer recognises "
+                "them, and the model's predictions on them look like its predictions on data it never saw. It "
+                "still works as well as before on everything else. The new model replaces the old one for this "
+                "chain.")
     failed = [check["meaning"] for check in record["gate"]["checks"] if not check["passed"]]
     why = (" Not met: " + " ".join(f"{meaning}." for meaning in failed)) if failed else \
         f" The unlearning itself failed: {record.get('reason')}."
@@ -65,7 +67,9 @@ def _before_after_table(record: dict) -> str:
                    f"<td class=num>{show(after.get(unseen)) if unseen else ''}</td></tr>"
                    for label, key, show, unseen in rows)
     return ("<table><tr><th></th><th>Before</th><th>After</th><th>Never-seen samples (after)</th></tr>"
-            + body + "</table>")
+            + body + "</table><p class=muted>Accuracy on the forgotten samples may stay high: unlearning takes away "
+            "the model's extra certainty about them (what the checks measure) rather than making it wrong on "
+            "them, since a model that never saw them would still classify most of them correctly.</p>")
 
 
 def _chain_table(history: list[dict]) -> str:
