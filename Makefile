@@ -19,8 +19,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/unlearn demo
 
+# Two pytest workers, each test file on one (its module fixtures stay shared): much of a Ray test is waiting,
+# and the suite went from 16.7 to 13.9 minutes on 2 cores.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(VENV)/bin/unlearn bench --config configs/digits.yaml
