@@ -1,8 +1,20 @@
-"""The third forget size the method defaults are tested at (tests/conftest.py has random:0.1 and class:3)."""
+"""The third forget size the method defaults are tested at (tests/conftest.py has random:0.1 and class:3), and
+one torch thread for the modules that ask for it."""
 
 import pytest
+import torch
 
 from tests.conftest import SEED
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread during the test: the margins were measured so (benchmarks/method_margins.py), and SSD's
+    per-sample backward passes are too small to split (two threads ran 4x slower on the shared 2-core runner)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

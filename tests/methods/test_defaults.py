@@ -10,7 +10,6 @@ each tolerance the largest drop seen plus 0.03.
 """
 
 import pytest
-import torch
 
 from tests.conftest import FORGET_CLASS
 from tests.methods.helpers import Margin, check_defaults
@@ -97,13 +96,7 @@ MARGINS = {
 KNOWN_FAILURES = {("scrub", R30): "SCRUB's defaults collapse the model at a random 30 % (README)"}
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """As measured (benchmarks/method_margins.py); on the shared 2-core runner a second thread buys little."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # as measured (tests/methods/conftest.py)
 
 
 @pytest.mark.parametrize("name, setting", [

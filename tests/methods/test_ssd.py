@@ -12,13 +12,7 @@ from tests.conftest import CPU, FORGET_CLASS
 from tests.methods.helpers import run_method
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Per-sample backward passes are too small to split: on the shared 2-core runner two threads ran 4x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # per-sample backward passes (tests/methods/conftest.py)
 
 
 def per_sample_fisher(model, source, parameter_names):
