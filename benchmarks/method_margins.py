@@ -73,7 +73,7 @@ def confidence(model, source) -> float:
 
 
 def measure(model, sources) -> dict:
-    from pipeline.methods.base import accuracy
+    from pipeline.methods.accuracy import accuracy
 
     cpu = torch.device("cpu")
     return {"forget": accuracy(model, sources["forget"], cpu), "retain": accuracy(model, sources["retain"], cpu),

@@ -1,4 +1,4 @@
-"""Cross-worker reductions that degrade to no-ops in a single process.
+"""Cross-worker reductions that degrade to no-ops in a single process, and the DDP step pairing built on them.
 
 Ray Train creates a torch.distributed process group on its workers; unit tests
 and in-process runs have none. Every reduction in methods and metrics goes
@@ -6,6 +6,8 @@ through here so the same code serves both.
 """
 
 from __future__ import annotations
+
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -74,3 +76,47 @@ def all_gather_objects(value) -> list:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under a DistributedDataParallel wrapper (parameter names without `module.`)."""
+    return getattr(model, "module", model)
+
+
+def synchronized(batches: Iterator[dict], device: torch.device) -> Iterator[tuple[dict, float]]:
+    """Yield (batch, loss weight) for DDP steps that every worker takes together, until all have run out.
+
+    No sample is ever dropped, so workers may hold different numbers of samples
+    (even none). Every step all-reduces how many real samples each worker has:
+    a worker that has run out repeats a batch with weight 0 (it contributes no
+    gradient but keeps DDP's collectives in step), and real batches are
+    weighted n_local·world/n_step so DDP's gradient average equals the mean
+    over the step's real samples. A worker that never had a batch receives one
+    from a worker that has (broadcast once), only to take part.
+    In a single process this is a plain loop with weight 1.
+    """
+    if not is_distributed():
+        for batch in batches:
+            yield batch, 1.0
+        return
+    world, me = world_size(), rank()
+    iterator, last = iter(batches), None
+    while True:
+        batch = next(iterator, None)
+        counts = torch.zeros(world + 1, device=device)
+        counts[me] = 0 if batch is None else len(batch["label"])
+        counts[world] = 1.0 if batch is None and last is None else 0.0
+        all_reduce_sum(counts)
+        step_total = counts[:world].sum().item()
+        if step_total == 0:
+            return
+        if counts[world].item() > 0:  # someone has never had a batch: lend it one
+            source_rank = int(torch.nonzero(counts[:world]).flatten()[0].item())
+            template = broadcast_object(batch if me == source_rank else None, source_rank)
+            last = last if last is not None else template
+        if batch is None:
+            yield last, 0.0
+        else:
+            last = batch
+            yield batch, counts[me].item() * world / step_total
+

@@ -23,7 +23,8 @@ def unlearned_weights(plans: dict, original_uri: str) -> dict:
     from jobs.unlearn import _roles
     from pipeline import distributed
     from pipeline.methods import create_method
-    from pipeline.methods.base import UnlearnData, unwrap
+    from pipeline.distributed import unwrap
+    from pipeline.methods.base import UnlearnData
     from pipeline.models import load_checkpoint
     from pipeline.train.ray_sources import worker_sources
 

@@ -1,6 +1,6 @@
 """digits-hard is a benchmark where unlearning is measurable: the original memorises its training set."""
 
-from pipeline.methods.base import accuracy
+from pipeline.methods.accuracy import accuracy
 from tests.conftest import CPU
 
 

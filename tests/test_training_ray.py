@@ -5,7 +5,7 @@ import pytest
 from jobs import train
 from pipeline.data.converters import prepare
 from pipeline.data.local import load_sources
-from pipeline.methods.base import accuracy
+from pipeline.methods.accuracy import accuracy
 from pipeline.models import load_checkpoint
 from tests.conftest import CPU
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from jobs import unlearn
-from pipeline.methods.base import accuracy
+from pipeline.methods.accuracy import accuracy
 from pipeline.models import load_checkpoint
 from pipeline.results.records import load_records
 from tests.conftest import CPU, FORGET_SPEC, SEED

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.methods.base import UnlearningMethod, to_device, unwrap
+from pipeline.distributed import unwrap
+from pipeline.methods.base import UnlearningMethod, to_device
 
 
 def incompetent_copy(model: nn.Module, seed: int) -> nn.Module:

@@ -1,5 +1,8 @@
 """The loop every unlearning method shares: epochs, batches, optimizer, timing, progress, checkpoints.
 
+Beside it: the teacher and its output cache (teacher.py), BatchNorm statistics (batchnorm.py), accuracy
+(accuracy.py), and the DDP step pairing and `unwrap` (pipeline/distributed.py).
+
 A method overrides only what differs: usually `loss(batch)`, sometimes the
 batches it trains on (`train_source`), a pre-pass (`prepare`), an epoch hook
 (`begin_epoch`), or the whole `unlearn` when it has no loop at all (SSD).
@@ -10,18 +13,20 @@ cross-worker sums go through `pipeline.distributed`.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
 
 from pipeline import distributed
 from pipeline.data.sources import BatchSource
+from pipeline.distributed import synchronized, unwrap
 from pipeline.errors import DivergedError
+from pipeline.methods.batchnorm import refresh_batchnorm_statistics
+from pipeline.methods.teacher import FrozenOutputs, frozen_copy
 
 
 @dataclass
@@ -44,158 +49,6 @@ class MethodReport:
     history: list[dict] = field(default_factory=list)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under a DistributedDataParallel wrapper (parameter names without `module.`)."""
-    return getattr(model, "module", model)
-
-
-def frozen_copy(model: nn.Module) -> nn.Module:
-    teacher = copy.deepcopy(unwrap(model)).eval()
-    for parameter in teacher.parameters():
-        parameter.requires_grad_(False)
-    return teacher
-
-
-class FrozenOutputs:
-    """A frozen model's outputs per sample id: computed the first time a sample is seen, looked up after.
-
-    Exact, not an approximation: the model never changes, and the ingest path gives a sample the
-    same input every epoch (decoding and resizing are deterministic; there is no random
-    augmentation). LoTUS on digits-hard: 3 teacher passes instead of 30 and ~15 % less time, the
-    same weights to the bit. Past `max_bytes` it stops storing and just computes.
-    """
-
-    def __init__(self, model: nn.Module, max_bytes: int):
-        self.model, self.max_bytes = model, max_bytes
-        self.rows: dict = {}  # sample id -> row of the stored outputs
-        self.chunks: list[torch.Tensor] = []  # one per batch that added rows; joined on the first lookup
-        self.stored_bytes = 0
-        self.forward_passes = 0
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, sample_ids) -> torch.Tensor:
-        rows = [self.rows.get(sample_id) for sample_id in sample_ids]
-        if None not in rows:
-            return self._lookup(rows)
-        outputs = self.model(images)
-        self.forward_passes += 1
-        self._store(outputs, sample_ids, rows)
-        return outputs
-
-    def _store(self, outputs: torch.Tensor, sample_ids, rows: list) -> None:
-        missing = [index for index, row in enumerate(rows) if row is None]
-        new = outputs[missing]
-        size = new.numel() * new.element_size()
-        if self.stored_bytes + size > self.max_bytes:
-            return
-        first_row = sum(len(chunk) for chunk in self.chunks)
-        for offset, index in enumerate(missing):
-            self.rows[sample_ids[index]] = first_row + offset
-        self.chunks.append(new)
-        self.stored_bytes += size
-
-    def _lookup(self, rows: list) -> torch.Tensor:
-        if len(self.chunks) > 1:
-            self.chunks = [torch.cat(self.chunks)]
-        return self.chunks[0].index_select(0, torch.tensor(rows, device=self.chunks[0].device))
-
-
-@torch.no_grad()
-def count_correct(model: nn.Module, source: BatchSource, device: torch.device, batch_size: int = 256,
-                  remap=None) -> tuple[int, int]:
-    """(correct, total) over the source, summed across workers. Restores the model's train/eval mode."""
-    # The plain module: a DDP forward may broadcast buffers, a collective that would hang
-    # workers holding unequal shards.
-    model = unwrap(model)
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=device)
-    for batch in source.batches(batch_size):
-        labels = batch["label"].to(device)
-        predictions = model(batch["image"].to(device)).argmax(dim=1)
-        totals += torch.stack([(predictions == labels).sum().double(), torch.tensor(float(len(labels)), device=device,
-                                                                                     dtype=torch.float64)])
-    model.train(was_training)
-    distributed.all_reduce_sum(totals)
-    return int(totals[0].item()), int(totals[1].item())
-
-
-def accuracy(model: nn.Module, source: BatchSource, device: torch.device, batch_size: int = 256) -> float:
-    correct, total = count_correct(model, source, device, batch_size)
-    return correct / total if total else 0.0
-
-
-def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The BatchNorm layers that keep running statistics, in the plain module (no DDP buffer broadcasts)."""
-    return [m for m in unwrap(model).modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-
-
-@torch.no_grad()
-def batchnorm_input_moments(model: nn.Module, source, device: torch.device, batch_size: int,
-                            max_batches: int, seed: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
-    """Per-channel (mean, var) of every BatchNorm layer's input over (at most `max_batches` of) `source`.
-
-    Measured in train mode, as training sees them; the model's buffers and mode are left as they were.
-    Workers pool their estimates exactly (weighted by samples), so all get the same moments.
-    Returns ([], 0) when no worker saw a sample.
-    """
-    module = unwrap(model)
-    norms = batchnorm_layers(module)
-    if not norms:
-        return [], 0
-    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone()) for m in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # a cumulative average over the batches below, not an exponential one
-    was_training = module.training
-    module.train()
-    seen = 0
-    for index, batch in enumerate(source.batches(batch_size, shuffle=True, seed=seed)):
-        if index >= max_batches:
-            break
-        module(batch["image"].to(device, non_blocking=True))
-        seen += len(batch["label"])
-    module.train(was_training)
-    # Pool per-worker estimates: mean = sum(n_i mean_i) / N, E[x^2] = sum(n_i (var_i + mean_i^2)) / N.
-    weight = float(seen)
-    packed = torch.cat([torch.cat([weight * m.running_mean, weight * (m.running_var + m.running_mean ** 2)])
-                        for m in norms] + [torch.tensor([weight], device=norms[0].running_mean.device)])
-    distributed.all_reduce_sum(packed)
-    total = float(packed[-1])
-    for norm, (momentum, old_mean, old_var) in zip(norms, saved):
-        norm.momentum = momentum
-        norm.running_mean.copy_(old_mean)
-        norm.running_var.copy_(old_var)
-    if total == 0:
-        return [], 0
-    moments, offset = [], 0
-    for norm in norms:
-        size = norm.running_mean.numel()
-        mean = packed[offset:offset + size] / total
-        moments.append((mean, packed[offset + size:offset + 2 * size] / total - mean ** 2))
-        offset += 2 * size
-    return moments, int(total)
-
-
-@torch.no_grad()
-def refresh_batchnorm_statistics(model: nn.Module, source, device: torch.device, batch_size: int,
-                                 max_batches: int, seed: int) -> int:
-    """Re-estimate every BatchNorm's running mean/var from (at most `max_batches` of) `source`; return samples seen.
-
-    Why: a method trains with batch statistics but acc_f, tau, early stopping and every metric use the
-    running statistics. With few steps per epoch (momentum 0.1, 3 steps an epoch on digits-hard) those lag
-    far behind the weights, and the eval-mode model collapses (test 0.76 -> 0.30 in two epochs) while
-    looking as if it forgot D_f; with fresh statistics the same weights score test 0.71 and forget 1.0.
-    If no worker saw a sample, the old statistics stay.
-    """
-    moments, seen = batchnorm_input_moments(model, source, device, batch_size, max_batches, seed)
-    for norm, (mean, var) in zip(batchnorm_layers(model), moments):
-        norm.running_mean.copy_(mean)
-        norm.running_var.copy_(var)
-    return seen
-
-
 def pay_one_time_import_costs() -> None:
     """Trigger the lazy imports a process pays once, before a method's clock starts.
 
@@ -204,49 +57,6 @@ def pay_one_time_import_costs() -> None:
     short method's time against retrain's larger than the work behind it.
     """
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
-
-
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of -sum_c target_c * log softmax(logits)_c."""
-    return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
-
-
-def synchronized(batches: Iterator[dict], device: torch.device) -> Iterator[tuple[dict, float]]:
-    """Yield (batch, loss weight) for DDP steps that every worker takes together, until all have run out.
-
-    No sample is ever dropped, so workers may hold different numbers of samples
-    (even none). Every step all-reduces how many real samples each worker has:
-    a worker that has run out repeats a batch with weight 0 (it contributes no
-    gradient but keeps DDP's collectives in step), and real batches are
-    weighted n_local·world/n_step so DDP's gradient average equals the mean
-    over the step's real samples. A worker that never had a batch receives one
-    from a worker that has (broadcast once), only to take part.
-    In a single process this is a plain loop with weight 1.
-    """
-    if not distributed.is_distributed():
-        for batch in batches:
-            yield batch, 1.0
-        return
-    world, me = distributed.world_size(), distributed.rank()
-    iterator, last = iter(batches), None
-    while True:
-        batch = next(iterator, None)
-        counts = torch.zeros(world + 1, device=device)
-        counts[me] = 0 if batch is None else len(batch["label"])
-        counts[world] = 1.0 if batch is None and last is None else 0.0
-        distributed.all_reduce_sum(counts)
-        step_total = counts[:world].sum().item()
-        if step_total == 0:
-            return
-        if counts[world].item() > 0:  # someone has never had a batch: lend it one
-            source_rank = int(torch.nonzero(counts[:world]).flatten()[0].item())
-            template = distributed.broadcast_object(batch if me == source_rank else None, source_rank)
-            last = last if last is not None else template
-        if batch is None:
-            yield last, 0.0
-        else:
-            last = batch
-            yield batch, counts[me].item() * world / step_total
 
 
 class UnlearningMethod:

@@ -14,7 +14,8 @@ from torch import nn
 
 from pipeline import distributed
 from pipeline.data.sources import BatchSource
-from pipeline.methods.base import UnlearnData, UnlearningMethod, batchnorm_input_moments, batchnorm_layers
+from pipeline.methods.base import UnlearnData, UnlearningMethod
+from pipeline.methods.batchnorm import batchnorm_input_moments, batchnorm_layers
 
 
 class JiT(UnlearningMethod):

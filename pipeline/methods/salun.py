@@ -16,7 +16,8 @@ from torch import nn
 from pipeline import distributed
 from pipeline.data.sources import BatchSource
 from pipeline.data.splits import hash_unit
-from pipeline.methods.base import UnlearnData, UnlearningMethod, to_device, unwrap
+from pipeline.distributed import unwrap
+from pipeline.methods.base import UnlearnData, UnlearningMethod, to_device
 
 RELABEL_SALT = "salun-label"
 

@@ -13,7 +13,8 @@ parameters and returns the original unchanged.)
 import torch
 import torch.nn.functional as F
 
-from pipeline.methods.base import UnlearningMethod, synchronized, to_device
+from pipeline.distributed import synchronized
+from pipeline.methods.base import UnlearningMethod, to_device
 
 
 def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

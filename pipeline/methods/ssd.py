@@ -23,7 +23,8 @@ from torch import nn
 
 from pipeline import distributed
 from pipeline.data.sources import BatchSource
-from pipeline.methods.base import MethodReport, UnlearnData, UnlearningMethod, to_device, unwrap
+from pipeline.distributed import unwrap
+from pipeline.methods.base import MethodReport, UnlearnData, UnlearningMethod, to_device
 
 
 class SelectiveSynapticDampening(UnlearningMethod):

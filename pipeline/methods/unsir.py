@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline import distributed
-from pipeline.methods.base import UnlearnData, UnlearningMethod, to_device, unwrap
+from pipeline.distributed import unwrap
+from pipeline.methods.base import UnlearnData, UnlearningMethod, to_device
 
 
 class Unsir(UnlearningMethod):

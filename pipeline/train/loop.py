@@ -15,7 +15,9 @@ import torch
 from pipeline import distributed
 from pipeline.errors import DivergedError
 from pipeline.methods import create_method
-from pipeline.methods.base import UnlearnData, count_correct, unwrap
+from pipeline.distributed import unwrap
+from pipeline.methods.accuracy import count_correct
+from pipeline.methods.base import UnlearnData
 from pipeline.models import ModelSpec, build_model, load_checkpoint, load_weights, save_checkpoint
 from pipeline.train.checkpoints import read_resume_state, write_epoch_checkpoint
 from pipeline.train.console import quiet_worker_reports

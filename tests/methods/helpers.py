@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.methods import create_method
-from pipeline.methods.base import accuracy
+from pipeline.methods.accuracy import accuracy
 from pipeline.methods.harness import unlearn_data
 from tests.conftest import CPU, SEED
 

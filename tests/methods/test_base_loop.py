@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.methods import create_method
-from pipeline.methods.base import FrozenOutputs
+from pipeline.methods.teacher import FrozenOutputs
 from pipeline.methods.harness import unlearn_data
 from tests.conftest import CPU, SEED
 

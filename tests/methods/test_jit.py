@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from pipeline.methods import create_method
-from pipeline.methods.base import UnlearnData, batchnorm_layers
+from pipeline.methods.base import UnlearnData
+from pipeline.methods.batchnorm import batchnorm_layers
 from tests.conftest import CPU, SEED
 from tests.methods.helpers import Margin, check_defaults
 

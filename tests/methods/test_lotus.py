@@ -11,9 +11,10 @@ from torch import nn
 
 from pipeline.data.sources import TensorSource
 from pipeline.methods import create_method
-from pipeline.methods.base import UnlearnData, accuracy
+from pipeline.methods.accuracy import accuracy
+from pipeline.methods.base import UnlearnData
 from pipeline.methods.harness import retain_subset_mask, unlearn_data
-from pipeline.methods.base import refresh_batchnorm_statistics
+from pipeline.methods.batchnorm import refresh_batchnorm_statistics
 from pipeline.methods.lotus import (forget_gap, lotus_targets, resolve_alpha,
                                     should_stop, temperature)
 from tests.conftest import CPU, SEED

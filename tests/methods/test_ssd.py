@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.methods.base import accuracy
+from pipeline.methods.accuracy import accuracy
 from tests.conftest import CPU, FORGET_CLASS
 from tests.methods.helpers import run_method
 
