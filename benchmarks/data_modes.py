@@ -19,18 +19,19 @@ import argparse
 import tempfile
 
 from benchmarks.ray_overhead import FORGET, SEED, data_and_original
+from jobs.common import add_endpoint_flag
 
 GOAL = 1.5
 
 
 def run_mode(data: str, original: str, methods: list[str], mode: str, args, out: str) -> dict:
-    from jobs import unlearn
+    from pipeline.runs.spec import DataSpec, MethodRun, RayResources, RunSpec
+    from pipeline.runs.unlearn import unlearn
 
-    argv = ["--data", data, "--original", original, "--method", methods[0], "--forget", FORGET, "--seed", str(SEED),
-            "--out", out, "--workers", str(args.workers), "--max-failures", "0", "--no-verify", "--floor-draws", "0",
-            "--data-mode", mode, "--cache-mb", str(args.cache_mb)]
-    argv += ["--s3-endpoint", args.s3_endpoint] if args.s3_endpoint else []
-    records = unlearn.unlearn_many(unlearn.parser().parse_args(argv), [(name, None) for name in methods])
+    spec = RunSpec(data=DataSpec(data, verify=False, mode=mode, cache_mb=args.cache_mb, s3_endpoint=args.s3_endpoint),
+                   original=original, runs=tuple(MethodRun(name) for name in methods), out=out, forget=FORGET,
+                   seed=SEED, floor_draws=0, ray=RayResources(workers=args.workers, max_failures=0))
+    records = unlearn(spec)
     return {r.method: {"seconds": r.unlearn_seconds, "wait": r.input_wait.get("unlearn"), "sha256": r.checkpoint_sha256}
             for r in records}
 
@@ -38,7 +39,7 @@ def run_mode(data: str, original: str, methods: list[str], mode: str, args, out:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="shard dataset URI (default: digits-hard, prepared into a temp folder)")
-    p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL for an s3:// --data")
+    add_endpoint_flag(p)
     p.add_argument("--original", help="original checkpoint (default: trained here first)")
     p.add_argument("--methods", nargs="+", default=["lotus", "scrub"])
     p.add_argument("--workers", type=int, default=2)

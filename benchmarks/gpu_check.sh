@@ -33,7 +33,7 @@ WORK=${WORK:-/tmp/gpu_check}
 # Both may be given relative to the caller's folder: made absolute before moving to the repository root.
 case "$PY" in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac
 mkdir -p "$WORK" && WORK=$(cd "$WORK" && pwd)
-cd "$(dirname "${BASH_SOURCE[0]}")/.."    # the repository root: `python -m pipeline.cli` imports from here
+cd "$(dirname "${BASH_SOURCE[0]}")/.."    # the repository root: `python -m jobs.cli` imports from here
 ROOT=$PWD
 CORES=$(nproc 2>/dev/null || echo 2)
 started=$SECONDS
@@ -128,7 +128,7 @@ step "2/6 data: $DATA"
 if [ -f "$DATA/_meta.json" ]; then
     echo "prepared already: reusing it"
 else
-    "$PY" -m pipeline.cli prepare --source synthetic-imagenet --classes "$CLASSES" --train-per-class "$TRAIN" \
+    "$PY" -m jobs.cli prepare --source synthetic-imagenet --classes "$CLASSES" --train-per-class "$TRAIN" \
         --val-per-class "$VAL" --test-per-class "$TEST" --image-size "$SIZE" --shard-mb 64 --procs "$CORES" \
         --out "$DATA"
 fi
@@ -164,7 +164,7 @@ fi
 RUN_TIMEOUT=${RUN_TIMEOUT:-360}
 rc=0
 timeout --signal=INT --kill-after=30 "$RUN_TIMEOUT" \
-    "$PY" -m pipeline.cli run --data "$DATA" --original "$ORIGINAL" --method lotus --forget "$FORGET" \
+    "$PY" -m jobs.cli run --data "$DATA" --original "$ORIGINAL" --method lotus --forget "$FORGET" \
     "${RUN_FLAGS[@]}" --set "lotus.epochs=$EPOCHS" ${LOTUS_SETTINGS[@]+"${LOTUS_SETTINGS[@]}"} \
     --data-mode stream ${CACHE_FLAGS[@]+"${CACHE_FLAGS[@]}"} --out "$OUT" || rc=$?
 if [ "$rc" != 0 ]; then

@@ -94,13 +94,13 @@ def in_fresh_process(data: str, original: str, methods: list[str], threads: int,
 
 
 def ray_seconds(data: str, original: str, methods: list[str], threads: int, out: str) -> dict[str, float]:
-    from jobs import unlearn
+    from pipeline.runs.spec import DataSpec, MethodRun, RayResources, RunSpec
+    from pipeline.runs.unlearn import unlearn
 
-    args = unlearn.parser().parse_args([
-        "--data", data, "--original", original, "--method", methods[0], "--forget", FORGET, "--seed", str(SEED),
-        "--out", out, "--workers", "1", "--cpus-per-worker", str(threads), "--max-failures", "0", "--no-verify",
-        "--floor-draws", "0"])
-    records = unlearn.unlearn_many(args, [(name, None) for name in methods])
+    spec = RunSpec(data=DataSpec(data, verify=False), original=original, runs=tuple(MethodRun(name) for name in methods),
+                   out=out, forget=FORGET, seed=SEED, floor_draws=0,
+                   ray=RayResources(workers=1, cpus_per_worker=float(threads), max_failures=0))
+    records = unlearn(spec)
     return {record.method: record.unlearn_seconds for record in records}
 
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import apply_endpoint, log, run_main
+from jobs.common import add_endpoint_flag, apply_endpoint, run_main
 from pipeline.deletion.chain import verify_chain
 from pipeline.errors import DataError
+from pipeline.train.console import log
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unlearn audit", description=__doc__)
     p.add_argument("chain", metavar="CHAIN_URI", help="the --out of `unlearn forget` (local or s3://)")
-    p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
+    add_endpoint_flag(p)
     return p
 
 

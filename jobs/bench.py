@@ -13,51 +13,8 @@ config's tolerance bands is printed with how far it moved, and the exit status i
 Rerunning with the same `--out` continues an interrupted run: (method, seed) rows that already have a
 record are not run again, so a rerun of a finished run only rebuilds the report (and the check).
 
-Config schema (YAML; every key is optional except `methods`, defaults in DEFAULTS below):
-
-    name: digits-hard benchmark        # report title
-    out: runs/bench/digits             # each run goes to <out>/<UTC time> unless --out names the run URI
-    models: null                       # where the original and gold models live (default: the run URI);
-                                       #   models already there are reused when made from the same settings
-    data:
-      uri: runs/data/digits-hard       # shard dataset (local or s3://)
-      source: digits-hard              # digits | digits-hard | synthetic | synthetic-imagenet | imagefolder:PATH,
-                                       #   prepared into `uri` when it holds no dataset yet (a dataset there
-                                       #   prepared from another source or settings is an error); null: `uri`
-                                       #   must exist
-      seed: 0                          # the prepared split (and generated images) of `source`
-      synthetic: {classes: 10, size: 64, train_per_class: 20, val_per_class: 5, test_per_class: 5}
-                                       # synthetic and synthetic-imagenet: classes and images per class and
-                                       #   split; size is the stored square size for synthetic (default 64),
-                                       #   the model-input crop of the ~500x375 JPEGs for synthetic-imagenet
-                                       #   (default 224)
-      verify: true                     # sha256 the shards once at the start (the jobs then skip it)
-    model:
-      name: cnn                        # cnn | timm name | vit_b_16 | resnet50 | torchvision:NAME
-      image_size: null                 # model input size (default: the data's)
-      weights: null                    # initial weights when the original / gold models are trained here
-      mean: null                       # input normalisation of original.weights (default: the data's)
-      std: null
-    original:
-      checkpoint: null                 # a checkpoint written by this project: the trained model, used as is
-      weights: null                    # a weights file that IS the trained model (e.g. your ImageNet
-                                       #   vit_b_16 state dict): wrapped into a checkpoint, no training
-      seed: 3407                       # initialisation and shuffling seed when the original is trained here
-    train: {}                          # training recipe of the original and gold models: overrides of the
-                                       #   `retrain` method's defaults (epochs, lr, batch_size, optimizer, ...)
-    gold: true                         # train a gold (retrained) model per seed: JSD, Avg Gap, `retrain` row
-    floor_draws: null                  # draws for RF-JSD's sampling floor in every record (null: 200, fewer
-                                       #   for many classes; 0: none); see `unlearn eval --help`
-    forget: random:0.1                 # random:F | class:C1,C2 | ids:FILE | limited:F/R
-    seeds: [3407, 13, 12]
-    methods: [finetune, lotus]         # unlearning methods in table order (original/retrain rows are added)
-    common_settings: {}                # settings given to every method in `methods`, e.g. {amp: bf16}
-    settings: {lotus: {epochs: 3}}     # per-method overrides of the method's defaults (`unlearn methods`)
-    best_configs: null                 # a sweep's best configs, YAML {method: {setting: value}}; they win
-                                       #   over common_settings and settings (CLI --set wins over them all)
-    ray: {workers: 1, gpus: false, cpus_per_worker: 1.0, max_failures: 1, channels_last: false}
-    bands: {}                          # tolerance bands for --compare, {metric: {rule: limit}} (see
-                                       #   pipeline/results/regression.py); empty: the built-in bands
+The config schema, every key with its default (all optional except `methods` and `data.uri`), is
+CONFIG_SCHEMA below, printed at the end of `unlearn bench --help`.
 """
 
 from __future__ import annotations
@@ -72,29 +29,70 @@ import time
 
 import yaml
 
-from jobs import train, unlearn
-from jobs.common import add_mlflow_flag, add_verbose_flag, apply_endpoint, check_mlflow, log, run_main, track
+from jobs.common import add_endpoint_flag, add_mlflow_flag, add_verbose_flag, apply_endpoint, check_mlflow, run_main, track
 from jobs.report import publish, regression_check
 from pipeline import storage
-from pipeline.config import deep_merge, load_yaml, parse_overrides, parse_value
+from pipeline.config import deep_merge, load_yaml, parse_overrides, typed_values
 from pipeline.data.converters import SyntheticSpec, prepare, source_for
 from pipeline.data.shards import META_FILE, read_meta, verify_checksums
 from pipeline.errors import ConfigError, DataError
-from pipeline.methods import REGISTRY, method_class
+from pipeline.methods import REGISTRY
 from pipeline.results.aggregate import summarize
 from pipeline.results.records import ResultRecord, load_records
 from pipeline.results.regression import DEFAULT_BANDS, validate_bands
+from pipeline.runs.spec import DataSpec, MethodRun, RayResources, RunSpec, TrainSpec
+from pipeline.runs.train import train, training_recipe
+from pipeline.runs.unlearn import unlearn
+from pipeline.train.console import log
 
-DEFAULTS = {
-    "name": None, "out": "runs/bench", "models": None,
-    "data": {"uri": None, "source": None, "seed": 0, "synthetic": {}, "verify": True},
-    "model": {"name": "cnn", "image_size": None, "weights": None, "mean": None, "std": None},
-    "original": {"checkpoint": None, "weights": None, "seed": 3407},
-    "train": {}, "gold": True, "floor_draws": None, "forget": "random:0.1", "seeds": [3407, 13, 12], "methods": [],
-    "common_settings": {}, "settings": {}, "best_configs": None,
-    "ray": {"workers": 1, "gpus": False, "cpus_per_worker": 1.0, "max_failures": 1, "channels_last": False},
-    "bands": {},
-}
+# The one definition of the config's keys and defaults: parsed into DEFAULTS, shown by --help.
+CONFIG_SCHEMA = """\
+name: null                         # report title
+out: runs/bench                    # each run goes to <out>/<UTC time> unless --out names the run URI
+models: null                       # where the original and gold models live (default: the run URI);
+                                   #   models already there are reused when made from the same settings
+data:
+  uri: null                        # shard dataset (local or s3://), e.g. runs/data/digits-hard
+  source: null                     # digits | digits-hard | synthetic | synthetic-imagenet | imagefolder:PATH,
+                                   #   prepared into `uri` when it holds no dataset yet (a dataset there
+                                   #   prepared from another source or settings is an error); null: `uri`
+                                   #   must exist
+  seed: 0                          # the prepared split (and generated images) of `source`
+  synthetic: {}                    # synthetic and synthetic-imagenet: {classes: 10, size: null,
+                                   #   train_per_class: 20, val_per_class: 5, test_per_class: 5}; size is the
+                                   #   stored square size for synthetic (null: 64), the model-input crop of
+                                   #   the ~500x375 JPEGs for synthetic-imagenet (null: 224)
+  verify: true                     # sha256 the shards once at the start (the jobs then skip it)
+model:
+  name: cnn                        # cnn | timm name | vit_b_16 | resnet50 | torchvision:NAME
+  image_size: null                 # model input size (default: the data's)
+  weights: null                    # initial weights when the original / gold models are trained here
+  mean: null                       # input normalisation of original.weights (default: the data's)
+  std: null
+original:
+  checkpoint: null                 # a checkpoint written by this project: the trained model, used as is
+  weights: null                    # a weights file that IS the trained model (e.g. your ImageNet
+                                   #   vit_b_16 state dict): wrapped into a checkpoint, no training
+  seed: 3407                       # initialisation and shuffling seed when the original is trained here
+train: {}                          # training recipe of the original and gold models: overrides of the
+                                   #   `retrain` method's defaults (epochs, lr, batch_size, optimizer, ...)
+gold: true                         # train a gold (retrained) model per seed: JSD, Avg Gap, `retrain` row
+floor_draws: null                  # draws for RF-JSD's sampling floor in every record (null: 200, fewer
+                                   #   for many classes; 0: none); see `unlearn eval --help`
+forget: random:0.1                 # random:F | class:C1,C2 | ids:FILE | limited:F/R
+seeds: [3407, 13, 12]
+methods: []                        # unlearning methods in table order, e.g. [finetune, lotus] (the
+                                   #   original/retrain rows are added)
+common_settings: {}                # settings given to every method in `methods`, e.g. {amp: bf16}
+settings: {}                       # per-method overrides of the method's defaults (`unlearn methods`),
+                                   #   e.g. {lotus: {epochs: 3}}
+best_configs: null                 # a sweep's best configs, YAML {method: {setting: value}}; they win
+                                   #   over common_settings and settings (CLI --set wins over them all)
+ray: {workers: 1, gpus: false, cpus_per_worker: 1.0, max_failures: 1, channels_last: false}
+bands: {}                          # tolerance bands for --compare, {metric: {rule: limit}} (see
+                                   #   pipeline/results/regression.py); empty: the built-in bands
+"""
+DEFAULTS = yaml.safe_load(CONFIG_SCHEMA)
 # Sections whose keys are fixed: a misspelt key there is an error rather than a silently ignored setting.
 CHECKED_SECTIONS = ("data", "model", "original", "ray")
 REFERENCE_ROWS = ("original", "retrain")
@@ -103,6 +101,7 @@ HEADLINE_METHOD = "lotus"
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unlearn bench", description=__doc__,
+                                epilog="config schema (YAML), with the defaults:\n\n" + CONFIG_SCHEMA,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="benchmark config (YAML, local or s3://)")
     p.add_argument("--out", help="run URI for records, unlearned models and the report "
@@ -114,7 +113,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--best-configs", help="a sweep's best configs YAML (overrides the config's best_configs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override any config value, e.g. --set settings.lotus.epochs=2 --set ray.workers=4")
-    p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
+    add_endpoint_flag(p)
     add_verbose_flag(p)
     add_mlflow_flag(p)
     return p
@@ -175,9 +174,8 @@ def validate_config(config: dict, uri: str) -> None:
 
 
 def method_settings(config: dict, method: str) -> dict:
-    """common_settings < settings[method]; YAML 1.1 reads `1e-6` as a string, so numbers are re-parsed."""
-    merged = {**config["common_settings"], **config["settings"].get(method, {})}
-    return {key: parse_value(value) if isinstance(value, str) else value for key, value in merged.items()}
+    """common_settings < settings[method], numbers written like `1e-6` read as numbers."""
+    return typed_values({**config["common_settings"], **config["settings"].get(method, {})})
 
 
 def default_run_uri(config: dict) -> str:
@@ -187,22 +185,19 @@ def default_run_uri(config: dict) -> str:
 # ---- steps -----------------------------------------------------------------------------------------------
 
 
-def ray_flags(config: dict) -> list[str]:
+def ray_resources(config: dict) -> RayResources:
     ray = config["ray"]
-    flags = ["--workers", str(ray["workers"]), "--cpus-per-worker", str(ray["cpus_per_worker"]),
-             "--max-failures", str(ray["max_failures"])]
-    return flags + (["--gpus"] if ray["gpus"] else [])
+    return RayResources(workers=int(ray["workers"]), gpus=bool(ray["gpus"]), cpus_per_worker=float(ray["cpus_per_worker"]),
+                        max_failures=int(ray["max_failures"]), channels_last=bool(ray["channels_last"]))
 
 
-def recipe_flags(config: dict) -> list[str]:
-    return [f"--set=retrain.{key}={value}" for key, value in config["train"].items()]
-
-
-def model_flags(config: dict) -> list[str]:
+def train_spec(config: dict, data: str, folder: str, seed: int, retain_only: bool = False) -> TrainSpec:
+    """The original (all of train) or a gold model (D_r of the config's forget spec), as the config trains them.
+    The shards were verified once at the start, so the run skips it."""
     model = config["model"]
-    flags = ["--model", model["name"]]
-    flags += ["--weights", model["weights"]] if model["weights"] else []
-    return flags + (["--image-size", str(model["image_size"])] if model["image_size"] else [])
+    return TrainSpec(data=DataSpec(uri=data, verify=False), out=folder, model=model["name"], weights=model["weights"],
+                     image_size=model["image_size"], retain_only=retain_only, forget=config["forget"], seed=seed,
+                     recipe=config["train"], ray=ray_resources(config))
 
 
 def ensure_data(config: dict) -> str:
@@ -258,11 +253,6 @@ def _remember(folder: str, fingerprint: dict, result: dict) -> dict:
     return info
 
 
-def _train(argv: list[str]) -> dict:
-    log(f"$ unlearn train {' '.join(argv)}")
-    return train.train(train.parser().parse_args(argv))
-
-
 def ensure_original(config: dict, data: str, models: str) -> str:
     """The original model's checkpoint: the config's, wrapped from the config's weights, or trained here."""
     original = config["original"]
@@ -281,8 +271,7 @@ def ensure_original(config: dict, data: str, models: str) -> str:
         log(f"== original model: reusing {uri} ==")
         return uri
     log("== original model: all of train ==")
-    result = _train(["--data", data, "--no-verify", *model_flags(config), "--seed", str(original["seed"]),
-                     *recipe_flags(config), *ray_flags(config), "--out", folder])
+    result = train(train_spec(config, data, folder, int(original["seed"])))
     _remember(folder, fingerprint, result)
     return uri
 
@@ -311,9 +300,7 @@ def ensure_gold(config: dict, data: str, models: str, seed: int) -> tuple[str, d
         log(f"== gold model (seed {seed}): reusing {folder}/model.pt, trained in {info['train_seconds']:.1f} s ==")
         return storage.join(folder, "model.pt"), {**info, "reused": True}
     log(f"== gold model (seed {seed}): retrain on D_r of {config['forget']} ==")
-    result = _train(["--data", data, "--no-verify", *model_flags(config), "--retain-only", "--forget",
-                     config["forget"], "--seed", str(seed), *recipe_flags(config), *ray_flags(config),
-                     "--out", folder])
+    result = train(train_spec(config, data, folder, seed, retain_only=True))
     return storage.join(folder, "model.pt"), _remember(folder, fingerprint, result)
 
 
@@ -324,32 +311,27 @@ def run_methods(config: dict, data: str, original: str, gold: str | None, gold_i
     The retrain row is the gold model evaluated like any unlearned one (the `original` method started from
     it), in the same fit as the methods, with its training time standing as its unlearning time.
     """
-    argv = ["--data", data, "--no-verify", "--original", original, "--method", rows[0], "--forget",
-            config["forget"], "--seed", str(seed), "--out", run_uri, *ray_flags(config)]
-    argv += (["--gold", gold] if gold else []) + (["--channels-last"] if config["ray"]["channels_last"] else [])
-    argv += [] if config["floor_draws"] is None else ["--floor-draws", str(config["floor_draws"])]
     runs = [retrain_row(config, gold, gold_info) if row == "retrain" else
-            (row, None if row == "original" else method_settings(config, row)) for row in rows]
+            MethodRun(row, None if row == "original" else method_settings(config, row)) for row in rows]
+    spec = RunSpec(data=DataSpec(uri=data, verify=False), original=original, runs=tuple(runs), out=run_uri,
+                   forget=config["forget"], seed=seed, gold=gold, floor_draws=config["floor_draws"],
+                   ray=ray_resources(config))
     log(f"== seed {seed}: {', '.join(rows)} in one Ray Train fit ==")
-    return unlearn.unlearn_many(unlearn.parser().parse_args(argv), runs, record_kind="unlearn")
+    return unlearn(spec, record_kind="unlearn")
 
 
-def retrain_row(config: dict, gold: str, gold_info: dict) -> tuple:
-    """The gold model as a run of `unlearn_many`: unchanged, recorded as `retrain` with its training time."""
+def retrain_row(config: dict, gold: str, gold_info: dict) -> MethodRun:
+    """The gold model as a method run: unchanged (`original` from it), recorded as `retrain` with its training time."""
     seconds = gold_info["train_seconds"]
 
     def finalize(record: ResultRecord) -> ResultRecord:
         return dataclasses.replace(
             record, kind="bench", unlearn_seconds=seconds, phases={**record.phases, "unlearn": seconds},
-            config={**record.config, "retrain": training_recipe(config), "epochs_run": gold_info["epochs_run"],
+            config={**record.config, "retrain": training_recipe(config["train"]), "epochs_run": gold_info["epochs_run"],
                     "gold_reused": bool(gold_info.get("reused"))},
             notes="gold model: trained on D_r by `unlearn train --retain-only`; unlearn_seconds is its training time")
 
-    return "original", None, {"label": "retrain", "model_uri": gold, "finalize": finalize}
-
-
-def training_recipe(config: dict) -> dict:
-    return {**method_class("retrain").defaults, **config["train"]}
+    return MethodRun("original", label="retrain", model_uri=gold, finalize=finalize)
 
 
 # ---- the run ---------------------------------------------------------------------------------------------
@@ -396,7 +378,7 @@ def run_bench(config: dict, run_uri: str, compare_with: list[str] = (), mlflow: 
                       title=config["name"], method_order=config["methods"])
     records = load_records(run_uri)
     log(time_ratio_line(records, config["methods"]))
-    track(argparse.Namespace(mlflow=mlflow, out=run_uri), [r for r in records if r.kind != "sweep-trial"],
+    track(mlflow, run_uri, [r for r in records if r.kind != "sweep-trial"],
           [uri for name, uri in written.items() if name.endswith((".html", ".md", ".csv"))],
           tags={"bench": config["name"] or run_uri})
     log(f"bench finished in {time.perf_counter() - started:.0f} s; records under {run_uri}; "
@@ -441,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     run_uri = args.out or default_run_uri(config)
     log(f"bench {config['name'] or args.config}: {len(config['methods'])} method(s) x seeds {config['seeds']} "
         f"-> {run_uri}")
-    check_mlflow(argparse.Namespace(mlflow=args.mlflow, out=run_uri))
+    check_mlflow(args.mlflow, run_uri)
     return run_bench(config, run_uri, args.compare, mlflow=args.mlflow)
 
 

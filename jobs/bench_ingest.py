@@ -15,10 +15,11 @@ import json
 import sys
 import tempfile
 
-from jobs.common import apply_endpoint, log, run_main
+from jobs.common import add_endpoint_flag, apply_endpoint, run_main
 from pipeline import storage
 from pipeline.data.shards import read_meta
 from pipeline.errors import ConfigError
+from pipeline.train.console import log
 from pipeline.train.datasets import DataPlan, ReadAndDecode, RowSelector, Selection, SetPlan, read_layout, read_units
 from pipeline.train.ingest import IngestResult, MemorySampler, PassTiming, cpu_count, dataloader_passes, ray_worker_loop
 from pipeline.train.runner import init_ray, run_trainer
@@ -28,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unlearn bench-ingest", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="shard dataset URI (local path or s3://bucket/prefix)")
-    p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
+    add_endpoint_flag(p)
     p.add_argument("--split", default="train", choices=("train", "val", "test"), help="the stored split to read")
     p.add_argument("--image-size", type=int, help="model input size (default: the dataset's hint)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers reading the stream")

@@ -1,25 +1,29 @@
-"""What every job shares: common flags, S3 endpoint set-up, and turning user errors into a message and exit 2."""
+"""What every job shares: the common flags (each defined once), the typed specs built from them, MLflow
+tracking, and turning user errors into a message and exit 2. The runs themselves are in pipeline/runs."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
-import time
 from typing import Callable
 
-from pipeline import storage
+from pipeline.config import parse_overrides
 from pipeline.errors import ConfigError, UnlearnError
+from pipeline.runs.common import use_endpoint
+from pipeline.runs.spec import DEFAULT_CACHE_MB, DataSpec, RayResources
 from pipeline.storage import ENDPOINT_ENV
+from pipeline.train.console import VERBOSE_ENV, log
 from pipeline.train.datasets import DATA_MODES
-from pipeline.train.ray_sources import DEFAULT_CACHE_MB
-from pipeline.train.console import VERBOSE_ENV
+
+
+def add_endpoint_flag(parser: argparse.ArgumentParser, extra: str = "") -> None:
+    parser.add_argument("--s3-endpoint", help=f"S3-compatible endpoint URL (default: ${ENDPOINT_ENV}){extra}")
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="shard dataset URI (local path or s3://bucket/prefix)")
-    parser.add_argument("--s3-endpoint", help=f"S3-compatible endpoint URL (default: ${ENDPOINT_ENV})")
+    add_endpoint_flag(parser)
     parser.add_argument("--no-verify", action="store_true", help="skip sha256 verification of the shards")
     parser.add_argument("--data-mode", choices=DATA_MODES, default="auto",
                         help="stream: read and decode the shards every epoch; memory: decode once into Ray's "
@@ -46,9 +50,9 @@ def add_mlflow_flag(parser: argparse.ArgumentParser) -> None:
                              "URI a local store under --out (OUT/mlflow.db). Without the flag MLflow is not used")
 
 
-def check_mlflow(args: argparse.Namespace) -> str | None:
+def check_mlflow(mlflow: str | None, out: str) -> str | None:
     """The tracking URI of --mlflow (None without it), checked before any compute."""
-    if getattr(args, "mlflow", None) is None:
+    if mlflow is None:
         return None
     import importlib.util
 
@@ -56,12 +60,12 @@ def check_mlflow(args: argparse.Namespace) -> str | None:
 
     if importlib.util.find_spec("mlflow") is None:
         raise ConfigError("--mlflow needs MLflow: pip install 'ray-unlearn[mlflow]'")
-    return tracking_uri(args.mlflow, args.out)
+    return tracking_uri(mlflow, out)
 
 
-def track(args: argparse.Namespace, records, artifacts=(), **options) -> None:
+def track(mlflow: str | None, out: str, records, artifacts=(), **options) -> None:
     """Log the records to MLflow when --mlflow was given; MLflow is imported only then."""
-    uri = check_mlflow(args)
+    uri = check_mlflow(mlflow, out)
     if uri is None or not records:
         return
     from pipeline.results.tracking import log_records
@@ -82,105 +86,32 @@ def add_floor_flag(parser: argparse.ArgumentParser) -> None:
                              "scores by sampling alone (default: 200, fewer for many classes; 0: no floor)")
 
 
-def plan_floor(index, splits, num_classes: int, draws: int | None, seed: int):
-    """RF-JSD floor's draws (pipeline/metrics/floor.py), planned on the driver from the shard index so that
-    every worker sums the same ones; None for --floor-draws 0 or when no class of D_f can be drawn."""
-    import numpy as np
-
-    from pipeline.metrics.floor import default_floor_draws, plan_floor_draws
-
-    if draws == 0:
-        return None
-    if draws is not None and draws < 0:
-        raise ConfigError(f"--floor-draws must be 0 or more, not {draws}")
-    labels = index.column("label").to_numpy()
-    ids = index.column("sample_id").to_numpy(zero_copy_only=False)
-    test = splits.select(index, "test")
-
-    def class_counts(name: str):
-        return np.bincount(labels[splits.select(index, name)], minlength=num_classes)
-
-    plan = plan_floor_draws(ids[test], labels[test], class_counts("forget"), class_counts("unseen"),
-                            draws or default_floor_draws(num_classes), seed)
-    if plan is None:
-        log("RF-JSD floor: skipped (no class of D_f has D_test and D_u samples)")
-    return plan
-
-
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-
-
-def check_run_arguments(args: argparse.Namespace) -> None:
-    """The flags every Ray job shares, checked in the driver before anything starts (milliseconds, not a
-    traceback from a worker half a minute later)."""
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be at least 1, not {args.workers}")
-    if args.cpus_per_worker <= 0:
-        raise ConfigError(f"--cpus-per-worker must be above 0, not {args.cpus_per_worker}")
-    if args.max_failures < -1:
-        raise ConfigError(f"--max-failures must be -1 (retry forever) or more, not {args.max_failures}")
-    name = getattr(args, "name", None)
-    if name is not None and (not SAFE_NAME.fullmatch(name) or ".." in name):
-        raise ConfigError(f"--name {name!r} must be letters, digits, '.', '_' or '-' (no path separators or '..'): "
-                          "it names files under --out")
-    check_output_uri(args.out)
-    check_mlflow(args)
-
-
-def check_output_uri(uri: str) -> None:
-    """--out must be a folder (or S3 prefix in an existing bucket) that can be created and written."""
-    if storage.is_s3(uri):
-        storage.ensure_bucket(uri)
-        return
-    path = os.path.abspath(uri)
-    if os.path.isfile(path):
-        raise ConfigError(f"--out {uri} is an existing file, not a folder")
-    existing = path
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ConfigError(f"--out {uri} cannot be created: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {uri} is not writable ({existing} does not allow it)")
-
-
-def check_model_fits_data(spec, meta, model_uri: str, data_uri: str) -> None:
-    """Refuse, before Ray starts, a checkpoint built for other data: its class count or its input channels.
-
-    Neither fails by itself later: a 3-channel model broadcasts a grey image over its three
-    normalisation channels and runs to a chance-level "result".
-    """
-    if spec.num_classes != meta.num_classes:
-        raise ConfigError(f"{model_uri} predicts {spec.num_classes} classes but {data_uri} has {meta.num_classes}")
-    if spec.channels != meta.channels:
-        raise ConfigError(f"{model_uri} takes {spec.channels}-channel images but {data_uri} has {meta.channels}-channel "
-                          f"images ({meta.name}); use a model trained on this data")
-
-
 def apply_endpoint(args: argparse.Namespace) -> None:
-    """Export the endpoint and --verbose before Ray starts, so every Ray process inherits them (RAY_NOTES §1)."""
-    if getattr(args, "s3_endpoint", None):
-        os.environ[ENDPOINT_ENV] = args.s3_endpoint
+    """Export --s3-endpoint and --verbose before Ray starts, so every Ray process inherits them (RAY_NOTES §1)."""
+    use_endpoint(getattr(args, "s3_endpoint", None))
     if getattr(args, "verbose", False):
         os.environ[VERBOSE_ENV] = "1"
 
 
-class Phases:
-    """Wall-clock seconds per phase (startup, data, unlearn, epoch_reports, eval, total)."""
+def data_spec(args: argparse.Namespace) -> DataSpec:
+    """The data flags (add_data_flags) as a DataSpec."""
+    return DataSpec(uri=args.data, verify=not args.no_verify, mode=args.data_mode, cache_mb=args.cache_mb,
+                    s3_endpoint=args.s3_endpoint)
 
-    def __init__(self):
-        self.started = time.perf_counter()
-        self._mark = self.started
-        self.seconds: dict[str, float] = {}
 
-    def lap(self, name: str) -> float:
-        now = time.perf_counter()
-        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._mark
-        self._mark = now
-        return self.seconds[name]
+def ray_resources(args: argparse.Namespace) -> RayResources:
+    """The Ray flags (add_ray_flags) as RayResources."""
+    return RayResources(workers=args.workers, gpus=args.gpus, cpus_per_worker=args.cpus_per_worker,
+                        max_failures=args.max_failures, channels_last=args.channels_last)
 
-    def total(self) -> dict[str, float]:
-        return {**self.seconds, "total": time.perf_counter() - self.started}
+
+def method_overrides(method: str, pairs: list[str]) -> dict:
+    """--set METHOD.KEY=VALUE pairs as the run's settings; naming another method is an error."""
+    overrides = parse_overrides(pairs)
+    unknown = sorted(set(overrides) - {method})
+    if unknown:
+        raise ConfigError(f"--set names method(s) {unknown} but this run is {method!r}")
+    return overrides.get(method, {})
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
@@ -195,27 +126,3 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
         return 130
 
 
-def log(message: str) -> None:
-    print(message, flush=True)
-
-
-def versions() -> dict:
-    import platform
-
-    import ray
-    import torch
-
-    import pipeline
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-            "package": pipeline.__version__}
-
-
-def open_dataset(args):
-    """Read and (unless --no-verify) checksum-verify a dataset's metadata; return (meta, index)."""
-    from pipeline.data.shards import read_index, read_meta, verify_checksums
-
-    meta = read_meta(args.data)
-    if not args.no_verify:
-        verify_checksums(args.data, meta)
-    return meta, read_index(args.data, meta)

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from jobs import bench
-from jobs.common import add_verbose_flag, apply_endpoint, log, run_main
+from jobs.common import add_verbose_flag, apply_endpoint, run_main
 from pipeline import storage
+from pipeline.train.console import log
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 

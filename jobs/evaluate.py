@@ -10,14 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import (Phases, add_data_flags, add_floor_flag, add_ray_flags, apply_endpoint, check_model_fits_data,
-                         check_run_arguments, open_dataset, plan_floor, run_main, versions)
-from jobs.unlearn import EVALUATE, print_metrics
-from pipeline.data.splits import make_splits
-from pipeline.models import load_checkpoint
-from pipeline.results.records import ResultRecord, append_record, new_run_id
-from pipeline.train.datasets import plan_sets
-from pipeline.train.runner import absolute, init_ray, run_trainer
+from jobs.common import add_data_flags, add_floor_flag, add_ray_flags, apply_endpoint, data_spec, ray_resources, run_main
+from pipeline.runs.evaluate import evaluate
+from pipeline.runs.spec import EvalSpec
 
 
 def parser() -> argparse.ArgumentParser:
@@ -35,48 +30,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def evaluate(args: argparse.Namespace) -> ResultRecord:
-    apply_endpoint(args)
-    check_run_arguments(args)
-    phases = Phases()
-    meta, index = open_dataset(args)
-    splits = make_splits(index, args.forget, args.seed, meta.num_classes)
-    _, spec, _ = load_checkpoint(args.model)
-    check_model_fits_data(spec, meta, args.model, args.data)
-    floor_plan = plan_floor(index, splits, meta.num_classes, args.floor_draws, args.seed)
-    init_ray(args.workers, args.cpus_per_worker)
-    phases.lap("startup")
-    plan = plan_sets(args.data, meta, splits, sorted(set(EVALUATE.values())), spec.image_size,
-                     mode=args.data_mode)
-    loop_config = {
-        "method": "original", "seed": args.seed, "model_uri": absolute(args.model),
-        "original_uri": absolute(args.original or args.model), "gold_uri": absolute(args.gold) if args.gold else None,
-        "data_plan": plan, "cache_mb": args.cache_mb, "roles": {"forget": "forget", "retain": "retain_all"},
-        "evaluate": EVALUATE, "evaluation": "metrics", "num_classes": meta.num_classes,
-        "model_out": absolute(f"{args.out}/evaluated.pt"), "floor_plan": floor_plan,
-    }
-    phases.lap("data")
-    result = run_trainer(loop_config, args.out, name=f"eval-{args.label}-s{args.seed}",
-                         workers=args.workers, use_gpu=args.gpus, cpus_per_worker=args.cpus_per_worker,
-                         max_failures=args.max_failures)
-    phases.lap("run")
-    seconds = phases.total()
-    seconds["eval"] = result["eval_seconds"]
-    record = ResultRecord(
-        run_id=new_run_id("eval", args.label, args.seed), kind="eval", method=args.label, dataset=meta.name,
-        model=spec.name, seed=args.seed, forget_spec=args.forget,
-        config={"data": args.data, "model": args.model, "original": args.original, "gold": args.gold},
-        metrics=result["evaluation"], phases=seconds, unlearn_seconds=None, workers=args.workers,
-        images={"data": plan.stored_rows, "eval": result["images"]["eval"]},
-        input_wait={"eval": result["input_wait"]["eval"]},
-        gpus=args.workers if args.gpus else 0, versions=versions(), checkpoint_uri=args.model)
-    append_record(args.out, record)
-    print_metrics(args.label, result["evaluation"])
-    return record
+def eval_spec(args: argparse.Namespace) -> EvalSpec:
+    return EvalSpec(data=data_spec(args), model=args.model, out=args.out, original=args.original, gold=args.gold,
+                    forget=args.forget, seed=args.seed, label=args.label, floor_draws=args.floor_draws,
+                    ray=ray_resources(args))
 
 
 def main(argv: list[str] | None = None) -> int:
-    evaluate(parser().parse_args(argv))
+    args = parser().parse_args(argv)
+    apply_endpoint(args)
+    evaluate(eval_spec(args))
     return 0
 
 

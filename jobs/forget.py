@@ -17,9 +17,8 @@ import posixpath
 import sys
 import uuid
 
-from jobs.common import (SAFE_NAME, Phases, add_data_flags, add_floor_flag, add_mlflow_flag, add_ray_flags,
-                         apply_endpoint, check_run_arguments, log, run_main, track, versions)
-from jobs.unlearn import unlearn_many
+from jobs.common import (add_data_flags, add_floor_flag, add_mlflow_flag, add_ray_flags, apply_endpoint, check_mlflow,
+                         data_spec, method_overrides, ray_resources, run_main, track)
 from pipeline import storage
 from pipeline.data.id_lists import check_training_ids, ids_sha256, keyed_id_hashes, read_sample_ids
 from pipeline.data.shards import read_index, read_meta
@@ -32,6 +31,10 @@ from pipeline.deletion.receipt import render_receipt
 from pipeline.errors import ConfigError, DataError
 from pipeline.methods import REGISTRY
 from pipeline.results.records import RECORDS_DIR, load_records, utc_now_iso
+from pipeline.runs.common import Phases, check_output_uri, versions
+from pipeline.runs.spec import SAFE_NAME, MethodRun, RunSpec
+from pipeline.runs.unlearn import unlearn
+from pipeline.train.console import log
 from pipeline.train.runner import absolute
 
 METRICS_KEPT = ("acc_forget", "acc_retain", "acc_test", "acc_unseen", "mia", "mia_unseen", "rf_jsd", "rf_jsd_e4",
@@ -94,7 +97,7 @@ def thresholds_of(args) -> GateThresholds:
 def forget(args: argparse.Namespace) -> dict:
     """Run one deletion request end to end; return its audit record (stored, with its receipt)."""
     apply_endpoint(args)
-    check_run_arguments(args)
+    check_flags(args)
     thresholds = thresholds_of(args)
     phases = Phases()
     request_id = args.request_id or f"req-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
@@ -119,12 +122,7 @@ def forget(args: argparse.Namespace) -> dict:
         f"(validated in {phases.seconds['validate']:.2f} s)")
 
     output_uri = location(args.out, MODELS_DIR, request_id, ".pt")
-    run_args = argparse.Namespace(**{**vars(args), "original": model["uri"], "forget": f"request:{request_id}",
-                                     "gold": None, "name": None, "overwrite": False,
-                                     "out": storage.join(absolute(args.out), RUNS_DIR, request_id)})
-    before, after = unlearn_many(run_args, [("original", {}, {"label": "input", "model_uri": model["uri"]}),
-                                            (args.method, REQUEST_SETTINGS.get(args.method),
-                                             {"model_out": output_uri})], splits=splits)
+    before, after = unlearn(request_run(args, model["uri"], request_id, output_uri), splits=splits)
     phases.lap("unlearn")
 
     checks = (gate_checks(before.metrics, after.metrics, len(checked.train), thresholds)
@@ -152,8 +150,25 @@ def forget(args: argparse.Namespace) -> dict:
     record_uri = publish_record(args.out, record)
     receipt_uri = write_receipt(args.out, record_uri)
     report(record, record_uri, receipt_uri)
-    track(args, [before, after], [record_uri, receipt_uri], tags={"request_id": request_id, "verdict": record["verdict"]})
+    track(args.mlflow, args.out, [before, after], [record_uri, receipt_uri], tags={"request_id": request_id, "verdict": record["verdict"]})
     return record
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """The run's flags, checked before the request is even read."""
+    data_spec(args).check()
+    ray_resources(args).check()
+    check_output_uri(args.out)
+    check_mlflow(args.mlflow, args.out)
+
+
+def request_run(args: argparse.Namespace, model_uri: str, request_id: str, output_uri: str) -> RunSpec:
+    """The input model evaluated as it is, then the method from it, in one fit; D_u = the val split."""
+    settings = {**REQUEST_SETTINGS.get(args.method, {}), **method_overrides(args.method, args.set)}
+    return RunSpec(data=data_spec(args), original=model_uri, out=storage.join(absolute(args.out), RUNS_DIR, request_id),
+                   runs=(MethodRun("original", {}, label="input", model_uri=model_uri),
+                         MethodRun(args.method, settings, model_out=output_uri)),
+                   forget=f"request:{request_id}", seed=args.seed, floor_draws=args.floor_draws, ray=ray_resources(args))
 
 
 def check_new_request_id(out: str, request_id: str) -> None:

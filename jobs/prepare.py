@@ -17,6 +17,8 @@ from pipeline.errors import ConfigError
 
 
 def parser() -> argparse.ArgumentParser:
+    from jobs.common import add_endpoint_flag
+
     p = argparse.ArgumentParser(prog="unlearn prepare", description=__doc__)
     p.add_argument("--source", required=True,
                    help="digits | digits-hard | synthetic (square patterns at --image-size) | synthetic-imagenet "
@@ -28,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-mb", type=float, default=256, help="target shard size in MB")
     p.add_argument("--procs", type=int, default=None,
                    help="worker processes building shards (default: one per CPU)")
-    p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
+    add_endpoint_flag(p)
     g = p.add_argument_group("synthetic and synthetic-imagenet")
     g.add_argument("--classes", type=int, default=10)
     g.add_argument("--image-size", type=int, default=None,
@@ -41,7 +43,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jobs.common import apply_endpoint, log
+    from jobs.common import apply_endpoint
+    from pipeline.train.console import log
 
     args = parser().parse_args(argv)
     if args.procs is not None and args.procs < 1:

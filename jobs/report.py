@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import apply_endpoint, log, run_main
+from jobs.common import add_endpoint_flag, apply_endpoint, run_main
 from pipeline.config import load_yaml
 from pipeline.errors import ConfigError
 from pipeline.results.aggregate import summarize
@@ -19,6 +19,7 @@ from pipeline.results.records import load_records
 from pipeline.results.regression import DEFAULT_BANDS, compare, format_regressions, validate_bands
 from pipeline.results.report import write_report
 from pipeline.results.tables import markdown_table
+from pipeline.train.console import log
 
 EXIT_REGRESSED = 1
 
@@ -33,7 +34,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bands", help="YAML of tolerance bands ({metric: {max_drop: 0.02}}), or a bench config "
                                    "with a `bands:` section (default: the built-in bands)")
     p.add_argument("--title", help="report title (default: the datasets reported on)")
-    p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL)")
+    add_endpoint_flag(p)
     return p
 
 

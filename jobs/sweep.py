@@ -26,13 +26,18 @@ from dataclasses import dataclass
 import pandas as pd
 import yaml
 
-from jobs.common import (add_data_flags, add_mlflow_flag, add_ray_flags, apply_endpoint, check_mlflow, log,
-                         open_dataset, run_main)
-from pipeline.train.ray_sources import DEFAULT_CACHE_MB
+from jobs.common import (add_data_flags, add_endpoint_flag, add_mlflow_flag, add_ray_flags, apply_endpoint,
+                         check_mlflow, data_spec, ray_resources, run_main)
 from pipeline import storage
 from pipeline.errors import ConfigError
 from pipeline.methods import method_class
 from pipeline.results.records import rebuild_parquet
+from pipeline.runs.common import open_dataset
+from pipeline.runs.evaluate import evaluate
+from pipeline.runs.spec import DEFAULT_CACHE_MB, DataSpec, EvalSpec, MethodRun, RunSpec
+from pipeline.runs.unlearn import method_settings
+from pipeline.train.console import log
+from pipeline.train.runner import absolute, init_ray
 from tuning.callbacks import PauseAfter
 from tuning.objective import FeasibilityRule
 from tuning.outputs import best_settings, write_best_configs, write_heatmap, write_table
@@ -82,7 +87,7 @@ def resume_parser() -> argparse.ArgumentParser:
                                 description="Continue an interrupted sweep with the arguments it was started with.")
     p.add_argument("--resume", required=True, metavar="RUN_URI", help="the sweep's --out")
     p.add_argument("--pause-after", type=int, help="stop this session after N trials end")
-    p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL, if it changed since the sweep started")
+    add_endpoint_flag(p, ", if it changed since the sweep started")
     return p
 
 
@@ -121,10 +126,8 @@ def method_names(text: str) -> list[str]:
 
 def resolved_space(method: str, args: argparse.Namespace) -> dict:
     """The method's space with overrides, its keys checked against the method's settings."""
-    from jobs.unlearn import method_settings
-
     space = method_space(method, args.spaces, args.space, args.set)
-    method_settings(method, [], {**constants(space), **grid_points(space, 1)[0]})  # unknown keys fail here
+    method_settings(method, {**constants(space), **grid_points(space, 1)[0]})  # unknown keys fail here
     return space
 
 
@@ -150,14 +153,11 @@ def named_methods(pairs: list[str]) -> list[str]:
 
 def evaluate_original(args: argparse.Namespace) -> dict:
     """Evaluate the original once per sweep: the reference for the feasibility rule."""
-    from jobs.evaluate import evaluate, parser as evaluate_parser
-
-    argv = ["--data", args.data, "--model", args.original, "--forget", args.forget, "--seed", str(args.seed),
-            "--label", "original", "--out", storage.join(args.out, ORIGINAL_DIR), "--no-verify",
-            "--workers", str(args.workers), "--cpus-per-worker", str(args.cpus_per_worker),
-            "--max-failures", str(args.max_failures), "--data-mode", args.data_mode, "--cache-mb", str(args.cache_mb)]
-    argv += ["--gpus"] if args.gpus else []
-    record = evaluate(evaluate_parser().parse_args(argv))
+    spec = EvalSpec(data=DataSpec(args.data, verify=False, mode=args.data_mode, cache_mb=args.cache_mb,
+                                  s3_endpoint=args.s3_endpoint),
+                    model=args.original, out=storage.join(args.out, ORIGINAL_DIR), forget=args.forget, seed=args.seed,
+                    label="original", ray=ray_resources(args))
+    record = evaluate(spec)
     return {"acc_retain": float(record.metrics["acc_retain"]), "acc_test": float(record.metrics["acc_test"]),
             "record": record.run_id}
 
@@ -165,23 +165,21 @@ def evaluate_original(args: argparse.Namespace) -> dict:
 # ---- plans and outputs -------------------------------------------------------------------------------------------
 
 def trial_context(args: argparse.Namespace, method: str, rule: FeasibilityRule) -> dict:
-    """What every trial of the method shares (plain data, passed to each trial)."""
-    from pipeline.train.runner import absolute
-
-    return {"method": method, "run_uri": absolute(args.out), "data": args.data, "original": args.original,
-            "forget": args.forget, "seed": args.seed, "gold": args.gold, "workers": args.workers,
-            "cpus_per_worker": args.cpus_per_worker, "max_failures": args.max_failures, "gpus": args.gpus,
-            "channels_last": args.channels_last, "s3_endpoint": args.s3_endpoint,
-            "data_mode": args.data_mode, "cache_mb": args.cache_mb,
+    """What every trial of the method shares (plain data, passed to each trial): the run it is, but for its
+    settings and where it goes, and the feasibility rule. The sweep verified the shards once, so trials skip it."""
+    run_uri = absolute(args.out)
+    spec = RunSpec(data=DataSpec(args.data, verify=False, mode=args.data_mode, cache_mb=args.cache_mb,
+                                 s3_endpoint=args.s3_endpoint),
+                   original=args.original, runs=(MethodRun(method),), out=run_uri, forget=args.forget, seed=args.seed,
+                   gold=args.gold, ray=ray_resources(args))
+    return {"spec": spec, "run_uri": run_uri,
             "rule": {"acc_retain": rule.acc_retain, "acc_test": rule.acc_test, "max_drop": rule.max_drop}}
 
 
 def method_plans(args: argparse.Namespace, spaces: dict, rule: FeasibilityRule) -> list[MethodPlan]:
-    from jobs.unlearn import method_settings
-
     concurrency = args.max_concurrent or default_concurrency(args.workers, args.cpus_per_worker, args.gpus)
     return [MethodPlan(method=method, space=space, trials=args.trials, search=args.search, scheduler=args.scheduler,
-                       epochs=epoch_budget(space, int(method_settings(method, [], {}).get("epochs", 1))),
+                       epochs=epoch_budget(space, int(method_settings(method).get("epochs", 1))),
                        grace_epochs=args.grace_epochs, max_concurrent=concurrency, seed=args.seed,
                        context=trial_context(args, method, rule))
             for method, space in spaces.items()]
@@ -222,12 +220,10 @@ def write_outputs(plans: list[MethodPlan], run_uri: str) -> SweepOutcome:
 
 def run_sweep(args: argparse.Namespace, state: dict, pause_after: int | None = None) -> SweepOutcome:
     """Run (or continue) every method's experiment in turn, then write the outputs."""
-    from pipeline.train.runner import absolute, init_ray
-
     started = time.perf_counter()
     run_uri = absolute(args.out)  # Tune and the trials' workers need an absolute local path
-    tracking = check_mlflow(argparse.Namespace(mlflow=getattr(args, "mlflow", None), out=run_uri))
-    meta, _ = open_dataset(args)  # verify the shards once; trials skip it
+    tracking = check_mlflow(getattr(args, "mlflow", None), run_uri)
+    meta, _ = open_dataset(data_spec(args))  # verify the shards once; trials skip it
     init_ray(args.workers, args.cpus_per_worker)
     if state["original"] is None:
         state["original"] = evaluate_original(args)
@@ -274,8 +270,6 @@ def sweep_tracking(uri: str, experiment: str, plan, run_uri: str) -> dict:
 
 def sweep(args: argparse.Namespace) -> SweepOutcome:
     """A new sweep under args.out."""
-    from pipeline.train.runner import absolute
-
     apply_endpoint(args)
     for key in ("out", "data", "original", "gold"):  # stored for --resume, which may run from another folder
         if getattr(args, key):

@@ -6,16 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import (Phases, add_data_flags, add_mlflow_flag, add_ray_flags, apply_endpoint, check_run_arguments,
-                         log, run_main, track, versions)
-from pipeline import storage
+from jobs.common import (add_data_flags, add_mlflow_flag, add_ray_flags, apply_endpoint, check_mlflow, data_spec,
+                         ray_resources, run_main, track)
 from pipeline.config import parse_overrides
-from pipeline.data.shards import read_index, read_meta, verify_checksums
-from pipeline.data.splits import make_splits
-from pipeline.methods import method_class
-from pipeline.results.records import ResultRecord, append_record, new_run_id
-from pipeline.train.datasets import plan_sets
-from pipeline.train.runner import absolute, init_ray, read_restarts, run_trainer
+from pipeline.runs.spec import TrainSpec
+from pipeline.runs.train import train
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,79 +33,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def recipe(args) -> dict:
-    overrides = parse_overrides(args.set).get("retrain", {})
+def train_spec(args: argparse.Namespace) -> TrainSpec:
+    """The command line as a TrainSpec: --set retrain.KEY=VALUE, then --epochs/--lr/--batch-size."""
+    recipe = parse_overrides(args.set).get("retrain", {})
     for key in ("epochs", "lr", "batch_size"):
         if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    return {**method_class("retrain").defaults, **overrides}
+            recipe[key] = getattr(args, key)
+    return TrainSpec(data=data_spec(args), out=args.out, model=args.model, weights=args.weights,
+                     image_size=args.image_size, retain_only=args.retain_only, forget=args.forget, seed=args.seed,
+                     recipe=recipe, ray=ray_resources(args))
 
 
 def main(argv: list[str] | None = None) -> int:
-    train(parser().parse_args(argv))
-    return 0
-
-
-def train(args: argparse.Namespace) -> dict:
-    """Train through Ray; return the worker loop's result (evaluation, epochs_run, timings)."""
+    args = parser().parse_args(argv)
     apply_endpoint(args)
-    check_run_arguments(args)
-    phases = Phases()
-    meta = read_meta(args.data)
-    if not args.no_verify:
-        verify_checksums(args.data, meta)
-    splits = make_splits(read_index(args.data, meta), args.forget, args.seed, meta.num_classes) \
-        if args.retain_only else None
-    init_ray(args.workers, args.cpus_per_worker)
-    phases.lap("startup")
-
-    image_size = args.image_size or meta.height
-    if splits:
-        train_set, evaluate = "retain_all", {"forget": "forget", "retain": "retain_all", "val": "unseen",
-                                             "test": "test"}
-        log(f"gold model on D_r of {args.forget} (seed {args.seed}): {dict(splits.counts)}")
-    else:
-        train_set, evaluate = "train", {"train": "train", "val": "unseen", "test": "test"}
-    plan = plan_sets(args.data, meta, splits, sorted(set(evaluate.values()) | {train_set}), image_size,
-                     mode=args.data_mode)
-    model_uri = storage.join(absolute(args.out), "model.pt")
-    config = recipe(args)
-    loop_config = {
-        "method": "retrain", "method_config": config, "seed": args.seed, "weights": args.weights,
-        "model_spec": {"name": args.model, "num_classes": meta.num_classes, "channels": meta.channels,
-                       "image_size": image_size, "mean": meta.mean or [0.5], "std": meta.std or [0.25]},
-        "data_plan": plan, "cache_mb": args.cache_mb,
-        "roles": {"forget": train_set, "retain": train_set},
-        "evaluate": evaluate, "model_out": model_uri, "channels_last": args.channels_last,
-    }
-    phases.lap("data")
-    log(f"training {args.model} on {meta.name} with {args.workers} worker(s): {config}")
-    result = run_trainer(loop_config, args.out, name="train", workers=args.workers, use_gpu=args.gpus,
-                         cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures)
-    phases.lap("train")
-    result["restarts"] = read_restarts(args.out, "train", result.get("resumed_after_epoch"))
-    for restart in result["restarts"]:
-        log(f"restarted at {restart['time']} after epoch {restart['resumed_after_epoch']}: {restart['cause']}")
-    track(args, [record_training(args, meta.name, config, result, model_uri, phases)])
-    accuracies = "  ".join(f"{name} {value:.3f}" for name, value in result["evaluation"].items())
-    log(f"accuracy: {accuracies}")
-    log(f"trained {result['epochs_run']} epoch(s) in {result['unlearn_seconds']:.1f} s "
-        f"(+{result['epoch_report_seconds']:.1f} s of epoch checkpoints); model: {model_uri}")
-    return result
-
-
-def record_training(args, dataset: str, config: dict, result: dict, model_uri: str, phases: Phases) -> ResultRecord:
-    """The model's record under --out: its sha256 is what `unlearn forget` trusts the file by."""
-    label = "retrain" if args.retain_only else "original"
-    record = ResultRecord(
-        run_id=new_run_id("train", label, args.seed), kind="train", method=label, dataset=dataset, model=args.model,
-        seed=args.seed, forget_spec=args.forget if args.retain_only else "",
-        config={"retrain": config, "data": args.data, "epochs_run": result["epochs_run"]},
-        metrics={f"acc_{name}": value for name, value in result["evaluation"].items()}, phases=phases.total(),
-        unlearn_seconds=result["unlearn_seconds"], workers=args.workers, gpus=args.workers if args.gpus else 0,
-        versions=versions(), checkpoint_uri=model_uri, checkpoint_sha256=result["checkpoint_sha256"])
-    append_record(args.out, record)
-    return record
+    check_mlflow(args.mlflow, args.out)
+    result = train(train_spec(args))
+    track(args.mlflow, args.out, [result["record"]])
+    return 0
 
 
 if __name__ == "__main__":

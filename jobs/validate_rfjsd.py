@@ -21,10 +21,11 @@ from collections import defaultdict
 
 import numpy as np
 
-from jobs.common import log, run_main
+from jobs.common import run_main
 from pipeline import storage
 from pipeline.errors import DataError, UnlearnError
 from pipeline.results.records import load_records
+from pipeline.train.console import log
 
 
 

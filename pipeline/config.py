@@ -31,6 +31,11 @@ def parse_value(text: str) -> Any:
     return value
 
 
+def typed_values(values: dict) -> dict:
+    """A YAML mapping's string values re-parsed as scalars: YAML 1.1 reads `1e-6` (no dot) as a string."""
+    return {key: parse_value(value) if isinstance(value, str) else value for key, value in values.items()}
+
+
 def parse_overrides(pairs: list[str] | None) -> dict:
     """['lotus.alpha=2', 'lotus.lr=1e-4'] → {'lotus': {'alpha': 2, 'lr': 0.0001}}."""
     out: dict = {}

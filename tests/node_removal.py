@@ -17,19 +17,21 @@ EPOCHS = 4
 
 def train(data: str, out: str, max_failures: int) -> dict:
     from jobs import train as train_job
+    from pipeline.runs.train import train as run_training
 
-    return train_job.train(train_job.parser().parse_args([
+    return run_training(train_job.train_spec(train_job.parser().parse_args([
         "--data", data, "--out", out, "--retain-only", "--forget", "random:0.1", "--seed", "3407", "--epochs", str(EPOCHS),
-        "--max-failures", str(max_failures), "--no-verify"]))
+        "--max-failures", str(max_failures), "--no-verify"])))
 
 
 def unlearn(data: str, original: str, out: str, max_failures: int) -> dict:
     from jobs import unlearn as unlearn_job
+    from pipeline.runs.unlearn import unlearn as run_unlearning
 
-    record = unlearn_job.unlearn(unlearn_job.parser().parse_args([
+    [record] = run_unlearning(unlearn_job.run_spec(unlearn_job.parser().parse_args([
         "--data", data, "--original", original, "--method", "lotus", "--forget", "random:0.1", "--seed", "3407",
         "--set", f"lotus.epochs={EPOCHS}", "--set", "lotus.alpha=2", "--floor-draws", "0", "--no-verify",
-        "--out", out, "--max-failures", str(max_failures)]))
+        "--out", out, "--max-failures", str(max_failures)])))
     return {"epochs_run": record.config["epochs_run"], "restarts": record.config["restarts"],
             "evaluation": record.metrics, "model": record.checkpoint_uri}
 

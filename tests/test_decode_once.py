@@ -20,7 +20,7 @@ def unlearned_weights(plans: dict, original_uri: str) -> dict:
 
     Runs in the test process (one worker) or inside a Ray Train worker (DDP across them).
     """
-    from jobs.unlearn import _roles
+    from pipeline.runs.unlearn import _roles
     from pipeline import distributed
     from pipeline.methods import create_method
     from pipeline.distributed import unwrap
@@ -51,7 +51,7 @@ def unlearned_weights(plans: dict, original_uri: str) -> dict:
 
 @pytest.fixture(scope="module")
 def plans(ray_session, digits_hard_uri):
-    from jobs.unlearn import _roles
+    from pipeline.runs.unlearn import _roles
     from pipeline.train.datasets import plan_sets
 
     meta = read_meta(digits_hard_uri)

@@ -76,12 +76,13 @@ def _kill_a_train_worker_once_checkpointed(folder: str, epoch: int, killed: list
 def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(ray_session, digits_hard_uri,
                                                                            original_checkpoint, tmp_path):
     from jobs import unlearn
+    from pipeline.runs.unlearn import unlearn as run_unlearning
 
     def run(out, *extra):
-        return unlearn.unlearn(unlearn.parser().parse_args([
+        return run_unlearning(unlearn.run_spec(unlearn.parser().parse_args([
             "--data", digits_hard_uri, "--original", original_checkpoint, "--method", "lotus", "--forget", FORGET_SPEC,
             "--seed", str(SEED), "--out", str(out), "--set", "lotus.epochs=4", "--set", "lotus.alpha=2",
-            "--floor-draws", "0", *extra]))
+            "--floor-draws", "0", *extra])))[0]
 
     uninterrupted = run(tmp_path / "uninterrupted", "--max-failures", "0")
     assert uninterrupted.config["epochs_run"] == 4 and uninterrupted.config["restarts"] == []

@@ -3,6 +3,7 @@
 import pytest
 
 from jobs import train
+from pipeline.runs.train import train as run_training
 from pipeline.data.converters import prepare
 from pipeline.data.local import load_sources
 from pipeline.methods.accuracy import accuracy
@@ -22,7 +23,8 @@ def digits_uri(s3_server):
 
 
 def _train(data, out, *extra):
-    return train.train(train.parser().parse_args(["--data", data, "--out", str(out), "--max-failures", "0", *extra]))
+    return run_training(train.train_spec(train.parser().parse_args(["--data", data, "--out", str(out), "--max-failures", "0",
+                                                                   *extra])))
 
 
 def test_small_cnn_trained_through_ray_from_s3_reaches_90_percent_and_resumes(ray_session, digits_uri, tmp_path):

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from jobs import unlearn
+from pipeline.runs import unlearn as runs
+from pipeline.runs.spec import MethodRun
 from pipeline.methods.accuracy import accuracy
 from pipeline.models import load_checkpoint
 from pipeline.results.records import load_records
@@ -24,7 +26,7 @@ def in_process_on_the_ray_batches(digits_hard_uri, splits, model, original_check
     from pipeline.train.ray_sources import worker_sources
 
     fraction = create_method(METHOD, SETTINGS, log=None).retain_fraction
-    roles = unlearn._roles(fraction)
+    roles = runs._roles(fraction)
     plan = plan_sets(digits_hard_uri, read_meta(digits_hard_uri), splits, sorted(set(roles.values())), 32, [fraction])
     sources, _ = worker_sources(plan, rank=0, world=1)
     data = UnlearnData(forget=sources[roles["forget"]], retain=sources[roles["retain"]], mixed=sources[roles["mixed"]],
@@ -46,7 +48,7 @@ def test_ray_run_matches_in_process_run_and_writes_a_record(ray_session, digits_
         "--data", digits_hard_uri, "--original", original_checkpoint, "--method", METHOD, "--forget", FORGET_SPEC,
         "--seed", str(SEED), "--out", str(tmp_path), "--max-failures", "0",
         *[f"--set={METHOD}.{key}={value}" for key, value in SETTINGS.items()]])
-    record = unlearn.unlearn(args)
+    [record] = runs.unlearn(unlearn.run_spec(args))
     (stored,) = load_records(str(tmp_path))
     ray_model, _, _ = load_checkpoint(stored.checkpoint_uri)
 
@@ -72,13 +74,14 @@ def test_ray_run_matches_in_process_run_and_writes_a_record(ray_session, digits_
 def test_eval_records_the_metrics_and_the_floor_the_driver_planned(ray_session, digits_hard_uri, digits_hard,
                                                                    original_checkpoint, original_model, tmp_path):
     from jobs import evaluate as eval_job
+    from pipeline.runs.evaluate import evaluate
     from pipeline.metrics.floor import whole_split_floor
 
     args = eval_job.parser().parse_args([
         "--data", digits_hard_uri, "--model", original_checkpoint, "--gold", original_checkpoint,
         "--forget", FORGET_SPEC, "--seed", str(SEED), "--floor-draws", "20", "--label", "original",
         "--out", str(tmp_path), "--max-failures", "0"])
-    record = eval_job.evaluate(args)
+    record = evaluate(eval_job.eval_spec(args))
 
     sources, _ = digits_hard
     metrics = record.metrics
@@ -159,7 +162,8 @@ def test_a_diverged_method_in_a_multi_method_fit_is_recorded_as_failed_and_the_o
     args = unlearn.parser().parse_args([
         "--data", digits_hard_uri, "--original", original_checkpoint, "--method", "lotus", "--forget", FORGET_SPEC,
         "--seed", str(SEED), "--out", str(tmp_path), "--floor-draws", "0"])
-    failed, finished = unlearn.unlearn_many(args, [("lotus", {"lr": 1e6, "epochs": 1}), ("finetune", {"epochs": 1})])
+    spec = unlearn.run_spec(args).with_runs(MethodRun("lotus", {"lr": 1e6, "epochs": 1}), MethodRun("finetune", {"epochs": 1}))
+    failed, finished = runs.unlearn(spec)
     assert failed.status == "failed" and "lotus diverged in epoch 1" in failed.error and not failed.checkpoint_uri
     assert finished.status == "ok" and finished.metrics["acc_test"] > 0.5
     stored = {record.method: record for record in load_records(str(tmp_path))}

@@ -8,5 +8,5 @@
              the resources a stopped trial's Train run leaves reserved
 - outputs:   trial table, best configs, RF-JSD heatmaps
 
-Tuning holds no algorithm: a trial composes `jobs.unlearn.unlearn`.
+Tuning holds no algorithm: a trial composes `pipeline.runs.unlearn.unlearn`; nothing here imports jobs/.
 """

@@ -18,7 +18,7 @@ import time
 from ray import tune
 from ray.tune.experiment import Trial
 
-from jobs.common import log
+from pipeline.train.console import log
 from tuning.trial import FINISHED_FLAG, TIME_ATTRIBUTE
 
 DONE_STATUSES = (Trial.TERMINATED, Trial.ERROR)

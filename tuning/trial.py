@@ -1,7 +1,7 @@
 """One Tune trial: the real `unlearn run` (Ray Data + its own Ray Train fit) for one set of method settings.
 
-The trial is the Train driver (RAY_NOTES §2): it calls `jobs.unlearn.unlearn`
-with a callback that forwards every epoch's evaluation to Tune, judged by the
+The trial is the Train driver (RAY_NOTES §2): it calls `pipeline.runs.unlearn.unlearn`
+on the sweep's RunSpec with its own settings and output, with a callback that forwards every epoch's evaluation to Tune, judged by the
 feasibility rule, so ASHA can stop a poor trial between epochs. A trial that
 runs to the end stores a sweep-trial record and reports its final metrics.
 The nested Train run is named after the trial id, so a trial resumed by
@@ -17,7 +17,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from pipeline import storage
 from pipeline.errors import UnlearnError
 from pipeline.results.records import RecordExistsError, ResultRecord, append_record
-from pipeline.train.ray_sources import DEFAULT_CACHE_MB
+from pipeline.runs.spec import MethodRun, RunSpec
 from tuning.objective import FeasibilityRule
 
 TIME_ATTRIBUTE = "epochs_done"  # ASHA's clock: epochs finished, the same count in epoch and final reports
@@ -46,21 +46,11 @@ def trial_run_uri(run_uri: str, trial_id: str) -> str:
     return storage.join(run_uri, RUNS_DIR, trial_id)
 
 
-def trial_arguments(context: dict, trial_id: str):
-    """`unlearn run` arguments for this trial. The sweep verified the shards once, so trials skip it."""
-    from jobs.unlearn import parser
-
-    argv = ["--data", context["data"], "--original", context["original"], "--method", context["method"],
-            "--forget", context["forget"], "--seed", str(context["seed"]), "--no-verify",
-            "--out", trial_run_uri(context["run_uri"], trial_id), "--name", trial_id,
-            "--workers", str(context["workers"]), "--cpus-per-worker", str(context["cpus_per_worker"]),
-            "--max-failures", str(context["max_failures"]), "--data-mode", context["data_mode"],
-            "--cache-mb", str(context.get("cache_mb", DEFAULT_CACHE_MB))]
-    argv += ["--gold", context["gold"]] if context.get("gold") else []
-    argv += ["--s3-endpoint", context["s3_endpoint"]] if context.get("s3_endpoint") else []
-    argv += ["--gpus"] if context.get("gpus") else []
-    argv += ["--channels-last"] if context.get("channels_last") else []
-    return parser().parse_args(argv)
+def trial_spec(context: dict, trial_id: str, settings: dict) -> RunSpec:
+    """The sweep's run with this trial's settings, under its own output and named after the trial."""
+    spec: RunSpec = context["spec"]
+    return dataclasses.replace(spec, runs=(MethodRun(spec.runs[0].method, settings),), name=trial_id,
+                               out=trial_run_uri(context["run_uri"], trial_id))
 
 
 def plain(value):
@@ -78,7 +68,7 @@ def sweep_record_id(method: str, seed: int, trial_id: str) -> str:
 def store_trial_record(context: dict, record: ResultRecord, trial_id: str, verdict: dict) -> ResultRecord:
     """Copy the nested run's record into the sweep's records, with the verdict and the trial id added."""
     stored = dataclasses.replace(
-        record, run_id=sweep_record_id(context["method"], record.seed, trial_id),
+        record, run_id=sweep_record_id(record.method, record.seed, trial_id),
         metrics={**record.metrics, **verdict},
         config={**record.config, "sweep": {"trial_id": trial_id, "run": context["run_uri"]}},
         notes=f"sweep trial {trial_id}; the nested run is under {trial_run_uri(context['run_uri'], trial_id)}")
@@ -104,10 +94,12 @@ def report_diverged_trial(context: dict, settings: dict, trial_id: str, rule: Fe
     from pipeline.data.shards import read_meta
     from pipeline.models import load_checkpoint
 
-    record = ResultRecord(run_id="pending", kind="sweep-trial", method=context["method"],
-                          dataset=read_meta(context["data"]).name, model=load_checkpoint(context["original"])[1].name,
-                          seed=context["seed"], forget_spec=context["forget"],
-                          config={context["method"]: settings, "data": context["data"]}, status="failed", error=error)
+    spec: RunSpec = context["spec"]
+    method = spec.runs[0].method
+    record = ResultRecord(run_id="pending", kind="sweep-trial", method=method,
+                          dataset=read_meta(spec.data.uri).name, model=load_checkpoint(spec.original)[1].name,
+                          seed=spec.seed, forget_spec=spec.forget,
+                          config={method: settings, "data": spec.data.uri}, status="failed", error=error)
     verdict = rule.judge({})
     stored = store_trial_record(context, record, trial_id, verdict)
     tune.report({**verdict, TIME_ATTRIBUTE: 0, FINISHED_FLAG: True, "run_id": stored.run_id, "failed": True})
@@ -118,15 +110,15 @@ def run_trial(config: dict, context: dict) -> None:
     import ray.data
     from ray import tune
 
-    from jobs.unlearn import unlearn
+    from pipeline.runs.unlearn import unlearn
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     trial_id = tune.get_context().get_trial_id()
     rule = FeasibilityRule(**context["rule"])
     settings = {key: plain(value) for key, value in config.items()}
     try:
-        record = unlearn(trial_arguments(context, trial_id), method_config=settings,
-                         tune_callbacks=[JudgedReportCallback(rule)], record_kind="sweep-trial")
+        [record] = unlearn(trial_spec(context, trial_id, settings), tune_callbacks=[JudgedReportCallback(rule)],
+                           record_kind="sweep-trial")
     except UnlearnError as exc:
         if "DivergedError" not in str(exc):
             raise

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.data.sources import BatchSource
+from pipeline.distributed import unwrap
 from pipeline.metrics.accumulate import PairStats, SplitStats
 
 UNLEARNED, ORIGINAL, GOLD = "unlearned", "original", "gold"
@@ -63,12 +64,6 @@ class EvalResult:
 
     def stats(self, model: str, split: str) -> SplitStats | None:
         return self.split_stats.get((model, split))
-
-
-def _plain_module(model: nn.Module) -> nn.Module:
-    # A DistributedDataParallel forward may broadcast buffers, a collective; workers with
-    # unequal batch counts would then wait on each other forever. The inner module needs none.
-    return getattr(model, "module", model)
 
 
 @torch.no_grad()
@@ -125,7 +120,9 @@ def evaluate(models: dict[str, nn.Module], sources: dict[str, BatchSource], devi
     _check_plan(plan, models, sources)
     reused = {key: stats for key, stats in (reuse or {}).items() if key in plan.runs}
     plan = EvalPlan(plan.runs - reused.keys(), plan.pairs)
-    modules = {name: _plain_module(model) for name, model in models.items()}
+    # The plain modules: a DDP forward may broadcast buffers, a collective that would hang workers holding
+    # unequal batch counts.
+    modules = {name: unwrap(model) for name, model in models.items()}
     was_training = {name: module.training for name, module in modules.items()}
     result = EvalResult(num_classes)
     try:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import pickle
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from pipeline import storage
+from pipeline.distributed import unwrap
 from pipeline.errors import ConfigError, DataError
 
 TORCHVISION_ALIASES = {"vit_b_16": "torchvision:vit_b_16", "resnet50": "torchvision:resnet50"}
@@ -138,7 +138,7 @@ def load_weights(model: Classifier, uri: str) -> None:
 
 def save_checkpoint(model: nn.Module, spec: ModelSpec, uri: str, extra: dict | None = None) -> str:
     """Write {state_dict, spec, extra} atomically; return the sha256 of the bytes written."""
-    module = getattr(model, "module", model)  # unwrap DDP
+    module = unwrap(model)
     buffer = io.BytesIO()
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     torch.save({"state_dict": state, "spec": asdict(spec), "extra": extra or {}}, buffer)

@@ -22,3 +22,8 @@ def quiet_worker_reports() -> None:
     from ray.train.v2._internal.execution import context
 
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+def log(message: str) -> None:
+    """A line of the project's own progress output (flushed: it interleaves with Ray's)."""
+    print(message, flush=True)
