@@ -93,3 +93,27 @@ def _base_defaults() -> dict:
     from pipeline.methods.base import UnlearningMethod
 
     return UnlearningMethod.defaults
+
+
+# ---- diffusion family (issue 22): class unlearning for class-conditional DDPMs (pipeline/diffusion/) ----------
+# A separate registry: these methods train a denoiser, not a classifier, and run through the diffusion loop
+# (pipeline/train/diffusion_loop.py); `unlearn run --family diffusion --method NAME` picks from it.
+DIFFUSION_REGISTRY = {
+    "safemax": "pipeline.methods.safemax:SAFEMax",
+    "relabel": "pipeline.methods.diffusion_relabel:DiffusionRelabel",
+}
+
+
+def create_diffusion_method(name: str, config: dict | None = None, seed: int = 0, log=print):
+    """A diffusion-family method by name, its settings checked as `create_method` checks a classifier method's."""
+    if name not in DIFFUSION_REGISTRY:
+        raise ConfigError(f"unknown method {name!r} for the diffusion family; available: {', '.join(DIFFUSION_REGISTRY)}")
+    module_name, class_name = DIFFUSION_REGISTRY[name].split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    known = {**_base_defaults(), **cls.defaults}
+    unknown = sorted(set(config or {}) - set(known))
+    if unknown:
+        raise ConfigError(f"method {name!r} has no setting(s) {unknown}; known: {sorted(known)}")
+    for key, value in (config or {}).items():
+        _check_type(name, key, value, known[key])
+    return cls(config, seed=seed, log=log)

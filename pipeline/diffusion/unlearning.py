@@ -1,0 +1,76 @@
+"""What the diffusion-family unlearning methods share: paired forget/retain batches, one forward pass per step,
+and a retain term that is the plain DDPM objective on the retained classes. A method only says what the model
+should predict for the forgotten class (`forget_targets`). Nothing here knows about Ray.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pipeline import distributed
+from pipeline.diffusion.data import PairedSource
+from pipeline.diffusion.model import to_model_space
+from pipeline.diffusion.process import add_noise, gaussian, random_timesteps
+from pipeline.distributed import unwrap
+from pipeline.errors import ConfigError
+from pipeline.methods.base import UnlearningMethod
+
+
+class DiffusionUnlearning(UnlearningMethod):
+    # Every step: `batch_size` retained samples plus `forget_batch` forgotten ones; an epoch is `steps_per_epoch`
+    # steps (so total steps = epochs x steps_per_epoch). GroupNorm only: no BatchNorm statistics to refresh.
+    defaults = {"epochs": 5, "steps_per_epoch": 20, "lr": 1e-3, "batch_size": 64, "forget_batch": 32,
+                "optimizer": "adam", "weight_decay": 0.0, "retain_weight": 1.0, "cfg_dropout": 0.1,
+                "batchnorm_refresh_batches": 0, "log_every": 1000}
+
+    def check(self, num_timesteps: int) -> None:
+        """Settings that depend on the model (its number of timesteps): checked on the driver before Ray starts."""
+        if float(self.config["retain_weight"]) < 0:
+            raise ConfigError(f"{self.name}.retain_weight must be 0 or more, not {self.config['retain_weight']}")
+        for key in ("steps_per_epoch", "forget_batch", "epochs", "batch_size"):
+            if int(self.config[key]) < 1:
+                raise ConfigError(f"{self.name}.{key} must be at least 1, not {self.config[key]}")
+
+    def prepare(self, model, data, device):
+        module = unwrap(model)
+        self.check(module.num_timesteps)
+        self.module = module  # the plain model: its noise schedule, and passes that must not go through DDP
+        self.num_timesteps, self.null_class, self.num_classes = module.num_timesteps, module.null_class, data.num_classes
+        self.generator = torch.Generator().manual_seed(self.seed * 1000 + 17 + distributed.rank())
+
+    def train_source(self, data):
+        return PairedSource(data.forget, data.retain, int(self.config["forget_batch"]),
+                            int(self.config["steps_per_epoch"]))
+
+    def forget_targets(self, model, x0: torch.Tensor, labels: torch.Tensor, device):
+        """(x_t, t, labels to condition on, target ε) for the forgotten samples."""
+        raise NotImplementedError
+
+    def loss(self, model, batch, device):
+        x0 = to_model_space(batch["image"].to(device))
+        labels = batch["label"].to(device)
+        is_forget = batch["is_forget"].to(device)
+        retain_x, retain_t, retain_labels, retain_target = self._retain_targets(x0[~is_forget], labels[~is_forget], device)
+        forget_x, forget_t, forget_labels, forget_target = self.forget_targets(model, x0[is_forget], labels[is_forget],
+                                                                               device)
+        # One forward pass over both parts: DDP expects one forward per backward.
+        prediction = model(torch.cat([forget_x, retain_x]), torch.cat([forget_t, retain_t]),
+                           torch.cat([forget_labels, retain_labels]))
+        errors = F.mse_loss(prediction, torch.cat([forget_target, retain_target]), reduction="none").flatten(1).mean(1)
+        forgotten = len(forget_x)
+        return _mean(errors[:forgotten]) + float(self.config["retain_weight"]) * _mean(errors[forgotten:])
+
+    def _retain_targets(self, x0, labels, device):
+        """The DDPM objective on retained samples, every timestep, with the training's label dropout (so the
+        unconditional model, used by guidance, keeps being trained too)."""
+        drop = torch.rand(len(labels), generator=self.generator).to(device) < float(self.config["cfg_dropout"])
+        labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        t = random_timesteps(len(labels), 0, self.num_timesteps, self.generator, device)
+        noise = gaussian(x0.shape, self.generator, device)
+        return add_noise(self.module, x0, t, noise), t, labels, noise
+
+
+def _mean(errors: torch.Tensor) -> torch.Tensor:
+    """Mean, or a zero that keeps the graph when this worker's batch has no such sample."""
+    return errors.mean() if len(errors) else errors.sum()
