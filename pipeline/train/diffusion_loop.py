@@ -69,7 +69,7 @@ def _train_classifier_run(run: dict, sources: dict, device) -> dict:
     spec = classifier_spec(run["num_classes"], run["channels"], run["image_size"])
     reporter = _epoch_reporter(run, lambda m, uri: save_checkpoint(m, spec, uri))
     resume = _resume_state(run)
-    model, report = train_classifier(spec, sources["train"], device, run["seed"], run.get("settings"),
+    model, report = train_classifier(spec, sources["mixed"], device, run["seed"], run.get("settings"),
                                      on_epoch_end=reporter, resume=resume)
     from pipeline.methods.accuracy import accuracy
 
