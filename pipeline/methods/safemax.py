@@ -26,7 +26,7 @@ from pipeline.errors import ConfigError
 class SAFEMax(DiffusionUnlearning):
     name = "safemax"
     summary = "diffusion: the forgotten class generates Gaussian noise (max-entropy target) at t >= t_min"
-    defaults = {**DiffusionUnlearning.defaults, "t_min": 500, "noise_input_fraction": 0.5, "guidance": 2.0}
+    defaults = {**DiffusionUnlearning.defaults, "t_min": 100, "noise_input_fraction": 0.5, "guidance": 2.0}
 
     def check(self, num_timesteps: int) -> None:
         super().check(num_timesteps)
