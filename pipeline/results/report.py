@@ -21,7 +21,7 @@ from pipeline.results.aggregate import TABLE_KINDS, record_values, summarize
 from pipeline.results.html import render_html
 from pipeline.results.records import ResultRecord, load_records
 from pipeline.results.regression import compare, format_regressions
-from pipeline.results.tables import csv_text, markdown_table, markdown_time_tables
+from pipeline.results.tables import diffusion_markdown, diffusion_summary, is_diffusion, csv_text, markdown_table, markdown_time_tables
 
 DEFAULT_OUT_DIR = "report"
 # Axis preferences for sweep heatmaps: LoTUS sweeps alpha × learning rate (DESIGN.md §1).
@@ -169,7 +169,7 @@ def _best_trials_table(records: list[ResultRecord]) -> str:
 
 
 def _markdown(title: str, run_uris: list[str], generated: str, summaries, records, regression_text: str | None,
-              images: dict[str, str]) -> str:
+              images: dict[str, str], extra_sections: list[tuple[str, str]] = ()) -> str:
     parts = [f"# {title}", "", f"Generated {generated} from:", "", *(f"- `{uri}`" for uri in run_uris), "",
              "## Results", "", markdown_table(summaries)]
     if summaries:
@@ -182,9 +182,31 @@ def _markdown(title: str, run_uris: list[str], generated: str, summaries, record
         parts += ["## Sweeps", "", sweeps]
     if regression_text is not None:
         parts += ["## Regressions against the previous run", "", "```", regression_text, "```", ""]
+    for heading, text in extra_sections:
+        parts += [f"## {heading}", "", text, ""]
     if images:
         parts += ["## Plots", ""] + [f"![{caption}]({os.path.basename(path)})\n" for caption, path in images.items()]
     return "\n".join(parts)
+
+
+DIFFUSION_GRID = "samples.png"  # written by the diffusion bench beside its records (pipeline/diffusion/bench.py)
+
+
+def _diffusion_sections(records, run_uris: list[str], images: dict, pngs: dict, outputs: dict) -> list[tuple[str, str]]:
+    """The diffusion family's poster table and closing figures, and its sample grid among the plots (its records
+    never enter the classifier tables)."""
+    if not records:
+        return []
+    for uri in run_uris:
+        grid = storage.join(uri, DIFFUSION_GRID)
+        if storage.exists(grid):
+            caption = "Diffusion: samples per class (rows), before and after unlearning (blocks)"
+            name = f"diffusion_samples_{len(images)}.png"
+            pngs[caption] = storage.read_bytes(grid)
+            images[caption] = name
+            outputs[name] = pngs[caption]
+    return [("Diffusion: class unlearning in a DDPM", diffusion_markdown(records)),
+            ("Diffusion: closing figures", diffusion_summary(records))]
 
 
 def write_report(run_uris: list[str] | tuple[str, ...], out_uri: str | None = None, *, title: str | None = None,
@@ -201,8 +223,10 @@ def write_report(run_uris: list[str] | tuple[str, ...], out_uri: str | None = No
         raise DataError("no run URI given to report on")
     out_uri = out_uri or storage.join(run_uris[0], DEFAULT_OUT_DIR)
     records = load_records(*run_uris)
+    diffusion = [record for record in records if is_diffusion(record)]
+    records = [record for record in records if not is_diffusion(record)]  # classifier tables: classifier records
     summaries = summarize(records, method_order=method_order)
-    if not summaries and not any(r.kind == "sweep-trial" for r in records):
+    if not summaries and not diffusion and not any(r.kind == "sweep-trial" for r in records):
         kinds = sorted({r.kind for r in records})
         raise DataError(f"nothing to report under {', '.join(run_uris)}: records are of kind {kinds}, "
                         "none unlearn/eval/bench or sweep-trial")
@@ -217,10 +241,12 @@ def write_report(run_uris: list[str] | tuple[str, ...], out_uri: str | None = No
                   **_sweep_plots(records, folder)}
         pngs = {caption: Path(path).read_bytes() for caption, path in images.items()}
         outputs: dict[str, bytes] = {os.path.basename(path): pngs[caption] for caption, path in images.items()}
+    diffusion_sections = _diffusion_sections(diffusion, run_uris, images, pngs, outputs)
     outputs["report.md"] = _markdown(title, run_uris, generated, summaries, records, regression_text,
-                                     images).encode("utf-8")
+                                     images, diffusion_sections).encode("utf-8")
     outputs["report.csv"] = csv_text(summaries).encode("utf-8")
     sections = [("Sweeps", sweeps)] if (sweeps := _best_trials_table(records)) else []
+    sections += diffusion_sections
     if regression_text is not None:
         sections.append(("Regressions against the previous run", regression_text))
     outputs["report.html"] = render_html(title, run_uris, summaries, pngs, sections=sections,

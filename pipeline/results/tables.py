@@ -234,3 +234,91 @@ def markdown_time_tables(summaries: list[MethodSummary]) -> str:
 def csv_text(summaries: list[MethodSummary]) -> str:
     """The table's numbers unrounded, mean and std as separate columns (see aggregate.summary_frame)."""
     return summary_frame(summaries).to_csv(index=False)
+
+
+# ---- diffusion family (issue 22): the poster table of class unlearning in a DDPM -----------------------------
+# Rows: methods (original and retrain as references); columns: what the SAFEMax poster reports. Values are means
+# over seeds of the records' flat metrics (pipeline/diffusion/records.py).
+DIFFUSION_COLUMNS = (("Forget-class acc ↓", "gen_acc_forget", 3), ("Retain acc", "gen_acc_retain", 3),
+                     ("FID proxy ↓", "fid_proxy", 1), ("Minutes", "unlearn_minutes", 2),
+                     ("Peak memory (MB)", "peak_memory_mb", 0))
+RELEARN_STEPS = ("0", "10", "50", "100")
+
+
+def is_diffusion(record) -> bool:
+    return (record.config or {}).get("family") == "diffusion"
+
+
+def diffusion_means(records) -> dict[str, dict[str, float | None]]:
+    """{method: {metric: mean over its seeds}} for the diffusion records, in first-seen order."""
+    by_method: dict[str, list] = {}
+    for record in records:
+        if is_diffusion(record) and record.status == "ok":
+            by_method.setdefault(record.method, []).append(record)
+    out = {}
+    for method, runs in by_method.items():
+        keys = {key for run in runs for key, value in run.metrics.items() if isinstance(value, (int, float))
+                and not isinstance(value, bool)}
+        out[method] = {key: _mean([run.metrics.get(key) for run in runs]) for key in keys}
+        out[method]["seeds"] = len(runs)
+    return out
+
+
+def _mean(values) -> float | None:
+    values = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sum(values) / len(values) if values else None
+
+
+def _cell(value, decimals: int) -> str:
+    return MISSING if value is None else f"{value:.{decimals}f}"
+
+
+def diffusion_markdown(records) -> str:
+    means = diffusion_means(records)
+    if not means:
+        return ""
+    header = ["Method", *(name for name, _, _ in DIFFUSION_COLUMNS),
+              *(f"Relearn@{steps}" for steps in RELEARN_STEPS)]
+    lines = [_markdown_row(header), _markdown_row(["---"] * len(header))]
+    for method, values in means.items():
+        lines.append(_markdown_row([method, *(_cell(values.get(key), decimals) for _, key, decimals in DIFFUSION_COLUMNS),
+                                    *(_cell(values.get(f"relearn_acc_{steps}"), 2) for steps in RELEARN_STEPS)]))
+    chance = _mean([1 / len([k for k in values if k.startswith("gen_acc_class_")]) for values in means.values()
+                    if any(k.startswith("gen_acc_class_") for k in values)])
+    note = (f"\nForget-class / retain acc: the metrics classifier's accuracy on samples generated for the forgotten / "
+            f"the other classes (chance {_cell(chance, 2)}). FID proxy: Fréchet distance of that classifier's features, "
+            "generated vs real retained-class images. Relearn@N: forget-class acc after N fine-tuning steps on 8 real "
+            "images of the class. Minutes: training (original, retrain) or unlearning time. Peak memory: CUDA max "
+            "allocated on a GPU, the process's peak RSS on CPU.\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def diffusion_csv(records) -> str:
+    means = diffusion_means(records)
+    keys = sorted({key for values in means.values() for key in values})
+    rows = [",".join(["method", *keys])]
+    rows += [",".join([method, *("" if values.get(k) is None else f"{values[k]:.6g}" for k in keys)])
+             for method, values in means.items()]
+    return "\n".join(rows) + "\n"
+
+
+def diffusion_summary(records) -> str:
+    """The closing figures: SAFEMax / retrain time, the early-steps switch, anchor-free vs anchored, relearning."""
+    means = diffusion_means(records)
+    lines = []
+    safemax = next((m for m in means if m == "safemax"), None)
+    retrain = means.get("retrain")
+    if safemax and retrain and retrain.get("unlearn_minutes") and means[safemax].get("unlearn_minutes") is not None:
+        lines.append(f"SAFEMax time / retrain time: {means[safemax]['unlearn_minutes'] / retrain['unlearn_minutes']:.3f} "
+                     f"({means[safemax]['unlearn_minutes'] * 60:.1f} s vs {retrain['unlearn_minutes'] * 60:.1f} s)")
+    for method, values in means.items():
+        if method.startswith("safemax") and method != "safemax" and safemax:
+            lines.append(f"Early-steps switch: {safemax} vs {method}: retain acc {_cell(means[safemax].get('gen_acc_retain'), 3)}"
+                         f" vs {_cell(values.get('gen_acc_retain'), 3)}, FID proxy {_cell(means[safemax].get('fid_proxy'), 1)}"
+                         f" vs {_cell(values.get('fid_proxy'), 1)}, forget-class acc "
+                         f"{_cell(means[safemax].get('gen_acc_forget'), 3)} vs {_cell(values.get('gen_acc_forget'), 3)}")
+    for method, values in means.items():
+        lines.append(f"{method}: forget-class samples pixel std {_cell(values.get('forget_pixel_std'), 3)}, neighbour "
+                     f"correlation {_cell(values.get('forget_neighbour_correlation'), 3)} (retained classes: "
+                     f"{_cell(values.get('retain_pixel_std'), 3)}, {_cell(values.get('retain_neighbour_correlation'), 3)})")
+    return "\n".join(lines) + "\n"
