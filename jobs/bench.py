@@ -47,6 +47,8 @@ from pipeline.train.console import log
 
 # The one definition of the config's keys and defaults: parsed into DEFAULTS, shown by --help.
 CONFIG_SCHEMA = """\
+family: classifier                 # classifier; diffusion: the diffusion benchmark, its own schema
+                                   #   (configs/diffusion-digits.yaml, docs/diffusion.md)
 name: null                         # report title
 out: runs/bench                    # each run goes to <out>/<UTC time> unless --out names the run URI
 models: null                       # where the original and gold models live (default: the run URI);
@@ -149,6 +151,9 @@ def read_best_configs(uri: str) -> dict:
 
 
 def validate_config(config: dict, uri: str) -> None:
+    if config["family"] != "classifier":
+        raise ConfigError(f"{uri}: family {config['family']!r} is not a classifier benchmark (classifier, or diffusion "
+                          "run by `unlearn bench` itself)")
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
         raise ConfigError(f"{uri}: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
@@ -388,6 +393,17 @@ def run_bench(config: dict, run_uri: str, compare_with: list[str] = (), mlflow: 
     return 0
 
 
+def diffusion_bench(args: argparse.Namespace, argv: list[str]) -> int:
+    """A `family: diffusion` config: the diffusion benchmark (jobs/diffusion.py, docs/diffusion.md)."""
+    from jobs import diffusion
+
+    unsupported = [flag for flag, value in (("--compare", args.compare), ("--methods", args.methods),
+                                            ("--best-configs", args.best_configs), ("--mlflow", args.mlflow)) if value]
+    if unsupported:
+        raise ConfigError(f"{args.config} is a diffusion benchmark, which takes no {', '.join(unsupported)}")
+    return diffusion.bench_main(argv)
+
+
 def time_ratio_line(records: list[ResultRecord], methods: list[str]) -> str:
     """LoTUS's mean unlearning time over retrain's (the gold model's training time), per table."""
     summaries = summarize(records, method_order=methods)
@@ -417,8 +433,11 @@ def _seconds(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     apply_endpoint(args)
+    if load_yaml(args.config).get("family", "classifier") == "diffusion":
+        return diffusion_bench(args, argv)
     config = load_config(args.config, args.set, args.seeds, args.methods, args.best_configs)
     run_uri = args.out or default_run_uri(config)
     log(f"bench {config['name'] or args.config}: {len(config['methods'])} method(s) x seeds {config['seeds']} "

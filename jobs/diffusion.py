@@ -84,11 +84,12 @@ def is_diffusion_config(config_uri: str) -> bool:
 
 def bench_main(argv: list[str] | None = None) -> int:
     """`unlearn bench --config CONFIG ...` for a config with `family: diffusion` (the same argv `unlearn bench` got)."""
+    from jobs.report import publish
     from pipeline.diffusion.bench import load_bench_config, run_bench
 
     args, _ = bench_parser().parse_known_args(argv)
     config = load_bench_config(args.config, args.set, args.seeds, args.workers)
-    run_bench(config, args.out)
+    publish([run_bench(config, args.out)], title=config.get("name"))
     return 0
 
 

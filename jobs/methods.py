@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from jobs.common import run_main
-from pipeline.methods import EXTENSIONS, METHOD_NOTES, REGISTRY, method_class
+from pipeline.methods import DIFFUSION_REGISTRY, EXTENSIONS, METHOD_NOTES, REGISTRY, create_diffusion_method, method_class
 from pipeline.methods.base import UnlearningMethod
 
 
@@ -20,6 +20,11 @@ def main(argv: list[str] | None = None) -> int:
         if name in METHOD_NOTES:
             print(f"{'':<11} note: {METHOD_NOTES[name]}")
         print(f"{'':<11} defaults: {', '.join(f'{k}={v}' for k, v in settings.items())}")
+    print("\nDiffusion family (`unlearn run --family diffusion`, class-conditional DDPMs; docs/diffusion.md):")
+    for name in DIFFUSION_REGISTRY:
+        method = create_diffusion_method(name, log=None)
+        print(f"{name:<11} {method.summary}")
+        print(f"{'':<11} defaults: {', '.join(f'{k}={v}' for k, v in method.config.items())}")
     print("\nNot in the papers (every record holds the value it ran with):")
     for key, text in EXTENSIONS.items():
         print(f"  {key}: {text}")

@@ -18,7 +18,7 @@ from pipeline.results.aggregate import summarize
 from pipeline.results.records import load_records
 from pipeline.results.regression import DEFAULT_BANDS, compare, format_regressions, validate_bands
 from pipeline.results.report import write_report
-from pipeline.results.tables import markdown_table
+from pipeline.results.tables import diffusion_markdown, is_diffusion, markdown_table
 from pipeline.train.console import log
 
 EXIT_REGRESSED = 1
@@ -63,7 +63,12 @@ def publish(run_uris: list[str], out: str | None = None, previous_uris: list[str
     """Write the report, print its table and the path of report.html; return {file name: URI}."""
     written = write_report(run_uris, out, title=title, previous_uris=previous_uris or (), bands=bands,
                            method_order=method_order)
-    log(markdown_table(summarize(load_records(*run_uris), method_order=method_order)))
+    records = load_records(*run_uris)
+    classifier = [record for record in records if not is_diffusion(record)]
+    if classifier:
+        log(markdown_table(summarize(classifier, method_order=method_order)))
+    if len(classifier) < len(records):
+        log(diffusion_markdown([record for record in records if is_diffusion(record)]))
     log(f"report: {written['report.html']} (also report.md, report.csv and the plots beside it)")
     return written
 

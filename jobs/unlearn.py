@@ -15,7 +15,10 @@ from pipeline.runs.unlearn import unlearn
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unlearn run", description=__doc__)
+    p = argparse.ArgumentParser(prog="unlearn run", description=__doc__,
+                                epilog="--family diffusion: class unlearning in a diffusion model (SAFEMax); "
+                                       "`unlearn run --family diffusion --help` lists its options")
+    add_family_flag(p)
     add_data_flags(p)
     add_ray_flags(p)
     p.add_argument("--original", required=True, help="checkpoint of the trained model (local or s3://)")
@@ -34,6 +37,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+FAMILIES = ("classifier", "diffusion")
+
+
+def add_family_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--family", choices=FAMILIES, default="classifier",
+                        help="classifier (default): image classifiers; diffusion: class-conditional DDPMs (SAFEMax)")
+
+
+def family(argv: list[str]) -> str:
+    p = argparse.ArgumentParser(add_help=False)
+    add_family_flag(p)
+    return p.parse_known_args(argv)[0].family
+
+
 def run_spec(args: argparse.Namespace) -> RunSpec:
     """The command line as a RunSpec (one method)."""
     return RunSpec(data=data_spec(args), original=args.original,
@@ -43,6 +60,11 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if family(argv) == "diffusion":
+        from jobs import diffusion
+
+        return diffusion.main(argv)
     args = parser().parse_args(argv)
     apply_endpoint(args)
     check_mlflow(args.mlflow, args.out)

@@ -12,6 +12,7 @@ import torch
 
 from jobs import bench, report
 from pipeline import storage
+from pipeline.errors import ConfigError
 from pipeline.results.records import load_records
 from tests.conftest import FORGET_SPEC, ROOT, SEED
 
@@ -181,5 +182,20 @@ def test_the_time_ratio_says_which_retrain_times_come_from_reused_gold_models():
 
 @pytest.mark.parametrize("name", sorted(path.name for path in (ROOT / "configs").glob("*.yaml")))
 def test_every_shipped_benchmark_config_loads_and_validates(name):
-    config = bench.load_config(str(ROOT / "configs" / name))
+    from pipeline.config import load_yaml
+    from pipeline.diffusion.bench import load_bench_config
+
+    uri = str(ROOT / "configs" / name)
+    diffusion = load_yaml(uri).get("family") == "diffusion"  # `unlearn bench` hands these to jobs/diffusion.py
+    config = load_bench_config(uri) if diffusion else bench.load_config(uri)
     assert config["seeds"] and config["forget"]
+
+
+def test_a_diffusion_config_is_refused_by_the_classifier_loader_and_flags_it_cannot_honour(capsys):
+    from jobs.common import run_main
+
+    with pytest.raises(ConfigError, match="family 'diffusion' is not a classifier benchmark"):
+        bench.load_config(str(ROOT / "configs" / "diffusion-digits.yaml"))
+    argv = ["--config", str(ROOT / "configs" / "diffusion-digits.yaml"), "--compare", "runs/earlier"]
+    assert run_main(bench.main, argv) == 2
+    assert "is a diffusion benchmark, which takes no --compare" in capsys.readouterr().err

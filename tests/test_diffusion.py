@@ -239,7 +239,7 @@ def test_t_min_out_of_range_is_refused():
 
 def test_unknown_method_and_setting_are_refused(digits, tmp_path, capsys):
     from jobs.common import run_main
-    from jobs.diffusion import main
+    from jobs.unlearn import main  # `unlearn run`, which hands --family diffusion to jobs/diffusion.py
     from pipeline.methods import create_diffusion_method
 
     with pytest.raises(ConfigError, match="unknown method 'lotus' for the diffusion family"):
@@ -257,7 +257,7 @@ def test_unknown_method_and_setting_are_refused(digits, tmp_path, capsys):
 # ---- the Ray path: one integration test ------------------------------------------------------------------------
 def test_safemax_runs_through_ray_train_and_records_its_result(ray_session, digits, trained, tmp_path):
     from jobs.common import run_main
-    from jobs.diffusion import main
+    from jobs.unlearn import main  # `unlearn run`, which hands --family diffusion to jobs/diffusion.py
     from pipeline.results.records import load_records
 
     uri, _ = digits

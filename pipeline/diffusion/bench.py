@@ -16,7 +16,6 @@ from pipeline import storage
 from pipeline.config import deep_merge, load_yaml, parse_overrides
 from pipeline.diffusion.driver import (DiffusionRun, Evaluation, checked_settings, evaluate_run, fit, make_record,
                                        prepare_run, print_metrics, unet_spec)
-from pipeline.diffusion.records import POSTER_METRICS
 from pipeline.errors import ConfigError
 from pipeline.methods import DIFFUSION_REGISTRY
 from pipeline.runs.common import Phases
@@ -98,7 +97,8 @@ def bench_runs(config: dict, run: DiffusionRun, meta, out: str) -> tuple[list[di
     return runs, rows, spec["image_size"]
 
 
-def run_bench(config: dict, out: str | None = None) -> list:
+def run_bench(config: dict, out: str | None = None) -> str:
+    """Every seed's fit, its records, the poster table, summary and sample grid; returns the run URI."""
     from pipeline.train.runner import absolute
 
     out = absolute(out or storage.join(config["out"], dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")))
@@ -129,7 +129,7 @@ def run_bench(config: dict, out: str | None = None) -> list:
             records.append(record)
         write_grid(config, rows, meta.num_classes, run, out)
     write_outputs(records, out)
-    return records
+    return out
 
 
 def write_grid(config: dict, rows: dict, num_classes: int, run: DiffusionRun, out: str) -> str:
@@ -154,5 +154,4 @@ def write_outputs(records: list, out: str) -> None:
     storage.write_text(storage.join(out, CSV_FILE), diffusion_csv(records))
     summary = diffusion_summary(records)
     storage.write_text(storage.join(out, SUMMARY_FILE), summary)
-    log(diffusion_markdown(records))
-    log(summary)
+    log(summary)  # the table is printed with the report (jobs/report.py publish)
