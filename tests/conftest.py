@@ -1,5 +1,6 @@
 """Shared fixtures. Ray starts once per session and only for the tests that ask for it."""
 
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -36,6 +37,18 @@ for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FORGET_SPEC, SEED = "random:0.1", 3407
 CPU = torch.device("cpu")
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch on one thread inside, as before after: tests that run two to a 2-core machine, or whose margins
+    were measured on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _code_hash(*relative_paths: str) -> str:

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from pipeline.errors import ConfigError, DataError
+from tests.conftest import one_torch_thread
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -40,10 +41,8 @@ def _code_key() -> str:
 @pytest.fixture(scope="module")
 def threads():
     """One torch thread: the tests run two to a 2-core machine, where two threads each ran 20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

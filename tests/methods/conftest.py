@@ -2,19 +2,16 @@
 one torch thread for the modules that ask for it."""
 
 import pytest
-import torch
 
-from tests.conftest import SEED
+from tests.conftest import SEED, one_torch_thread
 
 
 @pytest.fixture
 def single_thread():
     """One torch thread during the test: the margins were measured so (benchmarks/method_margins.py), and SSD's
     per-sample backward passes are too small to split (two threads ran 4x slower on the shared 2-core runner)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
