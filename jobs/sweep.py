@@ -19,6 +19,7 @@ An interrupted sweep (Ctrl-C, a lost driver, --pause-after) continues with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -151,12 +152,15 @@ def named_methods(pairs: list[str]) -> list[str]:
 
 # ---- the original model's accuracies -----------------------------------------------------------------------------
 
+def verified_data(args: argparse.Namespace) -> DataSpec:
+    """The shards as the sweep's runs read them: the sweep verified them once, so its runs skip it."""
+    return dataclasses.replace(data_spec(args), verify=False)
+
+
 def evaluate_original(args: argparse.Namespace) -> dict:
     """Evaluate the original once per sweep: the reference for the feasibility rule."""
-    spec = EvalSpec(data=DataSpec(args.data, verify=False, mode=args.data_mode, cache_mb=args.cache_mb,
-                                  s3_endpoint=args.s3_endpoint),
-                    model=args.original, out=storage.join(args.out, ORIGINAL_DIR), forget=args.forget, seed=args.seed,
-                    label="original", ray=ray_resources(args))
+    spec = EvalSpec(data=verified_data(args), model=args.original, out=storage.join(args.out, ORIGINAL_DIR),
+                    forget=args.forget, seed=args.seed, label="original", ray=ray_resources(args))
     record = evaluate(spec)
     return {"acc_retain": float(record.metrics["acc_retain"]), "acc_test": float(record.metrics["acc_test"]),
             "record": record.run_id}
@@ -166,12 +170,10 @@ def evaluate_original(args: argparse.Namespace) -> dict:
 
 def trial_context(args: argparse.Namespace, method: str, rule: FeasibilityRule) -> dict:
     """What every trial of the method shares (plain data, passed to each trial): the run it is, but for its
-    settings and where it goes, and the feasibility rule. The sweep verified the shards once, so trials skip it."""
+    settings and where it goes, and the feasibility rule."""
     run_uri = absolute(args.out)
-    spec = RunSpec(data=DataSpec(args.data, verify=False, mode=args.data_mode, cache_mb=args.cache_mb,
-                                 s3_endpoint=args.s3_endpoint),
-                   original=args.original, runs=(MethodRun(method),), out=run_uri, forget=args.forget, seed=args.seed,
-                   gold=args.gold, ray=ray_resources(args))
+    spec = RunSpec(data=verified_data(args), original=args.original, runs=(MethodRun(method),), out=run_uri,
+                   forget=args.forget, seed=args.seed, gold=args.gold, ray=ray_resources(args))
     return {"spec": spec, "run_uri": run_uri,
             "rule": {"acc_retain": rule.acc_retain, "acc_test": rule.acc_test, "max_drop": rule.max_drop}}
 
