@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", help="a local torchvision inception_v3 state dict: adds real FID")
     p.add_argument("--out", required=True, help="run URI: models, checkpoints, result records")
     p.add_argument("--name", help="run name (default METHOD-sSEED); rerunning it resumes")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start this run afresh even if --out holds a run of the same name with other settings")
     return p
 
 
@@ -49,7 +51,7 @@ def diffusion_run(args: argparse.Namespace):
                             attack=args.attack, inception_weights=args.inception_weights)
     return DiffusionRun(data=data_spec(args), method=args.method, out=args.out, forget=args.forget, seed=args.seed,
                         original=args.original, classifier=args.classifier, settings=parse_overrides(args.set),
-                        name=args.name, evaluation=evaluation, ray=ray_resources(args))
+                        name=args.name, overwrite=args.overwrite, evaluation=evaluation, ray=ray_resources(args))
 
 
 def main(argv: list[str] | None = None) -> int:

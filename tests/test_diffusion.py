@@ -254,7 +254,7 @@ def test_unknown_method_and_setting_are_refused(digits, tmp_path, capsys):
 
 
 # ---- the Ray path: one integration test ------------------------------------------------------------------------
-def test_safemax_runs_through_ray_train_and_records_its_result(ray_session, digits, trained, tmp_path):
+def test_safemax_runs_through_ray_train_and_records_its_result(ray_session, digits, trained, tmp_path, capsys):
     from jobs.common import run_main
     from jobs.unlearn import main  # `unlearn run`, which hands --family diffusion to jobs/diffusion.py
     from pipeline.results.records import load_records
@@ -270,6 +270,9 @@ def test_safemax_runs_through_ray_train_and_records_its_result(ray_session, digi
     assert record.config["settings"]["t_min"] == 100 and len(record.config["history"]) == 2
     assert 0 <= record.metrics["gen_acc_forget"] <= 1 and record.metrics["fid_proxy"] > 0
     assert pathlib.Path(out, "safemax-s3407.pt").exists()
-    # A rerun of the same command finds every run of its fit finished and trains nothing again.
+    # A rerun of the same command returns the finished run's record: nothing is trained or recorded again.
     assert run_main(main, argv) == 0
-    assert len(load_records(out)) == 2
+    assert [r.run_id for r in load_records(out)] == [record.run_id]
+    # The same name with other settings is refused, naming what differs, unless --overwrite.
+    assert run_main(main, [*argv, "--set", "safemax.t_min=200"]) == 2
+    assert "settings.safemax.t_min: 100 there, 200 now" in capsys.readouterr().err

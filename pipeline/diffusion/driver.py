@@ -6,15 +6,17 @@ DiffusionRun from the command line, the benchmark (pipeline/diffusion/bench.py) 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 from pipeline import storage
 from pipeline.diffusion.records import flat_metrics
 from pipeline.errors import ConfigError
 from pipeline.methods import DIFFUSION_REGISTRY, create_diffusion_method
-from pipeline.results.records import ResultRecord, append_record, new_run_id
+from pipeline.results.records import ResultRecord, append_record, load_records, new_run_id
 from pipeline.runs.common import Phases, check_output_uri, open_dataset, use_endpoint, versions
 from pipeline.runs.spec import DataSpec, RayResources, check_name
+from pipeline.runs.unlearn import check_rerun, remember_identity
 from pipeline.train.console import log
 
 TRAINING_METHODS = ("train", "retrain", "original")
@@ -61,6 +63,7 @@ class DiffusionRun:
     classifier: str | None = None  # the metrics classifier (from `train`)
     settings: dict = field(default_factory=dict)  # {"unet": {...}, "train": {...}, "classifier": {...}, METHOD: {...}}
     name: str | None = None
+    overwrite: bool = False  # start afresh a run of this name that OUT holds with other settings
     evaluation: Evaluation = field(default_factory=Evaluation)
     ray: RayResources = field(default_factory=RayResources)
 
@@ -80,6 +83,19 @@ class DiffusionRun:
     @property
     def run_name(self) -> str:
         return self.name or f"{self.method}-s{self.seed}"
+
+    def identity(self, method_settings: dict | None = None) -> dict:
+        """What makes this command's run this run: a rerun resumes it, or returns its record once finished.
+        `method_settings`: an unlearning method's resolved settings (defaults included)."""
+        from pipeline.train.runner import absolute
+
+        settings = self.settings if method_settings is None else {**self.settings, self.method: method_settings}
+        identity = {"family": "diffusion", "method": self.method, "data": absolute(self.data.uri),
+                    "forget": self.forget, "seed": self.seed, "settings": settings,
+                    "original": absolute(self.original) if self.original else None,
+                    "classifier": absolute(self.classifier) if self.classifier else None,
+                    "evaluation": dataclasses.asdict(self.evaluation)}
+        return json.loads(json.dumps(identity))  # as it reads back from the file
 
 
 def forget_class(spec: str, num_classes: int) -> int:
@@ -211,10 +227,17 @@ def prepare_run(run: DiffusionRun):
 
 
 def run_diffusion(run: DiffusionRun) -> ResultRecord | None:
-    """One command: fit its runs through Ray Train, record the evaluated model (None if nothing was evaluated)."""
+    """One command: fit its runs through Ray Train, record the evaluated model (None if nothing was evaluated).
+    A rerun resumes the fit; once a run is recorded, an identical rerun returns its record and runs nothing."""
     phases = Phases()
     meta, index, chosen = prepare_run(run)
     runs, image_size = plan_runs(run, meta)
+    identity = run.identity(next((r["settings"] for r in runs if r["kind"] == "unlearn"), None))
+    finished = check_rerun(run.out, run.run_name, identity, run.overwrite)
+    if finished:
+        log(f"run {run.run_name!r} under {run.out} is complete (record {finished}); nothing to do")
+        return next(record for record in load_records(run.out) if record.run_id == finished)
+    remember_identity(run.out, run.run_name, identity)
     phases.lap("startup")
     results = fit(run, runs, meta, index, chosen, image_size, run.run_name)
     phases.lap("run")
@@ -227,6 +250,7 @@ def run_diffusion(run: DiffusionRun) -> ResultRecord | None:
     settings = next((r.get("settings", {}) for r in runs if r["kind"] in ("ddpm", "unlearn")), {})
     record = make_record(run, meta.name, run.method, settings, by_name[evaluated["name"]]["metrics"], trained,
                          phases.total(), evaluated["model_uri"])
+    remember_identity(run.out, run.run_name, identity, record.run_id)
     print_metrics(run.method, record.metrics)
     log(f"models and records under {run.out}")
     return record

@@ -52,7 +52,7 @@ def unlearn(spec: RunSpec, tune_callbacks: list | None = None, record_kind: str 
         if finished:
             log(f"run {names[0]!r} under {spec.out} is complete (record {finished}); nothing to do")
             return [record for record in load_records(spec.out) if record.run_id == finished]
-        storage.write_text(_identity_uri(spec.out, names[0]), json.dumps(identity, indent=2))
+        remember_identity(spec.out, names[0], identity)
     init_ray(spec.ray.workers, spec.ray.cpus_per_worker)
     phases.lap("startup")
 
@@ -108,7 +108,7 @@ def unlearn(spec: RunSpec, tune_callbacks: list | None = None, record_kind: str 
         record = run.finalize(record) if run.finalize else record
         append_record(spec.out, record)
         if spec.single:  # marks the run finished: an identical rerun returns this record instead of a 0-epoch one
-            storage.write_text(_identity_uri(spec.out, names[0]), json.dumps({**identity, "record": record.run_id}))
+            remember_identity(spec.out, names[0], identity, record.run_id)
         print_metrics(run.name, record.metrics, record.unlearn_seconds)
         records.append(record)
     log(f"unlearned model(s) and records under {spec.out}")
@@ -130,6 +130,12 @@ def _roles(retain_fraction: float) -> dict:
 
 def _identity_uri(out: str, name: str) -> str:
     return storage.join(absolute(out), "ray", name, IDENTITY_FILE)
+
+
+def remember_identity(out: str, name: str, identity: dict, record_id: str | None = None) -> None:
+    """Store what run `name` is, before its fit; with `record_id`, after it, marking it finished."""
+    stored = identity if record_id is None else {**identity, "record": record_id}
+    storage.write_text(_identity_uri(out, name), json.dumps(stored, indent=2))
 
 
 def check_rerun(out: str, name: str, identity: dict, overwrite: bool) -> str | None:
