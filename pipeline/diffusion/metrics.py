@@ -20,6 +20,7 @@ from scipy import linalg
 from pipeline.diffusion.classifier import features, predict
 from pipeline.diffusion.model import to_pixels
 from pipeline.diffusion.process import ddim_sample
+from pipeline.distributed import unwrap
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def generate(model, classes, plan: SamplingPlan, device) -> tuple[torch.Tensor, 
     """(samples in model space, their class labels): `plan.per_class` per class, noise fixed by `plan.seed`."""
     labels = torch.tensor([c for c in classes for _ in range(plan.per_class)], dtype=torch.long)
     generator = torch.Generator().manual_seed(plan.seed)
-    module = getattr(model, "module", model)
+    module = unwrap(model)
     shape = (len(labels), module.spec.channels, module.spec.image_size, module.spec.image_size)
     noise = torch.randn(shape, generator=generator)
     out = [ddim_sample(module, labels[i:i + plan.batch_size].to(device), plan.steps, guidance=plan.guidance,

@@ -9,8 +9,6 @@ The ImageNet/CIFAR-size configuration is a spec change (image_size, channels, wi
 
 from __future__ import annotations
 
-import hashlib
-import io
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -18,8 +16,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from pipeline import storage
 from pipeline.errors import ConfigError, DataError
+from pipeline.models import read_checkpoint, write_checkpoint
 
 FAMILY = "diffusion"
 
@@ -180,22 +178,12 @@ def parameter_count(model: nn.Module) -> int:
 
 
 def save_diffusion_checkpoint(model: nn.Module, spec: DiffusionSpec, uri: str, extra: dict | None = None) -> str:
-    """Write {family, state_dict, spec, extra} atomically; return the sha256 of the bytes written."""
-    module = getattr(model, "module", model)
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    buffer = io.BytesIO()
-    torch.save({"family": FAMILY, "state_dict": state, "spec": asdict(spec), "extra": extra or {}}, buffer)
-    data = buffer.getvalue()
-    storage.write_bytes(uri, data)
-    return hashlib.sha256(data).hexdigest()
+    """Write {state_dict, family, spec, extra} atomically; return the sha256 of the bytes written."""
+    return write_checkpoint(model, uri, family=FAMILY, spec=asdict(spec), extra=extra or {})
 
 
 def load_diffusion_checkpoint(uri: str) -> tuple[DiffusionModel, DiffusionSpec, dict]:
-    data = storage.read_bytes(uri)
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds on a file that is not its own
-        raise DataError(f"cannot load {uri}: not a PyTorch checkpoint ({type(exc).__name__})") from exc
+    state = read_checkpoint(uri)
     if not isinstance(state, dict) or state.get("family") != FAMILY:
         raise DataError(f"{uri} is not a diffusion checkpoint written by this project (a classifier checkpoint?)")
     spec = DiffusionSpec(**state["spec"])

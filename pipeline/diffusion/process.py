@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pipeline.distributed import unwrap
+
 
 def _gathered(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return alphas_cumprod.index_select(0, t).view(-1, 1, 1, 1)
@@ -23,7 +25,7 @@ def add_noise(model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> 
 
 
 def _schedule(model) -> torch.Tensor:
-    return getattr(model, "module", model).alphas_cumprod
+    return unwrap(model).alphas_cumprod
 
 
 def random_timesteps(count: int, low: int, high: int, generator: torch.Generator, device) -> torch.Tensor:
@@ -67,7 +69,7 @@ def ddim_sample(model, labels: torch.Tensor, steps: int = 25, generator: torch.G
     `guidance` w: ε = ε_uncond + w (ε_cond − ε_uncond) (classifier-free guidance); w = 1 is the plain
     conditional model (one network pass per step).
     """
-    module = getattr(model, "module", model)
+    module = unwrap(model)
     was_training = module.training
     module.eval()
     device = labels.device

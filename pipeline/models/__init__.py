@@ -112,7 +112,8 @@ def build_model(spec: ModelSpec) -> Classifier:
     return Classifier(backbone, mean, std, channels)
 
 
-def _load_state(uri: str) -> dict:
+def read_checkpoint(uri: str) -> dict:
+    """A torch file's contents, read with weights_only=True; a clear DataError for a file that is not one."""
     data = storage.read_bytes(uri)
     if not data:
         raise DataError(f"cannot load weights from {uri}: the file is empty")
@@ -126,7 +127,7 @@ def _load_state(uri: str) -> dict:
 
 def load_weights(model: Classifier, uri: str) -> None:
     """Load a project checkpoint or a plain backbone state dict (e.g. torchvision's official ImageNet weights)."""
-    state = _load_state(uri)
+    state = read_checkpoint(uri)
     if isinstance(state, dict) and "state_dict" in state and "spec" in state:
         model.load_state_dict(state["state_dict"])
         return
@@ -136,19 +137,23 @@ def load_weights(model: Classifier, uri: str) -> None:
         raise DataError(f"weights in {uri} do not fit this model: {str(exc)[:500]}") from exc
 
 
-def save_checkpoint(model: nn.Module, spec: ModelSpec, uri: str, extra: dict | None = None) -> str:
-    """Write {state_dict, spec, extra} atomically; return the sha256 of the bytes written."""
-    module = unwrap(model)
+def write_checkpoint(model: nn.Module, uri: str, **fields) -> str:
+    """Write {state_dict (the plain module's, on the CPU), **fields} atomically; return the sha256 of the bytes."""
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     buffer = io.BytesIO()
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    torch.save({"state_dict": state, "spec": asdict(spec), "extra": extra or {}}, buffer)
+    torch.save({"state_dict": state, **fields}, buffer)
     data = buffer.getvalue()
     storage.write_bytes(uri, data)
     return hashlib.sha256(data).hexdigest()
 
 
+def save_checkpoint(model: nn.Module, spec: ModelSpec, uri: str, extra: dict | None = None) -> str:
+    """Write {state_dict, spec, extra} atomically; return the sha256 of the bytes written."""
+    return write_checkpoint(model, uri, spec=asdict(spec), extra=extra or {})
+
+
 def load_checkpoint(uri: str) -> tuple[Classifier, ModelSpec, dict]:
-    state = _load_state(uri)
+    state = read_checkpoint(uri)
     if not isinstance(state, dict) or "spec" not in state or "state_dict" not in state:
         raise DataError(f"{uri} is not a checkpoint written by this project (no spec/state_dict)")
     spec = ModelSpec(**state["spec"])

@@ -28,10 +28,12 @@ from pipeline.diffusion.run import evaluate_ddpm, real_retained_pixels, relearni
 from pipeline.distributed import unwrap
 from pipeline.methods.base import UnlearnData
 from pipeline.models import load_checkpoint, save_checkpoint
+from pipeline.train.checkpoints import MODEL_FILE, STATE_FILE
 from pipeline.train.console import quiet_worker_reports
+from pipeline.train.loop import newest_first, scalars
 from pipeline.train.ray_sources import DEFAULT_CACHE_MB, worker_sources
 
-MODEL_FILE, STATE_FILE, RESULTS_DIR = "model.pt", "state.pt", "results"
+RESULTS_DIR = "results"
 
 
 def diffusion_loop(config: dict) -> list[dict]:
@@ -184,7 +186,7 @@ def _epoch_reporter(run: dict, save_model):
                 torch.save({"run": run["name"], "epoch": epoch, "method_states": method_states},
                            os.path.join(directory, STATE_FILE))
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report({**_scalars(entry), "epoch": epoch, "run": run["name"]}, checkpoint=checkpoint)
+            ray.train.report({**scalars(entry), "epoch": epoch, "run": run["name"]}, checkpoint=checkpoint)
 
     return report
 
@@ -195,14 +197,8 @@ def _method_state(model) -> dict:
     return {"torch_rng": torch.get_rng_state()}
 
 
-def _scalars(entry: dict) -> dict:
-    return {k: v for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
 def _resume_state(run: dict) -> dict | None:
     """The newest checkpoint of this run (by name) in the fit's folder, as the shared loop's `resume`, or None."""
-    from pipeline.train.loop import newest_first
-
     for checkpoint in newest_first(run["run_folder"]):
         try:
             with checkpoint.as_directory() as directory:

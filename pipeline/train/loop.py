@@ -53,7 +53,7 @@ def _checkpoint_reporter(spec: ModelSpec, method, stats: InputStats, epoch_metri
     def report(epoch: int, model, entry: dict) -> None:
         if epoch_metrics is not None:
             with stats.uncounted():  # its time is not the method's either (MethodReport.epoch_report_seconds)
-                entry = {**entry, **_scalars(epoch_metrics(model))}
+                entry = {**entry, **scalars(epoch_metrics(model))}
         method_states = distributed.all_gather_objects(method.resume_state())
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
@@ -65,7 +65,7 @@ def _checkpoint_reporter(spec: ModelSpec, method, stats: InputStats, epoch_metri
     return report
 
 
-def _scalars(metrics: dict) -> dict:
+def scalars(metrics: dict) -> dict:
     """The numeric entries of a metrics dict (what Tune schedulers and searchers can compare)."""
     return {key: value for key, value in metrics.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
