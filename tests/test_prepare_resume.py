@@ -113,6 +113,18 @@ def test_resuming_with_other_settings_is_refused(tmp_path, monkeypatch, referenc
     assert {s["sha256"] for s in meta.shards}.isdisjoint(s["sha256"] for s in reference.shards)
 
 
+def test_resuming_a_run_of_the_class_by_class_order_is_refused_for_that_reason(tmp_path, monkeypatch):
+    out = str(tmp_path / "ds")
+    _interrupted(out, monkeypatch)
+    plan_uri = storage.join(out, "_prepare", "plan.json")
+    plan = json.loads(storage.read_text(plan_uri))
+    del plan["row_order"]  # a plan.json of the code that stored rows class by class
+    plan["rows_sha256"], plan["fingerprint"] = "0" * 64, "1" * 64
+    storage.write_text(plan_uri, json.dumps(plan))
+    with pytest.raises(DataError, match=r"other settings \(row order None there, 'seeded-shuffle' now\)"):
+        _prepare(out)
+
+
 def test_a_finished_dataset_needs_overwrite(tmp_path, monkeypatch, reference):
     out = str(tmp_path / "ds")
     _prepare(out)

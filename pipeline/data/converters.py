@@ -2,7 +2,9 @@
 
 A source first plans its rows cheaply and deterministically per seed (sample id,
 label, split, and a key that makes the image bytes: a file URI or generator
-indices), then makes the bytes of any row on demand. `prepare` hands the plan to
+indices), then makes the bytes of any row on demand. The plan's order is the stored
+order: sources that list rows class by class plan them in a seeded random order
+(`in_seeded_order`), since readers shuffle only within a few consecutive row groups. `prepare` hands the plan to
 pipeline/data/prepare.py, which cuts it into shards and builds them in parallel,
 resumably. Sources are pickled to its worker processes, so they hold only settings.
 """
@@ -23,7 +25,8 @@ from PIL import Image
 
 from pipeline import storage
 from pipeline.data.prepare import convert, spread
-from pipeline.data.shards import DatasetMeta, image_header
+from pipeline.data.shards import ROW_ORDER_SHUFFLED, SPLITS, DatasetMeta, image_header
+from pipeline.data.splits import hash_unit
 from pipeline.errors import DataError
 
 Row = tuple[str, int, bytes, str]
@@ -65,6 +68,23 @@ def encode_image(array: np.ndarray, fmt: str = "PNG", quality: int = 90) -> byte
     image = Image.fromarray(np.ascontiguousarray(array))
     image.save(buffer, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
     return buffer.getvalue()
+
+
+def in_seeded_order(meta: DatasetMeta, rows: list[PlannedRow], seed: int) -> tuple[DatasetMeta, list[PlannedRow]]:
+    """Rows train, then val, then test, each split in a random order fixed by (seed, sample_id), and the meta
+    marked with that order.
+
+    A streamed pass shuffles rows only within about two row groups at 224 px, so rows stored class by
+    class (ImageFolder's sorted paths, the synthetic plans) gave batches of about two classes. The order
+    is decided on the plan alone, before any image is made, and does not depend on the order the source
+    listed its files in: a rerun plans the same shards, so prepare still resumes. Splits stay apart so
+    that reading val or test touches only their own row groups.
+    """
+    split_rank = {split: rank for rank, split in enumerate(SPLITS)}  # an unknown split sorts last; prepare refuses it
+    ordered = sorted(rows, key=lambda row: (split_rank.get(row.split, len(SPLITS)),
+                                            hash_unit(seed, "row-order", row.sample_id)))
+    meta.extra["row_order"] = ROW_ORDER_SHUFFLED
+    return meta, ordered
 
 
 def stratified_split(labels: np.ndarray, train: int, val: int, seed: int) -> list[str]:
@@ -174,7 +194,8 @@ SPLIT_INDEX_BASE = {"train": 0, "val": 10_000_000, "test": 20_000_000}  # genera
 
 
 def _synthetic_plan(prefix: str, spec: SyntheticSpec) -> list[PlannedRow]:
-    """Split by split, class by class: rows keyed by (class, generator index)."""
+    """Split by split, class by class (the sources store them `in_seeded_order`): rows keyed by (class,
+    generator index)."""
     per_split = (("train", spec.train_per_class), ("val", spec.val_per_class), ("test", spec.test_per_class))
     return [PlannedRow(f"{prefix}-{split}-{c:04d}-{k:06d}", c, split, (c, SPLIT_INDEX_BASE[split] + k))
             for split, per_class in per_split for c in range(spec.classes) for k in range(per_class)]
@@ -261,7 +282,7 @@ class SyntheticSource(Source):
         meta = DatasetMeta(name=f"synthetic-{spec.classes}x{spec.size}", num_classes=spec.classes,
                            class_names=[f"class{c:04d}" for c in range(spec.classes)], height=spec.size,
                            width=spec.size, channels=3, encoding="jpeg", mean=IMAGENET_MEAN, std=IMAGENET_STD)
-        return meta, _synthetic_plan("syn", spec)
+        return in_seeded_order(meta, _synthetic_plan("syn", spec), self.seed)
 
     def image(self, key) -> bytes:
         c, index = key
@@ -284,7 +305,7 @@ class SyntheticImagenetSource(Source):
                            class_names=[f"class{c:04d}" for c in range(spec.classes)], height=spec.size,
                            width=spec.size, channels=3, encoding="jpeg", mean=IMAGENET_MEAN, std=IMAGENET_STD,
                            resize="shorter_side_crop")
-        return meta, _synthetic_plan("synimg", spec)
+        return in_seeded_order(meta, _synthetic_plan("synimg", spec), self.seed)
 
     def image(self, key) -> bytes:
         c, index = key
@@ -314,8 +335,6 @@ class ImageFolderSource(Source):
         return [f for f in storage.list_files(storage.join(self.root, split)) if f.lower().endswith(IMAGE_SUFFIXES)]
 
     def plan(self):
-        from pipeline.data.splits import hash_unit
-
         train_files = self._images_under("train")
         if not train_files:
             raise DataError(f"imagefolder {self.root}: no images under {storage.join(self.root, 'train')}/<class>/")
@@ -334,7 +353,7 @@ class ImageFolderSource(Source):
         for uri in val_files:
             split = "val" if hash_unit(self.seed, "val-half", _relative_id(uri)) < 0.5 else "test"
             rows.append(PlannedRow(_relative_id(uri), label_of[_class_of(uri)], split, uri))
-        return meta, rows
+        return in_seeded_order(meta, rows, self.seed)  # listed in sorted path order: class by class
 
     def _probe_channels(self, uris: list[str]) -> int:
         """1 when every probed image is greyscale, else 3 (colour images decode to RGB, greys are repeated)."""

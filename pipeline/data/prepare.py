@@ -1,13 +1,15 @@
 """Prepare at scale: plan the rows, cut them into shards, build the shards in parallel, resume after a stop.
 
-1. The source (pipeline/data/converters.py) lists its rows cheaply and deterministically: sample id,
+1. The source (pipeline/data/converters.py) lists its rows cheaply and deterministically, in the order
+   they are stored (each split in a seeded random order for class-ordered sources): sample id,
    label, split and a key that makes the image bytes. A probe of a few rows spread over the plan gives
    the mean image size, hence a fixed number of rows per shard for about `shard_bytes` each.
 2. Each shard is built whole by one worker process: make its rows' bytes, write the Parquet file
    atomically, then its record `_prepare/part-00007.json` {fingerprint, file, rows, sha256}.
-3. `_prepare/plan.json` holds the conversion's fingerprint (source, seed, generator settings, the rows,
-   rows per shard). Rerunning the same conversion keeps every shard whose bytes match its record and
-   builds only the rest; a different conversion into the same folder is refused.
+3. `_prepare/plan.json` holds the conversion's fingerprint (source, seed, generator settings, the rows
+   in order and the name of that order, rows per shard). Rerunning the same conversion keeps every shard
+   whose bytes match its record and builds only the rest; a different conversion into the same folder
+   is refused.
 4. `_meta.json` comes last, so a folder without it is an unfinished conversion, never a dataset.
 
 `_prepare/` stays after success: a few KB that record how the shards were made, and let an `--overwrite`
@@ -53,7 +55,7 @@ def convert(source, out: str, overwrite: bool = False, shard_bytes: int = 256 * 
         storage.delete_file(storage.join(out, META_FILE))
     rows_per_shard = _rows_per_shard(source, rows, shard_bytes)
     shards = [rows[start:start + rows_per_shard] for start in range(0, len(rows), rows_per_shard)]
-    plan = _plan(source, rows, rows_per_shard, len(shards))
+    plan = _plan(source, meta, rows, rows_per_shard, len(shards))
     if _start_or_resume(out, plan, overwrite):
         _remove_stale_temp_files(out)
     done = _completed_shards(out, plan["fingerprint"], len(shards))
@@ -109,12 +111,14 @@ def spread(count: int, total: int) -> list[int]:
     return sorted({round(k * (total - 1) / max(count - 1, 1)) for k in range(count)})
 
 
-def _plan(source, rows: list, rows_per_shard: int, shard_count: int) -> dict:
+def _plan(source, meta: DatasetMeta, rows: list, rows_per_shard: int, shard_count: int) -> dict:
     rows_digest = hashlib.sha256()
     for row in rows:
         rows_digest.update(f"{row.sample_id}\t{row.label}\t{row.split}\t{row.key}\n".encode())
-    plan = {"format": PLAN_FORMAT, **source.describe(), "rows": len(rows), "rows_sha256": rows_digest.hexdigest(),
-            "rows_per_shard": rows_per_shard, "shards": shard_count}
+    # row_order is in rows_sha256 already; named too, so that resuming a run of the class-by-class order is
+    # refused for that reason rather than as "the list of samples changed"
+    plan = {"format": PLAN_FORMAT, **source.describe(), "row_order": meta.extra.get("row_order"), "rows": len(rows),
+            "rows_sha256": rows_digest.hexdigest(), "rows_per_shard": rows_per_shard, "shards": shard_count}
     plan["fingerprint"] = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
     return plan
 
@@ -137,8 +141,8 @@ def _start_or_resume(out: str, plan: dict, overwrite: bool) -> bool:
 
 
 def _differences(stored: dict, plan: dict) -> str:
-    labels = {"source": "source", "seed": "seed", "synthetic": "synthetic settings", "rows": "rows",
-              "rows_per_shard": "rows per shard (--shard-mb)"}
+    labels = {"source": "source", "seed": "seed", "synthetic": "synthetic settings", "row_order": "row order",
+              "rows": "rows", "rows_per_shard": "rows per shard (--shard-mb)"}
     found = [f"{label} {stored.get(key)!r} there, {plan.get(key)!r} now"
              for key, label in labels.items() if stored.get(key) != plan.get(key)]
     if not found and stored.get("rows_sha256") != plan.get("rows_sha256"):

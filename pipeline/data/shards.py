@@ -6,7 +6,8 @@ the stored image's size, read from its header when the shard is written). Shards
 written before `width`/`height` existed lack them, so readers ask for the four core
 columns unless they need the sizes. Row groups hold at most 256 rows, so a reader
 can decode one shard in parallel pieces. `_meta.json` is written last, so a folder
-without it is an unfinished conversion, never a dataset.
+without it is an unfinished conversion, never a dataset. Its `extra.row_order` says how
+rows were ordered (see ROW_ORDER_SHUFFLED).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import io
 import json
 import os
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +48,11 @@ ROW_GROUP_ROWS = 256
 # squash: resize to size x size, only for data already at size (digits, the square synthetic set);
 # shorter_side_crop: the torchvision/timm ImageNet eval transform (shorter side to 256 for 224, centre crop).
 RESIZE_MODES = ("squash", "shorter_side_crop")
+# `extra.row_order` of shards whose splits hold their rows in a seeded random order (pipeline/data/converters.py).
+# A reader shuffles only within a few consecutive row groups, so rows stored class by class give batches
+# of a couple of classes; these sources listed them so before prepare recorded a row order:
+ROW_ORDER_SHUFFLED = "seeded-shuffle"
+CLASS_ORDERED_SOURCES = ("synthetic", "synthetic-imagenet", "imagefolder:")
 
 
 @dataclass
@@ -196,7 +203,22 @@ def read_meta(uri: str) -> DatasetMeta:
         raise DataError(f"no dataset at {uri}: the path does not exist")
     if not storage.exists(meta_uri):
         raise DataError(f"no dataset at {uri}: {META_FILE} is missing (run `unlearn prepare` first)")
-    return DatasetMeta.from_json(storage.read_text(meta_uri), meta_uri)
+    meta = DatasetMeta.from_json(storage.read_text(meta_uri), meta_uri)
+    if stored_class_by_class(meta):
+        # Once per dataset and process (Python's default filter): every run path reads the meta first.
+        warnings.warn(f"{uri} stores its rows class by class (prepared from {meta.extra['source']} before prepare "
+                      "wrote them in a seeded random order): a shuffled pass mixes only a few consecutive row "
+                      "groups (about 445 rows at 224 px), so each batch holds the few classes of those rows, which "
+                      "biases gradients and BatchNorm statistics. Run the same `unlearn prepare` again with "
+                      "--overwrite.", stacklevel=2)
+    return meta
+
+
+def stored_class_by_class(meta: DatasetMeta) -> bool:
+    """Shards from a source that listed its rows class by class, written before prepare shuffled them."""
+    source = str(meta.extra.get("source", ""))
+    return ("row_order" not in meta.extra and
+            any(source == name or name.endswith(":") and source.startswith(name) for name in CLASS_ORDERED_SOURCES))
 
 
 def shard_uris(uri: str, meta: DatasetMeta) -> list[str]:
