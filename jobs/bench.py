@@ -40,6 +40,7 @@ from pipeline.methods import REGISTRY
 from pipeline.results.aggregate import summarize
 from pipeline.results.records import ResultRecord, load_records
 from pipeline.results.regression import DEFAULT_BANDS, validate_bands
+from pipeline.runs.identity import RerunRefused
 from pipeline.runs.spec import DataSpec, MethodRun, RayResources, RunSpec, TrainSpec
 from pipeline.runs.train import train, training_recipe
 from pipeline.runs.unlearn import unlearn
@@ -276,9 +277,20 @@ def ensure_original(config: dict, data: str, models: str) -> str:
         log(f"== original model: reusing {uri} ==")
         return uri
     log("== original model: all of train ==")
-    result = train(train_spec(config, data, folder, int(original["seed"])))
+    result = train_model(train_spec(config, data, folder, int(original["seed"])))
     _remember(folder, fingerprint, result)
     return uri
+
+
+def train_model(spec: TrainSpec) -> dict:
+    """Train a model of the bench (resuming the folder's unfinished training run of the same settings, or
+    taking its finished one when made.json went missing), refusing a folder whose training run has other
+    settings: a stale gold model would skew every JSD and Avg Gap."""
+    try:
+        return train(spec)
+    except RerunRefused as exc:
+        raise ConfigError(f"{exc.reason}; the same config (ray.workers included) resumes it: otherwise remove "
+                          f"{spec.out} or point `models` elsewhere") from exc
 
 
 def wrap_weights(config: dict, data: str, weights: str, uri: str) -> None:
@@ -305,8 +317,10 @@ def ensure_gold(config: dict, data: str, models: str, seed: int) -> tuple[str, d
         log(f"== gold model (seed {seed}): reusing {folder}/model.pt, trained in {info['train_seconds']:.1f} s ==")
         return storage.join(folder, "model.pt"), {**info, "reused": True}
     log(f"== gold model (seed {seed}): retrain on D_r of {config['forget']} ==")
-    result = train(train_spec(config, data, folder, seed, retain_only=True))
-    return storage.join(folder, "model.pt"), _remember(folder, fingerprint, result)
+    result = train_model(train_spec(config, data, folder, seed, retain_only=True))
+    # Trained by an earlier bench that stopped before made.json: its training time was not measured in this run.
+    return storage.join(folder, "model.pt"), {**_remember(folder, fingerprint, result),
+                                              "reused": bool(result.get("finished_before"))}
 
 
 def run_methods(config: dict, data: str, original: str, gold: str | None, gold_info: dict | None, seed: int,

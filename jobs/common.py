@@ -74,6 +74,12 @@ def track(mlflow: str | None, out: str, records, artifacts=(), **options) -> Non
     log(f"MLflow: {len(records)} run(s) logged to {uri}")
 
 
+def add_overwrite_flag(parser: argparse.ArgumentParser, holds: str = "a run of the same name") -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"start this run afresh (its checkpoints deleted) even if --out holds {holds} with other "
+                             "settings, or unfinished from another --workers count")
+
+
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true",
                         help="also show Ray's own lines (worker groups, per-epoch reports and checkpoints, Tune's "

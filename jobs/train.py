@@ -1,13 +1,14 @@
 """`unlearn train`: train the original model (all of train) or the gold model (`--retain-only`: D_r of a forget spec)
-through Ray Data + Ray Train. Rerunning with the same --out resumes from the latest epoch checkpoint."""
+through Ray Data + Ray Train. Rerunning with the same --out and settings resumes from the latest epoch checkpoint
+(with the same --workers), or returns the finished run's record; other settings are refused unless --overwrite."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from jobs.common import (add_data_flags, add_mlflow_flag, add_ray_flags, apply_endpoint, check_mlflow, data_spec,
-                         ray_resources, run_main, track)
+from jobs.common import (add_data_flags, add_mlflow_flag, add_overwrite_flag, add_ray_flags, apply_endpoint,
+                         check_mlflow, data_spec, ray_resources, run_main, track)
 from pipeline.config import parse_overrides
 from pipeline.runs.spec import TrainSpec
 from pipeline.runs.train import train
@@ -29,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="retrain.KEY=VALUE",
                    help="override the training recipe (the `retrain` method's settings)")
     p.add_argument("--out", required=True, help="run URI: model.pt and checkpoints land here")
+    add_overwrite_flag(p, "a training run")
     add_mlflow_flag(p)
     return p
 
@@ -41,7 +43,7 @@ def train_spec(args: argparse.Namespace) -> TrainSpec:
             recipe[key] = getattr(args, key)
     return TrainSpec(data=data_spec(args), out=args.out, model=args.model, weights=args.weights,
                      image_size=args.image_size, retain_only=args.retain_only, forget=args.forget, seed=args.seed,
-                     recipe=recipe, ray=ray_resources(args))
+                     recipe=recipe, overwrite=args.overwrite, ray=ray_resources(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import (add_data_flags, add_floor_flag, add_mlflow_flag, add_ray_flags, apply_endpoint,
-                         check_mlflow, data_spec, method_overrides, ray_resources, run_main, track)
+from jobs.common import (add_data_flags, add_floor_flag, add_mlflow_flag, add_overwrite_flag, add_ray_flags,
+                         apply_endpoint, check_mlflow, data_spec, method_overrides, ray_resources, run_main, track)
 from pipeline.methods import REGISTRY
 from pipeline.runs.spec import MethodRun, RunSpec
 from pipeline.runs.unlearn import unlearn
@@ -31,8 +31,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run URI: unlearned checkpoint, epoch checkpoints, result records")
     p.add_argument("--name", help="run name (default: METHOD-sSEED); a rerun with the same name and settings resumes")
     add_mlflow_flag(p)
-    p.add_argument("--overwrite", action="store_true",
-                   help="start this run afresh even if --out holds a run of the same name with other settings")
+    add_overwrite_flag(p)
     add_floor_flag(p)
     return p
 

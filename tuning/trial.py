@@ -5,7 +5,8 @@ on the sweep's RunSpec with its own settings and output, with a callback that fo
 feasibility rule, so ASHA can stop a poor trial between epochs. A trial that
 runs to the end stores a sweep-trial record and reports its final metrics.
 The nested Train run is named after the trial id, so a trial resumed by
-`Tuner.restore` continues its Train run from the last epoch checkpoint.
+`Tuner.restore` continues its Train run from the last epoch checkpoint; as every single run, it carries the run
+identity of pipeline/runs/identity.py (the same settings and worker count, or a clear refusal).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from pipeline import storage
 from pipeline.errors import UnlearnError
 from pipeline.results.records import RecordExistsError, ResultRecord, append_record
+from pipeline.runs.identity import is_diverged
 from pipeline.runs.spec import MethodRun, RunSpec
 from tuning.objective import FeasibilityRule
 
@@ -120,7 +122,7 @@ def run_trial(config: dict, context: dict) -> None:
         [record] = unlearn(trial_spec(context, trial_id, settings), tune_callbacks=[JudgedReportCallback(rule)],
                            record_kind="sweep-trial")
     except UnlearnError as exc:
-        if "DivergedError" not in str(exc):
+        if not is_diverged(exc):
             raise
         return report_diverged_trial(context, settings, trial_id, rule, str(exc))
     verdict = rule.judge(record.metrics)

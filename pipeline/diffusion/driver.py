@@ -16,7 +16,7 @@ from pipeline.methods import DIFFUSION_REGISTRY, create_diffusion_method
 from pipeline.results.records import ResultRecord, append_record, load_records, new_run_id
 from pipeline.runs.common import Phases, check_output_uri, open_dataset, use_endpoint, versions
 from pipeline.runs.spec import DataSpec, RayResources, check_name
-from pipeline.runs.unlearn import check_rerun, remember_identity
+from pipeline.runs.identity import check_rerun, remember_identity
 from pipeline.train.console import log
 
 TRAINING_METHODS = ("train", "retrain", "original")

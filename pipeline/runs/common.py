@@ -84,6 +84,14 @@ def plan_floor(index, splits, num_classes: int, draws: int | None, seed: int):
     return plan
 
 
+def log_restarts(restarts: list[dict]) -> None:
+    """One line per time a run went on from a checkpoint (pipeline.train.runner.read_restarts)."""
+    for restart in restarts:
+        epoch = restart["resumed_after_epoch"]
+        where = "from the start" if epoch is None else f"after epoch {epoch}"
+        log(f"restarted at {restart['time']} {where}: {restart['cause']}")
+
+
 class Phases:
     """Wall-clock seconds per phase (startup, data, unlearn, epoch_reports, eval, total)."""
 

@@ -1,8 +1,9 @@
 """What a run is, as typed values: built once (from the command line, a bench config, a sweep or a deletion
 request) and passed to the plain functions of pipeline/runs. Nothing here parses a command line.
 
-A run's *identity* (`RunSpec.identity`) is what decides whether a rerun resumes it; how it runs (Ray
-resources, data mode, the S3 endpoint) is not part of it.
+A run's *identity* (`RunSpec.identity`, `TrainSpec.identity`) is what decides whether a rerun resumes it; how it
+runs (data mode, the S3 endpoint, Ray resources) is not part of it, except that a run goes on only with the worker
+count it was started with (pipeline/runs/identity.py).
 """
 
 from __future__ import annotations
@@ -140,11 +141,24 @@ class TrainSpec:
     forget: str = "random:0.1"  # the forget spec whose D_r a gold model trains on
     seed: int = 3407
     recipe: dict = field(default_factory=dict)  # over the `retrain` method's defaults
+    overwrite: bool = False  # start afresh even if OUT holds a training run with other settings
     ray: RayResources = field(default_factory=RayResources)
 
     def check(self) -> None:
         self.data.check()
         self.ray.check()
+
+    def identity(self, recipe: dict, image_size: int) -> dict:
+        """What makes this training run this run (pipeline/runs/identity.py): `recipe` resolved (defaults
+        included) and the resolved input size, so that spelling out a default is the same run. The forget spec
+        only shapes a gold model's data. As it reads back from JSON."""
+        from pipeline.train.runner import absolute
+
+        identity = {"kind": "train", "data": absolute(self.data.uri), "model": self.model,
+                    "weights": absolute(self.weights) if self.weights else None, "image_size": image_size,
+                    "retain_only": self.retain_only, "forget": self.forget if self.retain_only else None,
+                    "seed": self.seed, "recipe": recipe}
+        return json.loads(json.dumps(identity))
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,16 @@ from pipeline.config import typed_values
 from pipeline.data.shards import read_index, read_meta, verify_checksums
 from pipeline.data.splits import make_splits
 from pipeline.methods import method_class
-from pipeline.results.records import ResultRecord, append_record, new_run_id
-from pipeline.runs.common import Phases, check_output_uri, use_endpoint, versions
+from pipeline.results.records import ResultRecord, append_record, load_records, new_run_id
+from pipeline.runs.common import Phases, check_output_uri, log_restarts, use_endpoint, versions
+from pipeline.runs.identity import begin_run, marking_divergence, remember_identity
 from pipeline.runs.spec import TrainSpec
 from pipeline.train.console import log
 from pipeline.train.datasets import plan_sets
 from pipeline.train.runner import absolute, init_ray, read_restarts, run_trainer
+
+FIT_NAME = "train"  # one training run per output: OUT/model.pt, OUT/ray/train
+ADVICE = "use another --out, or --overwrite to start it afresh"
 
 
 def training_recipe(overrides: dict) -> dict:
@@ -21,8 +25,10 @@ def training_recipe(overrides: dict) -> dict:
 
 
 def train(spec: TrainSpec) -> dict:
-    """Train; return the worker loop's result (evaluation, epochs_run, timings) with the stored `record`.
-    A rerun with the same output resumes from the latest epoch checkpoint."""
+    """Train; return the worker loop's result (evaluation, epochs_run, timings, history, restarts) with the stored
+    `record`. A rerun with the same output and settings resumes from the latest epoch checkpoint, or, once the run
+    is recorded, returns its result from the record (`finished_before`) and trains nothing; other settings are
+    refused unless spec.overwrite (pipeline/runs/identity.py)."""
     spec.check()
     use_endpoint(spec.data.s3_endpoint)
     check_output_uri(spec.out)
@@ -32,10 +38,16 @@ def train(spec: TrainSpec) -> dict:
         verify_checksums(spec.data.uri, meta)
     splits = (make_splits(read_index(spec.data.uri, meta), spec.forget, spec.seed, meta.num_classes)
               if spec.retain_only else None)
+    image_size = spec.image_size or meta.height
+    recipe = training_recipe(spec.recipe)
+    identity = spec.identity(recipe, image_size)
+    finished = begin_run(spec.out, FIT_NAME, identity, spec.overwrite, spec.ray.workers, ADVICE)
+    if finished:
+        log(f"training run under {spec.out} is complete (record {finished}); nothing to do")
+        return recorded_result(spec.out, finished)
     init_ray(spec.ray.workers, spec.ray.cpus_per_worker)
     phases.lap("startup")
 
-    image_size = spec.image_size or meta.height
     if splits:
         train_set, evaluate = "retain_all", {"forget": "forget", "retain": "retain_all", "val": "unseen",
                                              "test": "test"}
@@ -45,7 +57,6 @@ def train(spec: TrainSpec) -> dict:
     plan = plan_sets(spec.data.uri, meta, splits, sorted(set(evaluate.values()) | {train_set}), image_size,
                      mode=spec.data.mode)
     model_uri = storage.join(absolute(spec.out), "model.pt")
-    recipe = training_recipe(spec.recipe)
     loop_config = {
         "method": "retrain", "method_config": recipe, "seed": spec.seed, "weights": spec.weights,
         "model_spec": {"name": spec.model, "num_classes": meta.num_classes, "channels": meta.channels,
@@ -56,13 +67,14 @@ def train(spec: TrainSpec) -> dict:
     }
     phases.lap("data")
     log(f"training {spec.model} on {meta.name} with {spec.ray.workers} worker(s): {recipe}")
-    result = run_trainer(loop_config, spec.out, name="train", workers=spec.ray.workers, use_gpu=spec.ray.gpus,
-                         cpus_per_worker=spec.ray.cpus_per_worker, max_failures=spec.ray.max_failures)
+    with marking_divergence(spec.out, FIT_NAME):  # a diverged run must not block the rerun with a lower lr
+        result = run_trainer(loop_config, spec.out, name=FIT_NAME, workers=spec.ray.workers, use_gpu=spec.ray.gpus,
+                             cpus_per_worker=spec.ray.cpus_per_worker, max_failures=spec.ray.max_failures)
     phases.lap("train")
-    result["restarts"] = read_restarts(spec.out, "train", result.get("resumed_after_epoch"))
-    for restart in result["restarts"]:
-        log(f"restarted at {restart['time']} after epoch {restart['resumed_after_epoch']}: {restart['cause']}")
+    result["restarts"] = read_restarts(spec.out, FIT_NAME)
+    log_restarts(result["restarts"])
     result["record"] = record_training(spec, meta.name, recipe, result, model_uri, phases)
+    remember_identity(spec.out, FIT_NAME, identity, result["record"].run_id, spec.ray.workers)
     accuracies = "  ".join(f"{name} {value:.3f}" for name, value in result["evaluation"].items())
     log(f"accuracy: {accuracies}")
     log(f"trained {result['epochs_run']} epoch(s) in {result['unlearn_seconds']:.1f} s "
@@ -77,10 +89,22 @@ def record_training(spec: TrainSpec, dataset: str, recipe: dict, result: dict, m
     record = ResultRecord(
         run_id=new_run_id("train", label, spec.seed), kind="train", method=label, dataset=dataset, model=spec.model,
         seed=spec.seed, forget_spec=spec.forget if spec.retain_only else "",
-        config={"retrain": recipe, "data": spec.data.uri, "epochs_run": result["epochs_run"]},
+        config={"retrain": recipe, "data": spec.data.uri, "epochs_run": result["epochs_run"],
+                "history": result["history"], "restarts": result["restarts"]},
         metrics={f"acc_{name}": value for name, value in result["evaluation"].items()}, phases=phases.total(),
         unlearn_seconds=result["unlearn_seconds"], workers=spec.ray.workers,
         gpus=spec.ray.workers if spec.ray.gpus else 0, versions=versions(), checkpoint_uri=model_uri,
         checkpoint_sha256=result["checkpoint_sha256"])
     append_record(spec.out, record)
     return record
+
+
+def recorded_result(out: str, run_id: str) -> dict:
+    """The result of a finished training run as its record holds it, for a rerun that trains nothing."""
+    record = next(record for record in load_records(out) if record.run_id == run_id)
+    return {"record": record, "finished_before": True, "checkpoint_sha256": record.checkpoint_sha256,
+            "evaluation": {key[len("acc_"):]: value for key, value in record.metrics.items()
+                           if key.startswith("acc_")},
+            "epochs_run": record.config.get("epochs_run"), "unlearn_seconds": record.unlearn_seconds,
+            "epoch_report_seconds": 0.0, "history": record.config.get("history", []),
+            "restarts": record.config.get("restarts", [])}

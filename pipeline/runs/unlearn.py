@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 
 from pipeline import storage
 from pipeline.data.splits import Splits, make_splits
-from pipeline.errors import ConfigError
 from pipeline.methods import create_method
 from pipeline.models import load_checkpoint
 from pipeline.results.records import ResultRecord, append_record, load_records, new_run_id
-from pipeline.runs.common import (Phases, check_model_fits_data, check_output_uri, open_dataset, plan_floor,
-                                  use_endpoint, versions)
+from pipeline.runs.common import (Phases, check_model_fits_data, check_output_uri, log_restarts, open_dataset,
+                                  plan_floor, use_endpoint, versions)
+from pipeline.runs.identity import begin_run, marking_divergence, remember_identity
 from pipeline.runs.spec import MethodRun, RunSpec
 from pipeline.train.console import log
 from pipeline.train.datasets import plan_sets, subset_name
 from pipeline.train.runner import absolute, init_ray, read_restarts, run_trainer
 
 EVALUATE = {"forget": "forget", "retain": "retain_all", "test": "test", "unseen": "unseen"}
-IDENTITY_FILE = "run_spec.json"
 
 
 def method_settings(method: str, settings: dict | None = None) -> dict:
@@ -48,11 +47,10 @@ def unlearn(spec: RunSpec, tune_callbacks: list | None = None, record_kind: str 
     names = [spec.name] if spec.single and spec.name else [f"{run.name}-s{spec.seed}" for run in spec.runs]
     if spec.single:
         identity = spec.identity(resolved[0], model_spec.name)
-        finished = check_rerun(spec.out, names[0], identity, spec.overwrite)
+        finished = begin_run(spec.out, names[0], identity, spec.overwrite, spec.ray.workers)
         if finished:
             log(f"run {names[0]!r} under {spec.out} is complete (record {finished}); nothing to do")
             return [record for record in load_records(spec.out) if record.run_id == finished]
-        remember_identity(spec.out, names[0], identity)
     init_ray(spec.ray.workers, spec.ray.cpus_per_worker)
     phases.lap("startup")
 
@@ -74,14 +72,15 @@ def unlearn(spec: RunSpec, tune_callbacks: list | None = None, record_kind: str 
     log(f"{', '.join(run.name for run in spec.runs)} on {meta.name} ({spec.forget}, seed {spec.seed}): "
         f"{dict(splits.counts)}")
     fit_name = names[0] if spec.single else f"methods-s{spec.seed}-{new_run_id('fit', 'many', spec.seed)[-8:]}"
-    results = run_trainer(loop_config, spec.out, name=fit_name, workers=spec.ray.workers, use_gpu=spec.ray.gpus,
-                          cpus_per_worker=spec.ray.cpus_per_worker, max_failures=spec.ray.max_failures,
-                          callbacks=tune_callbacks)
+    # A single run that diverged must not block the rerun with a lower lr its error message asks for.
+    with marking_divergence(spec.out, fit_name) if spec.single else contextlib.nullcontext():
+        results = run_trainer(loop_config, spec.out, name=fit_name, workers=spec.ray.workers, use_gpu=spec.ray.gpus,
+                              cpus_per_worker=spec.ray.cpus_per_worker, max_failures=spec.ray.max_failures,
+                              callbacks=tune_callbacks)
     results = [results] if spec.single else results
     phases.lap("run")
-    restarts = read_restarts(spec.out, fit_name, results[0].get("resumed_after_epoch") if spec.single else None)
-    for restart in restarts:
-        log(f"restarted at {restart['time']} after epoch {restart['resumed_after_epoch']}: {restart['cause']}")
+    restarts = read_restarts(spec.out, fit_name)
+    log_restarts(restarts)
     shared = phases.total()
     # The workers timed each method (barriers at both ends), its per-epoch checkpoints and reports, and each
     # evaluation; the rest of the fit's wall time is Ray start-up and streaming set-up, shared by its runs.
@@ -108,7 +107,7 @@ def unlearn(spec: RunSpec, tune_callbacks: list | None = None, record_kind: str 
         record = run.finalize(record) if run.finalize else record
         append_record(spec.out, record)
         if spec.single:  # marks the run finished: an identical rerun returns this record instead of a 0-epoch one
-            remember_identity(spec.out, names[0], identity, record.run_id)
+            remember_identity(spec.out, names[0], identity, record.run_id, spec.ray.workers)
         print_metrics(run.name, record.metrics, record.unlearn_seconds)
         records.append(record)
     log(f"unlearned model(s) and records under {spec.out}")
@@ -126,54 +125,6 @@ def _roles(retain_fraction: float) -> dict:
     """Dataset names playing each part; a retain fraction below 1 reads its own seeded subset of D_r."""
     return {"forget": "forget", "retain": subset_name("retain_all" if retain_fraction >= 1 else "retain", retain_fraction),
             "mixed": subset_name("mixed", retain_fraction), "unseen": "unseen"}
-
-
-def _identity_uri(out: str, name: str) -> str:
-    return storage.join(absolute(out), "ray", name, IDENTITY_FILE)
-
-
-def remember_identity(out: str, name: str, identity: dict, record_id: str | None = None) -> None:
-    """Store what run `name` is, before its fit; with `record_id`, after it, marking it finished."""
-    stored = identity if record_id is None else {**identity, "record": record_id}
-    storage.write_text(_identity_uri(out, name), json.dumps(stored, indent=2))
-
-
-def check_rerun(out: str, name: str, identity: dict, overwrite: bool) -> str | None:
-    """Before a single run: None to (re)start it, or the run_id of an identical run that already finished.
-
-    Ray Train resumes any run of the same name from its last checkpoint, whatever the settings: a rerun
-    with lotus.alpha=2 once resumed a finished alpha=8 run and recorded alpha=2. A run of that name with
-    another identity is refused (naming what differs) unless `overwrite`, which deletes it first.
-    """
-    uri = _identity_uri(out, name)
-    if not storage.exists(uri):
-        return None
-    stored = json.loads(storage.read_text(uri))
-    earlier = {key: value for key, value in stored.items() if key != "record"}
-    if earlier == identity:
-        return stored.get("record")
-    if overwrite:
-        storage.delete_tree(storage.join(absolute(out), "ray", name))
-        return None
-    raise ConfigError(f"{out} already holds run {name!r} with other settings ({_differences(earlier, identity)}); "
-                      f"use another --out or --name, or --overwrite to start it afresh")
-
-
-def _differences(before: dict, now: dict) -> str:
-    flat_before, flat_now = _flatten(before), _flatten(now)
-    keys = sorted(set(flat_before) | set(flat_now))
-    return "; ".join(f"{key}: {flat_before.get(key)} there, {flat_now.get(key)} now"
-                     for key in keys if flat_before.get(key) != flat_now.get(key))
-
-
-def _flatten(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _failed_record(spec: RunSpec, kind: str, run: MethodRun, settings: dict, dataset: str, model: str,

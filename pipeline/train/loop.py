@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from typing import Callable
 
 import torch
 
@@ -19,7 +20,7 @@ from pipeline.distributed import unwrap
 from pipeline.methods.accuracy import count_correct
 from pipeline.methods.base import UnlearnData
 from pipeline.models import ModelSpec, build_model, load_checkpoint, load_weights, save_checkpoint
-from pipeline.train.checkpoints import read_resume_state, write_epoch_checkpoint
+from pipeline.train.checkpoints import note_attempt, read_resume_state, write_epoch_checkpoint
 from pipeline.train.console import quiet_worker_reports
 from pipeline.train.ray_sources import DEFAULT_CACHE_MB, InputStats, worker_sources, warm_up_data_workers
 
@@ -42,15 +43,21 @@ def _place(model: torch.nn.Module, device: torch.device, channels_last: bool) ->
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def _checkpoint_reporter(spec: ModelSpec, method, stats: InputStats, epoch_metrics=None):
+def _checkpoint_reporter(spec: ModelSpec, method, stats: InputStats, epoch_metrics=None,
+                         history: list[dict] | None = None):
     """on_epoch_end callback: every rank reports (a barrier); rank 0 attaches the checkpoint.
 
     `epoch_metrics(model)` (sweeps) adds an evaluation to every epoch's report, so a Tune
-    scheduler such as ASHA can stop a trial between epochs.
+    scheduler such as ASHA can stop a trial between epochs. `history` (the epochs of the checkpoint a run
+    resumed from) grows by every epoch's entry and goes into each checkpoint, so that the record of a run
+    resumed after a restart holds every epoch, not only the last attempt's.
     """
     import ray.train
 
+    history = list(history or [])
+
     def report(epoch: int, model, entry: dict) -> None:
+        history.append(dict(entry))
         if epoch_metrics is not None:
             with stats.uncounted():  # its time is not the method's either (MethodReport.epoch_report_seconds)
                 entry = {**entry, **scalars(epoch_metrics(model))}
@@ -58,7 +65,7 @@ def _checkpoint_reporter(spec: ModelSpec, method, stats: InputStats, epoch_metri
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if ray.train.get_context().get_world_rank() == 0:
-                write_epoch_checkpoint(directory, model, spec, epoch, method.optimizer, method_states)
+                write_epoch_checkpoint(directory, model, spec, epoch, method.optimizer, method_states, history)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report({**entry, "epoch": epoch}, checkpoint=checkpoint)
 
@@ -71,23 +78,52 @@ def scalars(metrics: dict) -> dict:
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
-def _resume_state(run_folder: str | None):
-    """The newest complete epoch checkpoint of this run, or None for a fresh start.
+def _resume_state(run_folder: str | None, device) -> dict | None:
+    """The newest epoch checkpoint of this run that every rank reads, or None (every rank) for a fresh start.
 
     Not just Ray Train's `get_checkpoint()`: Ray registers a reported checkpoint a poll later, so a
     worker lost right after reporting epoch 2 was restarted from epoch 1. The run folder holds every
     checkpoint written; the newest that loads is the one to go on from (a half-written one does not load).
+    Every rank must take the same one (agreed_resume): a rank that fell back alone to an older checkpoint
+    after a transient read error would train other epochs than the rest.
     """
     import ray.train
 
     candidates = newest_first(run_folder) if run_folder else []
     registered = ray.train.get_checkpoint()
-    for checkpoint in [*candidates, *([registered] if registered is not None else [])]:
-        try:
-            with checkpoint.as_directory() as directory:
-                return read_resume_state(directory, distributed.rank())
-        except Exception:  # incomplete: the worker died while it was being written
-            continue
+    candidates += [registered] if registered is not None else []
+
+    def read(checkpoint) -> dict:
+        with checkpoint.as_directory() as directory:
+            return read_resume_state(directory, distributed.rank())
+
+    def reduce_max(values: list[float]) -> list[float]:
+        return distributed.all_reduce_max(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
+
+    return agreed_resume(candidates, read, reduce_max)
+
+
+def agreed_resume(candidates: list, read: Callable[[object], dict],
+                  reduce_max: Callable[[list[float]], list[float]]) -> dict | None:
+    """The first of `candidates` (newest first) that every rank read, as the same epoch; None when there is none.
+
+    `read(candidate)` returns a resume state ({"epoch", ...}) or raises (incomplete: the worker died while it was
+    being written; or a storage error); `reduce_max` is the element-wise maximum over ranks (a collective: every
+    rank calls it the same number of times, so lists of unequal length are padded with failures). A candidate
+    one rank cannot read is skipped by all, so either all resume from the same epoch or all start afresh.
+    """
+    (count,) = reduce_max([float(len(candidates))])
+    for index in range(int(count)):
+        state = None
+        if index < len(candidates):
+            try:
+                state = read(candidates[index])
+            except Exception:  # incomplete or unreachable here: the other ranks must not take it either
+                state = None
+        epoch = float(state["epoch"]) if state is not None else 0.0
+        failed, highest, minus_lowest = reduce_max([0.0 if state is not None else 1.0, epoch, -epoch])
+        if failed == 0.0 and highest == -minus_lowest:
+            return state
     return None
 
 
@@ -180,9 +216,13 @@ def _run_one(config: dict, sources: dict, stats: InputStats, device, evaluator: 
     if config.get("evaluate_every_epoch"):
         def epoch_metrics(current):
             return evaluator(config, current, original)
-    on_epoch_end = _checkpoint_reporter(spec, method, stats, epoch_metrics) if checkpointing else None
+    resume = _resume_state(config.get("run_folder"), device) if checkpointing else None
+    resumed_history = list(resume["history"]) if resume else []
+    if checkpointing and config.get("run_folder") and ray.train.get_context().get_world_rank() == 0:
+        note_attempt(config["run_folder"], resume["epoch"] if resume else None)  # read_restarts tells the story
+    on_epoch_end = (_checkpoint_reporter(spec, method, stats, epoch_metrics, resumed_history)
+                    if checkpointing else None)
     before = InputStats(stats.images, stats.wait_seconds)
-    resume = _resume_state(config.get("run_folder")) if checkpointing else None
     report = method.unlearn(model, original, data, device, on_epoch_end=on_epoch_end, resume=resume)
     unlearn_images, unlearn_wait = _images_since(stats, before, device)
 
@@ -196,7 +236,7 @@ def _run_one(config: dict, sources: dict, stats: InputStats, device, evaluator: 
         sha256 = save_checkpoint(unwrap(model), spec, config["model_out"],
                                  extra={"method": config["method"], "seed": config.get("seed", 0)})
     return {"unlearn_seconds": report.unlearn_seconds, "epoch_report_seconds": report.epoch_report_seconds,
-            "epochs_run": report.epochs_run, "history": report.history,
+            "epochs_run": report.epochs_run, "history": [*resumed_history, *report.history],
             "evaluation": evaluation, "eval_seconds": eval_seconds, "checkpoint_sha256": sha256,
             "resumed_after_epoch": resume["epoch"] if resume else None,
             "images": {"unlearn": unlearn_images, "eval": eval_images},

@@ -6,13 +6,14 @@ import datetime as dt
 import functools
 import json
 import os
+import posixpath
 import re
-import uuid
 
 import pyarrow.fs as pafs
 
 from pipeline import storage
 from pipeline.errors import UnlearnError
+from pipeline.train.checkpoints import ATTEMPTS_DIR, event_name
 from pipeline.train.console import verbose
 from pipeline.train.loop import worker_loop
 
@@ -129,23 +130,54 @@ def _restart_log_class():
             now = dt.datetime.now(dt.timezone.utc)
             entry = {"time": now.isoformat(timespec="seconds"), "cause": "; ".join(causes),
                      "resumed_after_epoch": self.last_checkpoint_epoch}
-            name = f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:6]}.json"
-            storage.write_text(storage.join(self.folder, RESTARTS_DIR, name), json.dumps(entry))
+            storage.write_text(storage.join(self.folder, RESTARTS_DIR, event_name(now)), json.dumps(entry))
 
     return RestartLog
 
 
-def read_restarts(run_uri: str, name: str, resumed_after_epoch: int | None = None) -> list[dict]:
-    """The worker-group restarts of a run, oldest first: {"time", "cause", "resumed_after_epoch"} each.
+RERUN_CAUSE = "rerun of the command"
 
-    The controller knows only the checkpoints Ray had registered when a worker was lost; the workers of the
-    last attempt report the one they really went on from (`resumed_after_epoch`), which the last entry takes.
+
+def note_rerun(run_uri: str, name: str) -> None:
+    """Before the fit of a command rerun to go on from an unfinished run: an entry in its restart log, whose epoch
+    read_restarts fills from the attempt that followed (dropped when no worker ever started)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    entry = {"time": now.isoformat(timespec="seconds"), "cause": RERUN_CAUSE, "resumed_after_epoch": None}
+    storage.write_text(storage.join(run_folder(run_uri, name), RESTARTS_DIR, event_name(now)), json.dumps(entry))
+
+
+def read_restarts(run_uri: str, name: str) -> list[dict]:
+    """What made a run go on from a checkpoint, oldest first: {"time", "cause", "resumed_after_epoch"} each.
+
+    Two logs make the story, merged in time order (their file names sort by time): the restarts (worker
+    failures written by the Train controller, and reruns of the command, note_rerun) and the attempts (every
+    start of the worker group, with the checkpoint its workers agreed to go on from, written by rank 0). The
+    controller knows only the checkpoints Ray had registered when a worker was lost, so each restart takes the
+    epoch of the attempt that followed it. A failure with no attempt after it before the next rerun ended its
+    command and keeps the controller's epoch; a rerun note with no attempt after it (no worker started) is dropped.
     """
-    uris = storage.list_files(storage.join(run_folder(run_uri, name), RESTARTS_DIR), ".json")
-    restarts = [json.loads(storage.read_text(uri)) for uri in uris]
-    if restarts and resumed_after_epoch is not None:
-        restarts[-1]["resumed_after_epoch"] = resumed_after_epoch
-    return restarts
+    folder = run_folder(run_uri, name)
+    events = sorted([(posixpath.basename(uri), kind, json.loads(storage.read_text(uri)))
+                     for kind, directory in (("restart", RESTARTS_DIR), ("attempt", ATTEMPTS_DIR))
+                     for uri in storage.list_files(storage.join(folder, directory), ".json")],
+                    key=lambda event: event[0])
+    story, waiting = [], []
+    for _, kind, entry in events:
+        if kind == "attempt":
+            for restart in waiting:
+                restart["resumed_after_epoch"] = entry["resumed_after_epoch"]
+            waiting = []
+            continue
+        if entry.get("cause") == RERUN_CAUSE:  # a new command: what waited belongs to one that ended
+            story = [restart for restart in story if not _unanswered_rerun(restart, waiting)]
+            waiting = []
+        story.append(entry)
+        waiting.append(entry)
+    return [restart for restart in story if not _unanswered_rerun(restart, waiting)]
+
+
+def _unanswered_rerun(restart: dict, waiting: list[dict]) -> bool:
+    return restart.get("cause") == RERUN_CAUSE and any(restart is entry for entry in waiting)
 
 
 def _delete_unregistered_checkpoints(folder: str, kept: list) -> None:
