@@ -9,7 +9,7 @@ import sys
 from typing import Callable
 
 from pipeline.config import parse_overrides
-from pipeline.errors import ConfigError, UnlearnError
+from pipeline.errors import ConfigError, StorageUnavailableError, UnlearnError
 from pipeline.runs.common import use_endpoint
 from pipeline.runs.spec import DEFAULT_CACHE_MB, DataSpec, RayResources
 from pipeline.storage import ENDPOINT_ENV
@@ -120,13 +120,21 @@ def method_overrides(method: str, pairs: list[str]) -> dict:
     return overrides.get(method, {})
 
 
+# sysexits' EX_TEMPFAIL: storage kept failing in a way that may pass; the same command, rerun later, goes on.
+EXIT_STORAGE_UNAVAILABLE = 75
+
+
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run a job's main; a user error prints one clear line on stderr and exits 2 (no traceback)."""
+    """Run a job's main; a user error prints one clear line on stderr and exits 2 (no traceback), and so does
+    storage that stayed unavailable through every retry, with exit 75."""
     try:
         return main(argv)
     except UnlearnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StorageUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_STORAGE_UNAVAILABLE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,4 +1,5 @@
-"""Errors a user can fix: the CLI prints them without a traceback and exits non-zero."""
+"""Errors a user can fix: the CLI prints them without a traceback and exits non-zero. And the one error that is
+not the user's to fix, StorageUnavailableError: storage that kept failing for a while, which a retry may get past."""
 
 
 class UnlearnError(Exception):
@@ -15,3 +16,11 @@ class ConfigError(UnlearnError):
 
 class DivergedError(UnlearnError):
     """A method's loss or weights became NaN or infinite: its model must never be saved as a result."""
+
+
+class StorageUnavailableError(Exception):
+    """Storage kept failing in a way that may pass (network, throttling, 5xx) after the SDK's own retries.
+
+    Deliberately not an UnlearnError: those recur on every retry and end a Ray Train run at once, while this one
+    lets `--max-failures` restart the worker group from its last epoch checkpoint (pipeline/train/runner.py).
+    """

@@ -4,6 +4,16 @@ S3 goes through pyarrow's S3FileSystem. Credentials come from the standard AWS
 chain (environment, profile, instance role) and are never read from config nor
 logged. An S3-compatible endpoint comes from `AWS_ENDPOINT_URL`, which the CLI
 sets from `--s3-endpoint` before Ray starts so every Ray process inherits it.
+
+Failures come in two kinds. What a retry cannot fix (a missing key or bucket,
+access denied, a corrupt file) is a DataError at once. What may pass (connection
+resets and refusals, timeouts, 5xx, SlowDown) is retried per request by the AWS
+SDK inside pyarrow and by botocore, both in their `standard` mode: jittered
+exponential backoff (about 1 s doubling, capped at 20 s), `AWS_MAX_ATTEMPTS`
+attempts (default 8, about 35 s of trying). Each request is retried where it
+failed, even a read cut off mid-body, so no retry loop of our own repeats them.
+If it still fails, StorageUnavailableError: not one of the project's own errors,
+so Ray Train's `--max-failures` restarts the workers from their last checkpoint.
 """
 
 from __future__ import annotations
@@ -11,24 +21,45 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import re
 import tempfile
 import uuid
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError, StorageUnavailableError
 
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"
+# The AWS SDKs' own setting (botocore reads it too): attempts per S3 request, the first included. Measured through
+# tests/faulty_s3_proxy.py: pyarrow's default, 3, gave up after 1.3 s of resets; 8 keep trying for about 35 s.
+ATTEMPTS_ENV = "AWS_MAX_ATTEMPTS"
+DEFAULT_S3_ATTEMPTS = 8
 
 
 def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
 
+def s3_attempts() -> int:
+    """Attempts per S3 request, from `AWS_MAX_ATTEMPTS` (default 8)."""
+    raw = os.environ.get(ATTEMPTS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_S3_ATTEMPTS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{ATTEMPTS_ENV}={raw!r}: attempts per S3 request must be a whole number, 1 or more")
+    return int(raw)
+
+
+def _region() -> str:
+    return os.environ.get("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1"))
+
+
 def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
     endpoint = endpoint or os.environ.get(ENDPOINT_ENV)
-    kwargs = {"region": os.environ.get("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1"))}
+    # A strategy per filesystem: the standard strategy's retry budget (a token bucket) is per instance, and one
+    # shared by every filesystem of a long run could run dry and stop all retries.
+    kwargs = {"region": _region(), "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=s3_attempts())}
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
         kwargs["endpoint_override"] = parsed.netloc
@@ -54,8 +85,43 @@ def join(uri: str, *parts: str) -> str:
     return os.path.join(uri, *parts)
 
 
-def _storage_error(action: str, uri: str, exc: Exception) -> DataError:
-    text = str(exc)
+# What pyarrow's AWS SDK reports for failures a later attempt can get past: the network (resets, refusals,
+# timeouts: NETWORK_CONNECTION), throttling, and the server's own errors (5xx; a HEAD's has no body, hence the
+# status). Anything else, a missing key or bucket, access denied, a bad request, fails the same way every time.
+TRANSIENT_S3_TEXT = re.compile(r"AWS Error (?:NETWORK_CONNECTION|SLOW_DOWN|THROTTLING|INTERNAL_FAILURE|"
+                               r"SERVICE_UNAVAILABLE|REQUEST_TIMEOUT)\b|HTTP status (?:5\d\d|429)\b")
+# The same for botocore's ClientError codes (its connection errors are transient by class, see is_transient).
+TRANSIENT_S3_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+                      "RequestTimeout", "InternalError", "ServiceUnavailable", "BadGateway", "GatewayTimeout"}
+# Local and mounted (NFS, FUSE) filesystems: network trouble, not a missing or forbidden file.
+TRANSIENT_ERRNOS = {errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.EHOSTUNREACH,
+                    errno.ENETUNREACH, errno.ENETDOWN}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a storage failure may pass if tried again later (see TRANSIENT_S3_TEXT)."""
+    if type(exc).__module__.startswith("botocore"):
+        from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+
+        if isinstance(exc, (BotoConnectionError, HTTPClientError)):  # resets, refusals, timeouts
+            return True
+        if isinstance(exc, ClientError):
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            return exc.response.get("Error", {}).get("Code") in TRANSIENT_S3_CODES or status >= 500 or status == 429
+        return False
+    if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
+        return True
+    return bool(TRANSIENT_S3_TEXT.search(str(exc)))
+
+
+def storage_error(action: str, uri: str, exc: Exception) -> Exception:
+    """The error to raise for a failed storage call: StorageUnavailableError when it may pass (the SDK has already
+    retried it), else a DataError that says what is wrong. Error texts never hold credentials (the SDKs'
+    messages name the key, the bucket and the operation only)."""
+    text = " ".join(str(exc).split())  # one line: Ray's root-cause summary takes the error's last line
+    if is_transient(exc):
+        tries = f" after {s3_attempts()} attempts" if is_s3(uri) else ""
+        return StorageUnavailableError(f"cannot {action} {uri}{tries}, storage unavailable: {text}")
     if is_s3(uri) and ("NoSuchBucket" in text or "NO_SUCH_BUCKET" in text or "bucket does not exist" in text.lower()):
         return DataError(f"cannot {action} {uri}: the bucket does not exist")
     denied = ("ACCESS_DENIED", "AccessDenied", "INVALID_ACCESS_KEY_ID", "InvalidAccessKeyId", "SIGNATURE_DOES_NOT_MATCH",
@@ -70,7 +136,7 @@ def exists(uri: str) -> bool:
     try:
         return fs.get_file_info(path).type != pafs.FileType.NotFound
     except OSError as exc:
-        raise _storage_error("look up", uri, exc) from exc
+        raise storage_error("look up", uri, exc) from exc
 
 
 def read_bytes(uri: str) -> bytes:
@@ -83,7 +149,7 @@ def read_bytes(uri: str) -> bytes:
     except OSError as exc:
         if "not found" in str(exc).lower() or "NoSuchKey" in str(exc):
             raise DataError(f"not found: {uri}") from exc
-        raise _storage_error("read", uri, exc) from exc
+        raise storage_error("read", uri, exc) from exc
 
 
 def write_temp_beside(path: str, data: bytes) -> str:
@@ -115,7 +181,7 @@ def write_bytes(uri: str, data: bytes) -> None:
             with fs.open_output_stream(path) as stream:
                 stream.write(data)
     except OSError as exc:
-        raise _storage_error("write", uri, exc) from exc
+        raise storage_error("write", uri, exc) from exc
 
 
 def create_s3_object(uri: str, data: bytes) -> bool:
@@ -125,20 +191,35 @@ def create_s3_object(uri: str, data: bytes) -> bool:
     wins (pyarrow's S3 filesystem cannot send the header, hence boto3).
     """
     import boto3
+    from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
     parsed = urlparse(uri)
-    client = boto3.client("s3", endpoint_url=os.environ.get(ENDPOINT_ENV) or None,
-                          region_name=os.environ.get("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1")))
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    client = boto3.client("s3", endpoint_url=os.environ.get(ENDPOINT_ENV) or None, region_name=_region(),
+                          config=Config(retries={"mode": "standard", "total_max_attempts": s3_attempts()}))
     try:
-        client.put_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Body=data, IfNoneMatch="*")
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
-            return False
-        raise _storage_error("write", uri, exc) from exc
-    except BotoCoreError as exc:
-        raise _storage_error("write", uri, exc) from exc
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
+                raise
+            return _retry_met_its_own_write(client, bucket, key, data, exc)
+    except (ClientError, BotoCoreError) as exc:
+        raise storage_error("write", uri, exc) from exc
     return True
+
+
+def _retry_met_its_own_write(client, bucket: str, key: str, data: bytes, refused) -> bool:
+    """After a 412: True when an earlier attempt of this very PUT created the object and only its answer was
+    lost, so botocore retried and met its own object (measured through a proxy that cuts answers off).
+
+    Without a retry the object is someone else's. After one, the stored bytes decide: equal bytes are this
+    write's (or a racing writer's with the very same bytes: the same result either way).
+    """
+    if not refused.response.get("ResponseMetadata", {}).get("RetryAttempts"):
+        return False
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read() == data
 
 
 def create_once(uri: str, data: bytes) -> bool:
@@ -150,7 +231,7 @@ def create_once(uri: str, data: bytes) -> bool:
     try:
         return _publish_local_once(path, data)
     except OSError as exc:
-        raise _storage_error("write", uri, exc) from exc
+        raise storage_error("write", uri, exc) from exc
 
 
 def _publish_local_once(path: str, data: bytes) -> bool:
@@ -202,7 +283,7 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     except OSError as exc:
-        raise _storage_error("list", uri, exc) from exc
+        raise storage_error("list", uri, exc) from exc
     rels = sorted(posixpath.relpath(i.path, path) if is_s3(uri) else os.path.relpath(i.path, path)
                   for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
     return [join(uri, rel) for rel in rels]
@@ -216,7 +297,7 @@ def delete_file(uri: str) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise _storage_error("delete", uri, exc) from exc
+        raise storage_error("delete", uri, exc) from exc
 
 
 def delete_tree(uri: str) -> None:
@@ -226,7 +307,7 @@ def delete_tree(uri: str) -> None:
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
             fs.delete_dir(path)
     except OSError as exc:
-        raise _storage_error("delete", uri, exc) from exc
+        raise storage_error("delete", uri, exc) from exc
 
 
 def ensure_bucket(uri: str) -> None:
@@ -238,7 +319,7 @@ def ensure_bucket(uri: str) -> None:
     try:
         info = fs.get_file_info(bucket)
     except OSError as exc:
-        raise _storage_error("reach", uri, exc) from exc
+        raise storage_error("reach", uri, exc) from exc
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"cannot use {uri}: the bucket {bucket!r} does not exist")
 

@@ -12,6 +12,7 @@ rows were ordered (see ROW_ORDER_SHUFFLED).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -245,16 +246,32 @@ def read_table(uri: str, meta: DatasetMeta, columns: list[str] | None = None) ->
     columns = columns or CORE_COLUMNS
     tables = []
     for shard_uri in shard_uris(uri, meta):
-        fs, path = storage.resolve(shard_uri)
-        try:
-            file = pq.ParquetFile(path, filesystem=fs)
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise DataError(f"cannot read shard {shard_uri}: {exc}") from exc
+        file = open_shard(shard_uri)
         missing = [c for c in columns if c not in file.schema_arrow.names]
         if missing:
             raise DataError(f"shard {shard_uri} lacks column(s) {missing}; it has {file.schema_arrow.names}")
-        tables.append(file.read(columns=columns))
+        with reading_shard(shard_uri):
+            tables.append(file.read(columns=columns))
     return pa.concat_tables(tables)
+
+
+def open_shard(shard_uri: str) -> pq.ParquetFile:
+    """A shard's Parquet file, its footer read (errors as in `reading_shard`)."""
+    fs, path = storage.resolve(shard_uri)
+    with reading_shard(shard_uri):
+        return pq.ParquetFile(path, filesystem=fs)
+
+
+@contextlib.contextmanager
+def reading_shard(shard_uri: str, part: str = "shard"):
+    """Errors of reading (`part` of) a shard: a file that is not Parquet or is corrupt, a DataError; storage that
+    failed in a way that may pass, after the SDK's retries, StorageUnavailableError (storage.storage_error)."""
+    try:
+        yield
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"cannot read {part} {shard_uri}: {exc}") from exc
+    except OSError as exc:
+        raise storage.storage_error(f"read {part}", shard_uri, exc) from exc
 
 
 def read_index(uri: str, meta: DatasetMeta) -> pa.Table:

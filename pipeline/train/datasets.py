@@ -19,13 +19,10 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline import storage
 from pipeline.data.images import decode_batch
-from pipeline.data.shards import DatasetMeta, read_table, shard_uris
+from pipeline.data.shards import DatasetMeta, open_shard, read_table, reading_shard, shard_uris
 from pipeline.data.splits import STORED_SPLITS, Splits
-from pipeline.errors import DataError
 from pipeline.methods.harness import retain_subset_mask
 
 
@@ -86,8 +83,7 @@ def read_layout(uri: str, meta: DatasetMeta) -> ShardLayout:
     index = read_table(uri, meta, ["sample_id", "split"])
     groups, first = [], 0
     for shard_uri in shard_uris(uri, meta):
-        fs, path = storage.resolve(shard_uri)
-        footer = pq.ParquetFile(path, filesystem=fs).metadata
+        footer = open_shard(shard_uri).metadata
         for group in range(footer.num_row_groups):
             rows = footer.row_group(group).num_rows
             groups.append((shard_uri, group, first, rows))
@@ -117,11 +113,10 @@ def read_units(layout: ShardLayout, keep: np.ndarray, in_forget: np.ndarray) -> 
 
 
 def read_row_group(unit: ReadUnit, columns: list[str]) -> pa.Table:
-    fs, path = storage.resolve(unit.shard)
-    try:
-        table = pq.ParquetFile(path, filesystem=fs).read_row_group(unit.row_group, columns=columns)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise DataError(f"cannot read shard {unit.shard} (row group {unit.row_group}): {exc}") from exc
+    """The unit's rows of its row group. A storage failure that may pass (each request was retried already)
+    raises StorageUnavailableError, which a Ray Train run survives through --max-failures."""
+    with reading_shard(unit.shard, f"row group {unit.row_group} of shard"):
+        table = open_shard(unit.shard).read_row_group(unit.row_group, columns=columns)
     return table.take(pa.array(unit.rows))
 
 

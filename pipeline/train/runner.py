@@ -12,7 +12,7 @@ import re
 import pyarrow.fs as pafs
 
 from pipeline import storage
-from pipeline.errors import UnlearnError
+from pipeline.errors import StorageUnavailableError, UnlearnError
 from pipeline.train.checkpoints import ATTEMPTS_DIR, event_name
 from pipeline.train.console import verbose
 from pipeline.train.loop import worker_loop
@@ -86,9 +86,9 @@ def run_trainer(loop_config: dict, run_uri: str, name: str, workers: int = 1, us
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        raise UnlearnError(f"Ray Train run {name!r} failed: {_root_cause(exc)}") from exc
+        raise fit_failure(name, exc) from exc
     if result.error:
-        raise UnlearnError(f"Ray Train run {name!r} failed: {_root_cause(result.error)}")
+        raise fit_failure(name, result.error)
     _delete_unregistered_checkpoints(folder, [checkpoint for checkpoint, _ in result.best_checkpoints or []])
     return result.return_value
 
@@ -99,7 +99,18 @@ def run_folder(run_uri: str, name: str) -> str:
 
 RESTARTS_DIR = "restarts"
 # A worker error of the project's own kind (pipeline/errors.py) recurs on every retry: bad data, a diverged method.
+# StorageUnavailableError is not one (storage that kept failing may answer again), nor is anything from Ray or torch.
 PROJECT_ERROR = re.compile(r"\b(?:pipeline\.errors\.)?(?:UnlearnError|DataError|ConfigError|DivergedError)\b")
+STORAGE_UNAVAILABLE = re.compile(r"\bStorageUnavailableError\b")
+
+
+def fit_failure(name: str, error: BaseException) -> Exception:
+    """The error a failed fit ends the command with, its root cause last: StorageUnavailableError when storage
+    still failed after every restart --max-failures allowed (a rerun later resumes from the last checkpoint),
+    else an UnlearnError (bad data, a diverged method, or workers lost more often than allowed)."""
+    cause = _root_cause(error)
+    kind = StorageUnavailableError if STORAGE_UNAVAILABLE.search(cause) else UnlearnError
+    return kind(f"Ray Train run {name!r} failed: {cause}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -107,9 +118,10 @@ def _restart_log_class():
     """A Ray Train callback (it runs in the Train controller) that keeps a record of worker failures.
 
     A failure of the project's own kind ends the run at once, its message last, instead of a retry
-    that would fail the same way (`--max-failures` is for lost workers and nodes). Any other failure
-    is written to `<run folder>/restarts/` with its time, cause and the last epoch checkpointed
-    before it (what the restarted workers resume after); `read_restarts` gives them to the record.
+    that would fail the same way (`--max-failures` is for lost workers and nodes, and for storage that
+    kept failing through the SDK's retries: StorageUnavailableError). Any other failure is written to
+    `<run folder>/restarts/` with its time, cause and the last epoch checkpointed before it (what the
+    restarted workers resume after); `read_restarts` gives them to the record.
     Defined on first use: importing ray.train costs seconds, and bad input is refused before that.
     """
     from ray.train import UserCallback
