@@ -12,7 +12,6 @@ rows were ordered (see ROW_ORDER_SHUFFLED).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -206,12 +205,13 @@ def read_meta(uri: str) -> DatasetMeta:
         raise DataError(f"no dataset at {uri}: {META_FILE} is missing (run `unlearn prepare` first)")
     meta = DatasetMeta.from_json(storage.read_text(meta_uri), meta_uri)
     if stored_class_by_class(meta):
-        # Once per dataset and process (Python's default filter): every run path reads the meta first.
+        # Every run path reads the meta first. Warned from this line, so Python's default filter shows it once
+        # per dataset and process however many callers read it.
         warnings.warn(f"{uri} stores its rows class by class (prepared from {meta.extra['source']} before prepare "
                       "wrote them in a seeded random order): a shuffled pass mixes only a few consecutive row "
                       "groups (about 445 rows at 224 px), so each batch holds the few classes of those rows, which "
                       "biases gradients and BatchNorm statistics. Run the same `unlearn prepare` again with "
-                      "--overwrite.", stacklevel=2)
+                      "--overwrite.")
     return meta
 
 
@@ -250,28 +250,23 @@ def read_table(uri: str, meta: DatasetMeta, columns: list[str] | None = None) ->
         missing = [c for c in columns if c not in file.schema_arrow.names]
         if missing:
             raise DataError(f"shard {shard_uri} lacks column(s) {missing}; it has {file.schema_arrow.names}")
-        with reading_shard(shard_uri):
-            tables.append(file.read(columns=columns))
+        tables.append(read_shard_part(shard_uri, "shard", lambda: file.read(columns=columns)))
     return pa.concat_tables(tables)
 
 
 def open_shard(shard_uri: str) -> pq.ParquetFile:
-    """A shard's Parquet file, its footer read (errors as in `reading_shard`)."""
+    """A shard's Parquet file, its footer read (errors as in `read_shard_part`)."""
     fs, path = storage.resolve(shard_uri)
-    with reading_shard(shard_uri):
-        return pq.ParquetFile(path, filesystem=fs)
+    return read_shard_part(shard_uri, "shard", lambda: pq.ParquetFile(path, filesystem=fs))
 
 
-@contextlib.contextmanager
-def reading_shard(shard_uri: str, part: str = "shard"):
-    """Errors of reading (`part` of) a shard: a file that is not Parquet or is corrupt, a DataError; storage that
-    failed in a way that may pass, after the SDK's retries, StorageUnavailableError (storage.storage_error)."""
+def read_shard_part(shard_uri: str, part: str, read):
+    """`read()` of (`part` of) a shard. A file that is not Parquet or is corrupt: DataError at once. Storage that
+    fails in a way that may pass is tried again, then StorageUnavailableError (storage.retrying)."""
     try:
-        yield
+        return storage.retrying(f"read {part}", shard_uri, read)
     except pa.ArrowInvalid as exc:
         raise DataError(f"cannot read {part} {shard_uri}: {exc}") from exc
-    except OSError as exc:
-        raise storage.storage_error(f"read {part}", shard_uri, exc) from exc
 
 
 def read_index(uri: str, meta: DatasetMeta) -> pa.Table:
