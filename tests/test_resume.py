@@ -101,6 +101,9 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(ray_s
     assert restart["resumed_after_epoch"] >= 1 and restart["cause"]  # the newest checkpoint written, registered or not
     assert resumed.config["epochs_run"] == 4
     assert resumed.checkpoint_sha256 == uninterrupted.checkpoint_sha256  # the same weights, to the bit
+    # Every epoch in the record, the ones before the restart too (they come from the checkpoint): the same history.
+    assert resumed.config["history"] == uninterrupted.config["history"]
+    assert [entry["epoch"] for entry in resumed.config["history"]] == [0, 1, 2, 3]
     for key in ("acc_forget", "acc_retain", "acc_test", "mia", "rf_jsd"):
         assert resumed.metrics[key] == uninterrupted.metrics[key], key
     folders = sorted(p.name for p in (out / "ray" / f"lotus-s{SEED}").glob("checkpoint_*") if p.is_dir())
