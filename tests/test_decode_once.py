@@ -88,3 +88,41 @@ def test_two_workers_same_weights_in_every_mode_with_and_without_the_cache(plans
     result = TorchTrainer(loop, train_loop_config={"plans": plans, "original": original_checkpoint},
                           scaling_config=ray.train.ScalingConfig(num_workers=2)).fit()
     assert_all_identical(result.return_value)
+
+
+class _BlocksInMemory:
+    """A reader handing out prepared numpy blocks, one per unit (what a streamed or stored read delivers)."""
+
+    def __init__(self, blocks: dict):
+        self.by_unit = blocks
+
+    def blocks(self, units):
+        return (self.by_unit[id(unit)] for unit in units)
+
+
+def _digits_sized_source(cache_bytes: int):
+    """A UnitSource over 3 units of 100 8x8 grey images with ids as long as the digits shards' ('digits/train/0001')."""
+    from types import SimpleNamespace
+
+    from pipeline.train.ray_sources import DecodedCache, InputStats, UnitSource
+
+    units = [SimpleNamespace(rows=np.arange(100)) for _ in range(3)]
+    blocks = {id(unit): {"image": np.full((100, 1, 8, 8), k, dtype=np.uint8), "label": np.arange(100) % 10,
+                         "sample_id": np.array([f"digits/train/{k * 100 + i:04d}" for i in range(100)])}
+              for k, unit in enumerate(units)}
+    cache = DecodedCache(cache_bytes)
+    return UnitSource(units, _BlocksInMemory(blocks), cache, InputStats(), window_rows=256, row_bytes=64), cache
+
+
+def test_the_cache_budget_counts_ids_and_labels_not_only_pixels():
+    pixels = 300 * 64
+    source, cache = _digits_sized_source(int(pixels * 1.5))  # room for the pixels, not for what a kept row holds
+    for epoch in range(2):
+        assert len([i for b in source.batches(64, shuffle=True, seed=epoch) for i in b["sample_id"]]) == 300
+    assert source.cached is False and not source.kept and cache.free == int(pixels * 1.5)  # nothing held back
+
+    source, cache = _digits_sized_source(10**6)
+    list(source.batches(64, shuffle=True, seed=0))
+    per_row = 64 + 8 + 4 * len("digits/train/0000")  # pixels, an int64 label, a fixed-width id
+    assert source.cached and len(source.kept) == 3 and source.kept_bytes == 300 * per_row == 10**6 - cache.free
+    assert per_row / 64 > 2  # pixels alone were under half of what the cache held

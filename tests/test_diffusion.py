@@ -125,6 +125,7 @@ def safemax_metrics(digits, trained, evaluate):
     return {**evaluate(model), "report": report, **memory}
 
 
+@pytest.mark.quality
 def test_safemax_forgets_the_class_and_keeps_the_others(original_metrics, safemax_metrics):
     print(f"original: forget {original_metrics['acc_forget_gen']:.3f} retain {original_metrics['acc_retain_gen']:.3f} "
           f"FID proxy {original_metrics['fid_proxy']:.1f}; safemax: forget {safemax_metrics['acc_forget_gen']:.3f} "
@@ -136,6 +137,7 @@ def test_safemax_forgets_the_class_and_keeps_the_others(original_metrics, safema
     assert safemax_metrics["report"].epochs_run == 5 and safemax_metrics["peak_memory_mb"] > 0
 
 
+@pytest.mark.quality
 def test_forgotten_class_samples_are_gaussian_noise(original_metrics, safemax_metrics):
     clipped_noise_std = 0.70  # std of clip(N(0, 0.95²), -1, 1): DDIM's 25 steps shrink N(0, 1) by ~5 %
     forget, retain = safemax_metrics["noise_forget"], safemax_metrics["noise_retain"]
@@ -147,6 +149,7 @@ def test_forgotten_class_samples_are_gaussian_noise(original_metrics, safemax_me
     assert original_metrics["noise_forget"]["neighbour_correlation"] > 0.6
 
 
+@pytest.mark.quality
 def test_early_steps_switch_changes_retention(digits, trained, evaluate, safemax_metrics):
     model, _, _ = _unlearn(digits, trained, {"t_min": 0})
     all_steps = evaluate(model)

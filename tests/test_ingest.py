@@ -96,9 +96,10 @@ def test_a_set_over_the_cache_budget_streams_every_pass_and_still_gives_each_sam
     meta = read_meta(digits_hard_uri)
     splits = make_splits(read_index(digits_hard_uri, meta), "random:0.1", 3407, meta.num_classes)
     plan = plan_sets(digits_hard_uri, meta, splits, ["forget", "retain_all"], 32, mode="stream")
-    forget_mb = plan.sets["forget"].rows * plan.row_bytes / 1024**2
+    # Room for D_f's pixels twice over (they and its ids and labels fit), not for D_r's 9 times as many.
+    forget_mb = 2 * plan.sets["forget"].rows * plan.row_bytes / 1024**2
     for rank in range(2):
-        sources, stats = worker_sources(plan, cache_mb=forget_mb, rank=rank, world=2)  # room for D_f, not D_r
+        sources, stats = worker_sources(plan, cache_mb=forget_mb, rank=rank, world=2)
         for epoch in range(2):
             for name in ("forget", "retain_all"):
                 list(sources[name].batches(64, shuffle=True, seed=epoch))

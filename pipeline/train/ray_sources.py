@@ -20,6 +20,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from pipeline.data.sources import concat, fold_short_last
+
 # Rows are shuffled within windows of consecutive units of at least this many rows (a streamed pass cannot
 # shuffle a whole set). 2,048 digits are 2 MB, but 2,048 decoded 224 px images are 300 MB per worker, so the
 # window is capped in bytes too.
@@ -73,16 +75,28 @@ class DecodedCache:
         self.free, self.device = max_bytes, device
 
     def reserve(self, nbytes: int) -> bool:
-        """Claim `nbytes` for a whole set; False (nothing claimed) when it does not fit what is left."""
+        """Claim `nbytes`; False (nothing claimed) when it does not fit what is left."""
         if nbytes > self.free:
             return False
         self.free -= nbytes
         return True
 
+    def release(self, nbytes: int) -> None:
+        self.free += nbytes
+
     def place(self, block: dict) -> dict:
         if self.device is None or self.device.type == "cpu":
             return block
         return {**block, "image": block["image"].to(self.device)}
+
+
+def held_bytes(block: dict) -> int:
+    """The memory a kept block holds: images, labels, forget flags and its sample ids (fixed-width strings).
+
+    Not the images alone: for 8x8 digits the ids and labels take more than the pixels, and a budget that
+    counted pixels only used about twice `--cache-mb`."""
+    return sum(value.element_size() * value.nelement() if torch.is_tensor(value) else np.asarray(value).nbytes
+               for value in block.values())
 
 
 class StreamedUnits:
@@ -135,8 +149,9 @@ class UnitSource:
                  row_bytes: int, rank: int = 0):
         self.units, self.reader, self.cache, self.stats = units, reader, cache, stats
         self.window_rows, self.rank = window_rows, rank
-        self.nbytes = sum(len(unit.rows) for unit in units) * row_bytes
-        self.kept: dict[int, dict] = {}  # unit position -> decoded block, once the set holds a place in the cache
+        self.image_bytes = sum(len(unit.rows) for unit in units) * row_bytes
+        self.kept: dict[int, dict] = {}  # unit position -> decoded block, while the set holds a place in the cache
+        self.kept_bytes = 0  # what `kept` claims of the cache (held_bytes)
         self.cached: bool | None = None  # decided on the first pass
 
     def __len__(self) -> int:
@@ -146,8 +161,10 @@ class UnitSource:
         rng = np.random.default_rng([seed, self.rank]) if shuffle else None
         order = rng.permutation(len(self.units)) if shuffle else np.arange(len(self.units))
         blocks = self._blocks(order)
-        chunks = shuffled_windows(blocks, self.window_rows, rng) if shuffle else blocks
-        return self._counted(rebatch(chunks, batch_size))
+        if not shuffle:
+            return self._counted(rebatch(blocks, batch_size))
+        chunks = shuffled_windows(blocks, self.window_rows, rng)
+        return self._counted(fold_short_last(rebatch(chunks, batch_size), batch_size))
 
     def _counted(self, batches: Iterator[dict]) -> Iterator[dict]:
         while True:
@@ -161,8 +178,8 @@ class UnitSource:
 
     def _blocks(self, order: np.ndarray) -> Iterator[dict]:
         """The units' blocks in `order`: from memory when kept, else read (and kept if the set has a place)."""
-        if self.cached is None:
-            self.cached = self.cache.reserve(self.nbytes)
+        if self.cached is None:  # a set whose images alone exceed what is left never starts keeping
+            self.cached = self.image_bytes <= self.cache.free
         missing = [self.units[position] for position in order if position not in self.kept]
         read = self.reader.blocks(missing) if missing else iter(())
         for position in order:
@@ -170,8 +187,19 @@ class UnitSource:
             if block is None:
                 block = as_tensors(next(read))
                 if self.cached:
-                    block = self.kept[position] = self.cache.place(block)
+                    block = self._keep(position, block)
             yield block
+
+    def _keep(self, position: int, block: dict) -> dict:
+        """Keep a block of the first pass within the budget; a set that turns out not to fit keeps nothing."""
+        size = held_bytes(block)
+        if not self.cache.reserve(size):
+            self.cache.release(self.kept_bytes)
+            self.kept, self.kept_bytes, self.cached = {}, 0, False
+            return block
+        self.kept_bytes += size
+        self.kept[position] = self.cache.place(block)
+        return self.kept[position]
 
 
 def shuffled_windows(blocks: Iterable[dict], window_rows: int, rng: np.random.Generator) -> Iterator[dict]:
@@ -208,14 +236,6 @@ def rebatch(chunks: Iterable[dict], batch_size: int) -> Iterator[dict]:
 
 def block_rows(block: dict) -> int:
     return len(block["label"])
-
-
-def concat(blocks: list[dict]) -> dict:
-    if len(blocks) == 1:
-        return blocks[0]
-    return {key: (torch.cat([b[key].to(blocks[0][key].device) for b in blocks]) if torch.is_tensor(blocks[0][key])
-                  else np.concatenate([b[key] for b in blocks]))
-            for key in blocks[0]}
 
 
 def take(block: dict, rows) -> dict:
