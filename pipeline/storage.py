@@ -7,11 +7,16 @@ sets from `--s3-endpoint` before Ray starts so every Ray process inherits it.
 
 Failures come in two kinds. What a retry cannot fix (a missing key or bucket,
 access denied, a corrupt file) is a DataError at once. What may pass (connection
-resets and refusals, timeouts, 5xx, SlowDown) is retried per request by the AWS
-SDK inside pyarrow and by botocore, both in their `standard` mode: jittered
-exponential backoff (about 1 s doubling, capped at 20 s), `AWS_MAX_ATTEMPTS`
-attempts (default 8, about 35 s of trying). Each request is retried where it
-failed, even a read cut off mid-body, so no retry loop of our own repeats them.
+resets and refusals, timeouts, 5xx, SlowDown) is retried:
+- per request, by the AWS SDK inside pyarrow and by botocore, both in their
+  `standard` mode: jittered exponential backoff (about 1 s doubling, capped at
+  20 s), `AWS_MAX_ATTEMPTS` attempts (default 8, about 35 s of trying). That
+  covers resets, lost answers, throttling and stalls, even a read cut off mid-body;
+- per call, here (`retrying`): 3 tries, 0.5-1 s then 1-2 s apart, for what the
+  SDK gives up on at once. Measured through tests/faulty_s3_proxy.py: a 503 or 500
+  answer to a GET smaller than its error body ends in INTERNAL_FAILURE "Failed to
+  flush response stream", which the SDK does not retry (objects of a few hundred
+  bytes: records, prepare's shard records, run identities).
 If it still fails, StorageUnavailableError: not one of the project's own errors,
 so Ray Train's `--max-failures` restarts the workers from their last checkpoint.
 """
@@ -19,10 +24,13 @@ so Ray Train's `--max-failures` restarts the workers from their last checkpoint.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import posixpath
+import random
 import re
 import tempfile
+import time
 import uuid
 from urllib.parse import urlparse
 
@@ -35,6 +43,8 @@ ENDPOINT_ENV = "AWS_ENDPOINT_URL"
 # tests/faulty_s3_proxy.py: pyarrow's default, 3, gave up after 1.3 s of resets; 8 keep trying for about 35 s.
 ATTEMPTS_ENV = "AWS_MAX_ATTEMPTS"
 DEFAULT_S3_ATTEMPTS = 8
+CALL_TRIES = 3  # tries of a whole storage call (see `retrying`), each with the SDK's attempts per request
+FIRST_PAUSE_S = 1.0  # before the second try; doubled before each next one, and jittered down by up to half
 
 
 def is_s3(uri: str) -> bool:
@@ -114,14 +124,17 @@ def is_transient(exc: BaseException) -> bool:
     return bool(TRANSIENT_S3_TEXT.search(str(exc)))
 
 
-def storage_error(action: str, uri: str, exc: Exception) -> Exception:
-    """The error to raise for a failed storage call: StorageUnavailableError when it may pass (the SDK has already
-    retried it), else a DataError that says what is wrong. Error texts never hold credentials (the SDKs'
+def storage_error(action: str, uri: str, exc: Exception, tries: int = 1) -> Exception:
+    """The error to raise for a failed storage call: StorageUnavailableError when it may pass (and was tried
+    `tries` times), else a DataError that says what is wrong. Error texts never hold credentials (the SDKs'
     messages name the key, the bucket and the operation only)."""
     text = " ".join(str(exc).split())  # one line: Ray's root-cause summary takes the error's last line
     if is_transient(exc):
-        tries = f" after {s3_attempts()} attempts" if is_s3(uri) else ""
-        return StorageUnavailableError(f"cannot {action} {uri}{tries}, storage unavailable: {text}")
+        attempts = f" of {s3_attempts()} attempts each" if is_s3(uri) else ""
+        return StorageUnavailableError(f"cannot {action} {uri}: storage unavailable after {tries} "
+                                       f"tr{'y' if tries == 1 else 'ies'}{attempts}: {text}")
+    if isinstance(exc, FileNotFoundError) or "NoSuchKey" in text or "not found" in text.lower():
+        return DataError(f"not found: {uri}")
     if is_s3(uri) and ("NoSuchBucket" in text or "NO_SUCH_BUCKET" in text or "bucket does not exist" in text.lower()):
         return DataError(f"cannot {action} {uri}: the bucket does not exist")
     denied = ("ACCESS_DENIED", "AccessDenied", "INVALID_ACCESS_KEY_ID", "InvalidAccessKeyId", "SIGNATURE_DOES_NOT_MATCH",
@@ -131,25 +144,31 @@ def storage_error(action: str, uri: str, exc: Exception) -> Exception:
     return DataError(f"cannot {action} {uri}: {text}")
 
 
+def retrying(action: str, uri: str, call, errors: tuple = (OSError,)):
+    """`call()`, tried again after a failure that may pass, up to CALL_TRIES times in all; a failure raises
+    `storage_error`. The pauses are jittered, so workers that failed together do not all come back at once."""
+    for number in itertools.count(1):
+        try:
+            return call()
+        except errors as exc:
+            if number >= CALL_TRIES or not is_transient(exc):
+                raise storage_error(action, uri, exc, number) from exc
+        time.sleep(FIRST_PAUSE_S * 2 ** (number - 1) * random.uniform(0.5, 1.0))
+
+
 def exists(uri: str) -> bool:
     fs, path = resolve(uri)
-    try:
-        return fs.get_file_info(path).type != pafs.FileType.NotFound
-    except OSError as exc:
-        raise storage_error("look up", uri, exc) from exc
+    return retrying("look up", uri, lambda: fs.get_file_info(path).type != pafs.FileType.NotFound)
 
 
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
-    try:
+
+    def read() -> bytes:
         with fs.open_input_stream(path) as stream:
             return stream.read()
-    except FileNotFoundError as exc:
-        raise DataError(f"not found: {uri}") from exc
-    except OSError as exc:
-        if "not found" in str(exc).lower() or "NoSuchKey" in str(exc):
-            raise DataError(f"not found: {uri}") from exc
-        raise storage_error("read", uri, exc) from exc
+
+    return retrying("read", uri, read)
 
 
 def write_temp_beside(path: str, data: bytes) -> str:
@@ -166,29 +185,37 @@ def write_temp_beside(path: str, data: bytes) -> str:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write atomically: a local temp file renamed into place, or one S3 PUT (atomic per object)."""
+    """Write atomically: a local temp file renamed into place, or one S3 upload (atomic per object)."""
     fs, path = resolve(uri)
-    try:
+
+    def write() -> None:
         if isinstance(fs, pafs.LocalFileSystem):
-            tmp = write_temp_beside(path, data)
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+            _replace_local(path, data)
         else:
             with fs.open_output_stream(path) as stream:
                 stream.write(data)
-    except OSError as exc:
-        raise storage_error("write", uri, exc) from exc
+
+    retrying("write", uri, write)
+
+
+def _replace_local(path: str, data: bytes) -> None:
+    tmp = write_temp_beside(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def create_s3_object(uri: str, data: bytes) -> bool:
     """PUT `data` at an s3:// URI only if no object is there (`If-None-Match: *`); False if one already was.
 
     The check and the write are one request, so of two writers racing for the same key exactly one
-    wins (pyarrow's S3 filesystem cannot send the header, hence boto3).
+    wins (pyarrow's S3 filesystem cannot send the header, hence boto3). A 412 after a retry (botocore's or
+    ours) may meet this very write, stored by an earlier attempt whose answer was lost (measured through a
+    proxy that cuts answers off): then the stored bytes decide, equal ones being this write's (or a racing
+    writer's with the very same bytes: the same result either way).
     """
     import boto3
     from botocore.config import Config
@@ -198,28 +225,20 @@ def create_s3_object(uri: str, data: bytes) -> bool:
     bucket, key = parsed.netloc, parsed.path.lstrip("/")
     client = boto3.client("s3", endpoint_url=os.environ.get(ENDPOINT_ENV) or None, region_name=_region(),
                           config=Config(retries={"mode": "standard", "total_max_attempts": s3_attempts()}))
-    try:
+    calls = itertools.count()
+
+    def put() -> bool:
+        first_call = next(calls) == 0
         try:
             client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            return True
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
                 raise
-            return _retry_met_its_own_write(client, bucket, key, data, exc)
-    except (ClientError, BotoCoreError) as exc:
-        raise storage_error("write", uri, exc) from exc
-    return True
+            retried = not first_call or exc.response.get("ResponseMetadata", {}).get("RetryAttempts")
+            return bool(retried) and client.get_object(Bucket=bucket, Key=key)["Body"].read() == data
 
-
-def _retry_met_its_own_write(client, bucket: str, key: str, data: bytes, refused) -> bool:
-    """After a 412: True when an earlier attempt of this very PUT created the object and only its answer was
-    lost, so botocore retried and met its own object (measured through a proxy that cuts answers off).
-
-    Without a retry the object is someone else's. After one, the stored bytes decide: equal bytes are this
-    write's (or a racing writer's with the very same bytes: the same result either way).
-    """
-    if not refused.response.get("ResponseMetadata", {}).get("RetryAttempts"):
-        return False
-    return client.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+    return retrying("write", uri, put, (ClientError, BotoCoreError))
 
 
 def create_once(uri: str, data: bytes) -> bool:
@@ -228,10 +247,7 @@ def create_once(uri: str, data: bytes) -> bool:
     if is_s3(uri):
         return create_s3_object(uri, data)
     _, path = resolve(uri)
-    try:
-        return _publish_local_once(path, data)
-    except OSError as exc:
-        raise storage_error("write", uri, exc) from exc
+    return retrying("write", uri, lambda: _publish_local_once(path, data))
 
 
 def _publish_local_once(path: str, data: bytes) -> bool:
@@ -280,10 +296,8 @@ def read_text(uri: str) -> str:
 def list_files(uri: str, suffix: str = "") -> list[str]:
     """URIs of the files directly or recursively under `uri` ending with `suffix`, sorted."""
     fs, path = resolve(uri)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    except OSError as exc:
-        raise storage_error("list", uri, exc) from exc
+    infos = retrying("list", uri, lambda: fs.get_file_info(pafs.FileSelector(path, recursive=True,
+                                                                              allow_not_found=True)))
     rels = sorted(posixpath.relpath(i.path, path) if is_s3(uri) else os.path.relpath(i.path, path)
                   for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
     return [join(uri, rel) for rel in rels]
@@ -292,22 +306,25 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
 def delete_file(uri: str) -> None:
     """Remove one file or S3 object; a missing one is not an error."""
     fs, path = resolve(uri)
-    try:
-        fs.delete_file(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise storage_error("delete", uri, exc) from exc
+
+    def delete() -> None:
+        try:
+            fs.delete_file(path)
+        except FileNotFoundError:
+            pass
+
+    retrying("delete", uri, delete)
 
 
 def delete_tree(uri: str) -> None:
     """Remove a folder (or S3 prefix) and everything under it; nothing there is not an error."""
     fs, path = resolve(uri)
-    try:
+
+    def delete() -> None:
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
             fs.delete_dir(path)
-    except OSError as exc:
-        raise storage_error("delete", uri, exc) from exc
+
+    retrying("delete", uri, delete)
 
 
 def ensure_bucket(uri: str) -> None:
@@ -316,10 +333,7 @@ def ensure_bucket(uri: str) -> None:
         return
     fs, path = resolve(uri)
     bucket = path.split("/", 1)[0]
-    try:
-        info = fs.get_file_info(bucket)
-    except OSError as exc:
-        raise storage_error("reach", uri, exc) from exc
+    info = retrying("reach", uri, lambda: fs.get_file_info(bucket))
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"cannot use {uri}: the bucket {bucket!r} does not exist")
 

@@ -4,6 +4,7 @@ seeded share of requests, resets the connection, loses the answer of a request t
 
 The n-th request a proxy sees always gets the same fate (one seeded random stream, drawn under a lock in
 arrival order), so a run's share of faults is fixed; which request is the n-th depends on thread timing.
+`script` queues exact fates for the next requests, before the random ones: a test's single fault, or a burst.
 
     with FaultyS3Proxy(upstream, seed=7, drop=0.05, slowdown=0.05) as proxy:
         ... point AWS_ENDPOINT_URL / --s3-endpoint at proxy.endpoint ...
@@ -22,15 +23,17 @@ import socket
 import struct
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
-FAULT_KINDS = ("drop", "cut", "slowdown", "internal", "stall")
-# The error answers S3 gives when it throttles a prefix and when it fails inside (both documented as retryable).
+FAULT_KINDS = ("drop", "cut", "slowdown", "internal", "stall")  # what may pass: drawn at random shares
+# S3's error answers: throttling and an internal error, both documented as retryable; and access denied, which
+# no retry fixes (only scripted, to show such an answer is not retried).
 ERROR_ANSWERS = {
     "slowdown": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "internal": (500, "Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
+    "denied": (403, "Forbidden", "AccessDenied", "Access Denied"),
 }
 # Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection, not to the request or response relayed.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "expect"}
@@ -48,6 +51,7 @@ class FaultyS3Proxy:
         its first byte when it has none): a write that happened although the client never heard so.
     slowdown: a 503 with S3's `SlowDown` error, what S3 answers when a prefix is throttled.
     internal: a 500 with S3's `InternalError`.
+    denied: a 403 with S3's `AccessDenied` (scripted only: a fault no retry can fix).
     stall: the answer is held back `stall_s` seconds, then sent (a client with a shorter timeout gives up first).
     """
 
@@ -78,9 +82,19 @@ class FaultyS3Proxy:
         with self._lock:
             self.shares = {kind: float(shares.get(kind, 0.0)) for kind in FAULT_KINDS}
             self._random = random.Random(seed)
+            self._scripted: deque[str] = deque()
             self.requests = 0
             self.injected: Counter = Counter()
             self.log: list[tuple[str, str, str | None]] = []  # (method, path, fault) of every request
+
+    def script(self, fates: list[str | None]) -> None:
+        """The next len(fates) requests get these fates (None: relayed unchanged), in order, before the random
+        plan resumes."""
+        unknown = set(fates) - set(FAULT_KINDS) - set(ERROR_ANSWERS) - {None}
+        if unknown:
+            raise ValueError(f"unknown fault kind(s) {sorted(unknown)}")
+        with self._lock:
+            self._scripted.extend(fates)
 
     def outage(self, seconds: float) -> None:
         """Reset every connection for the next `seconds`: the endpoint is down for that long."""
@@ -91,18 +105,22 @@ class FaultyS3Proxy:
         """The fate of the next request: a fault kind, or None to relay it unchanged."""
         with self._lock:
             self.requests += 1
-            roll = self._random.random()  # drawn for every request, so the n-th request's fate is fixed
-            fault = "drop" if time.monotonic() < self._outage_until else None
-            if fault is None:
-                for kind in FAULT_KINDS:
-                    if roll < self.shares[kind]:
-                        fault = kind
-                        break
-                    roll -= self.shares[kind]
+            drawn = self._drawn(self._random.random())  # drawn for every request: the n-th one's fate is fixed
+            if time.monotonic() < self._outage_until:
+                fault = "drop"
+            else:
+                fault = self._scripted.popleft() if self._scripted else drawn
             if fault:
                 self.injected[fault] += 1
             self.log.append((method, path, fault))
             return fault
+
+    def _drawn(self, roll: float) -> str | None:
+        for kind in FAULT_KINDS:
+            if roll < self.shares[kind]:
+                return kind
+            roll -= self.shares[kind]
+        return None
 
     def forward(self, method: str, path: str, headers, body: bytes) -> tuple[int, str, list, bytes]:
         """Send the request to the upstream server; return (status, reason, headers, body) of its answer."""

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.data.images import decode_batch
-from pipeline.data.shards import DatasetMeta, open_shard, read_table, reading_shard, shard_uris
+from pipeline.data.shards import DatasetMeta, open_shard, read_shard_part, read_table, shard_uris
 from pipeline.data.splits import STORED_SPLITS, Splits
 from pipeline.methods.harness import retain_subset_mask
 
@@ -113,10 +113,10 @@ def read_units(layout: ShardLayout, keep: np.ndarray, in_forget: np.ndarray) -> 
 
 
 def read_row_group(unit: ReadUnit, columns: list[str]) -> pa.Table:
-    """The unit's rows of its row group. A storage failure that may pass (each request was retried already)
-    raises StorageUnavailableError, which a Ray Train run survives through --max-failures."""
-    with reading_shard(unit.shard, f"row group {unit.row_group} of shard"):
-        table = open_shard(unit.shard).read_row_group(unit.row_group, columns=columns)
+    """The unit's rows of its row group. Storage that keeps failing in a way that may pass raises
+    StorageUnavailableError, which a Ray Train run survives through --max-failures; a corrupt shard, DataError."""
+    table = read_shard_part(unit.shard, f"row group {unit.row_group} of shard",
+                            lambda: open_shard(unit.shard).read_row_group(unit.row_group, columns=columns))
     return table.take(pa.array(unit.rows))
 
 
