@@ -1,5 +1,5 @@
-"""MLflow tracking (--mlflow): records logged as runs to a local store or a real `mlflow server` on 127.0.0.1,
-and MLflow never imported without the flag. A real `unlearn run --mlflow` is checked in tests/test_console.py
+"""MLflow tracking (--mlflow): records logged as runs to a local store or a real `mlflow server` on 127.0.0.1
+(tests/test_mlflow_optional.py: MLflow never imported without the flag). A real `unlearn run --mlflow` is checked in tests/test_console.py
 and the sweep's nested trial runs in tests/test_sweep.py, on runs those tests make anyway."""
 
 import os
@@ -96,14 +96,3 @@ def mlflow_server(tmp_path):
 def test_records_reach_a_real_mlflow_server(mlflow_server):
     log_records(mlflow_server, [lotus_record()])
     assert_logged(mlflow_server)
-
-
-def test_without_the_flag_mlflow_is_never_imported():
-    code = ("import sys\n"
-            "from jobs import bench, forget, sweep, train, unlearn\n"
-            "from jobs.common import track\n"
-            "track(None, 'x', [object()])\n"
-            "assert 'mlflow' not in sys.modules, 'mlflow imported'\n")
-    env = {key: value for key, value in os.environ.items()}
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
