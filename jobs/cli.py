@@ -13,6 +13,7 @@ COMMANDS = {
     "forget": ("jobs.forget", "honour a deletion request: unlearn named samples, gate the result, record it"),
     "audit": ("jobs.audit", "verify a model's audit chain of deletion requests and print its history"),
     "eval": ("jobs.evaluate", "evaluate a model: accuracies, MIA, JSD, RF-JSD, Avg Gap"),
+    "audit-mia": ("jobs.audit_mia", "audit an unlearned model with U-LiRA (per-example attack, shadow models on Ray)"),
     "methods": ("jobs.methods", "list the unlearning methods with their default settings"),
     "validate-rfjsd": ("jobs.validate_rfjsd", "correlate RF-JSD with JSD over methods and seeds"),
     "sweep": ("jobs.sweep", "Ray Tune search of method hyperparameters against RF-JSD"),

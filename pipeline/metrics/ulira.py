@@ -208,11 +208,15 @@ def check_fpr(fpr: float) -> None:
         raise ConfigError(f"an FPR must lie strictly between 0 and 1, not {fpr}")
 
 
-def check_shadow_count(shadows: int, fprs, candidates: int) -> None:
-    """Refuse, before any compute, a K that is odd, below MIN_SHADOWS, or too small for the smallest FPR asked."""
+def check_even_shadows(shadows: int) -> None:
     if shadows < MIN_SHADOWS or shadows % 2:
         raise ConfigError(f"--shadows must be an even number (shadows come in complementary halves of the pool), at "
                           f"least {MIN_SHADOWS}, not {shadows}")
+
+
+def check_shadow_count(shadows: int, fprs, candidates: int) -> None:
+    """Refuse, before any compute, a K that is odd, below MIN_SHADOWS, or too small for the smallest FPR asked."""
+    check_even_shadows(shadows)
     for fpr in sorted(fprs):
         needed = minimum_shadows(fpr, candidates)
         if shadows < needed:
