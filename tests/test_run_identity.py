@@ -47,7 +47,9 @@ def digits_uri(tmp_path_factory) -> str:
 
 def ranks_resume(readable: list[list[bool]], epochs: list[int]) -> list:
     """Run agreed_resume on len(readable) ranks at once (threads; an element-wise max over them as the all-reduce).
-    readable[rank][i]: whether that rank reads candidate i, the checkpoint of epochs[i]. Each rank's choice."""
+    readable[rank][i]: whether that rank reads candidate i, the checkpoint of epochs[i], or "down" (storage
+    unavailable). Each rank's choice: an epoch, None (a fresh start) or the name of the error it raised."""
+    from pipeline.errors import StorageUnavailableError
     from pipeline.train.loop import agreed_resume
 
     ranks = len(readable)
@@ -65,12 +67,17 @@ def ranks_resume(readable: list[list[bool]], epochs: list[int]) -> list:
         rank_of[threading.get_ident()] = rank
 
         def read(index):
+            if readable[rank][index] == "down":
+                raise StorageUnavailableError("cannot read checkpoint: storage unavailable after 3 tries")
             if not readable[rank][index]:
-                raise OSError("transient read failure")
+                raise RuntimeError("PytorchStreamReader failed reading zip archive")  # half written
             return {"epoch": epochs[index]}
 
-        state = agreed_resume(list(range(len(readable[rank]))), read, reduce_max)
-        chosen[rank] = None if state is None else state["epoch"]
+        try:
+            state = agreed_resume(list(range(len(readable[rank]))), read, reduce_max)
+            chosen[rank] = None if state is None else state["epoch"]
+        except StorageUnavailableError as exc:
+            chosen[rank] = type(exc).__name__
 
     rank_of = {}
     threads = [threading.Thread(target=run, args=(rank,)) for rank in range(ranks)]
@@ -81,8 +88,8 @@ def ranks_resume(readable: list[list[bool]], epochs: list[int]) -> list:
     return chosen
 
 
-def test_a_checkpoint_one_rank_cannot_read_is_skipped_by_every_rank():
-    # Rank 1 fails to read the newest checkpoint (epoch 4): before, it alone went on from epoch 3.
+def test_a_checkpoint_one_rank_cannot_read_is_skipped_by_every_rank_and_unavailable_storage_stops_them_all():
+    # Rank 1 cannot read the newest checkpoint (epoch 4): before, it alone went on from epoch 3.
     assert ranks_resume([[True, True, True], [False, True, True], [True, True, True]], [4, 3, 2]) == [3, 3, 3]
     assert ranks_resume([[True, True], [True, True]], [4, 3]) == [4, 4]
     # Nothing every rank reads: all start afresh together.
@@ -90,13 +97,16 @@ def test_a_checkpoint_one_rank_cannot_read_is_skipped_by_every_rank():
     # A rank that lists fewer checkpoints (a listing that differs) still takes part in every round.
     assert ranks_resume([[True, True], [True]], [4, 3]) == [4, 4]
     assert ranks_resume([[False, True], [True]], [4, 3]) == [None, None]
+    # Storage that stays down on one rank: every rank stops (Ray Train restarts the group), none goes on from 3.
+    down = "StorageUnavailableError"
+    assert ranks_resume([[True, True], ["down", True], [True, True]], [4, 3]) == [down, down, down]
 
 
 def test_ranks_that_read_different_epochs_for_the_same_candidate_do_not_take_it():
     from pipeline.train.loop import agreed_resume
 
     # One rank's view: it reads epoch 4 where another read epoch 3 (max 4, min 3): skipped, then both read epoch 2.
-    answers = iter([[2.0], [0.0, 4.0, -3.0], [0.0, 2.0, -2.0]])
+    answers = iter([[2.0], [0.0, 0.0, 4.0, -3.0], [0.0, 0.0, 2.0, -2.0]])
     state = agreed_resume(["a", "b"], lambda c: {"epoch": 4 if c == "a" else 2}, lambda values: next(answers))
     assert state == {"epoch": 2}
 

@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from pipeline import distributed
-from pipeline.errors import DivergedError
+from pipeline import distributed, storage
+from pipeline.errors import DivergedError, StorageUnavailableError
 from pipeline.methods import create_method
 from pipeline.distributed import unwrap
 from pipeline.methods.accuracy import count_correct
@@ -94,8 +94,12 @@ def _resume_state(run_folder: str | None, device) -> dict | None:
     candidates += [registered] if registered is not None else []
 
     def read(checkpoint) -> dict:
-        with checkpoint.as_directory() as directory:
-            return read_resume_state(directory, distributed.rank())
+        def download_and_load() -> dict:
+            with checkpoint.as_directory() as directory:
+                return read_resume_state(directory, distributed.rank())
+
+        # Tried again on a transient storage error; one that outlasts the tries is StorageUnavailableError.
+        return storage.retrying("read the epoch checkpoint", str(checkpoint.path), download_and_load)
 
     def reduce_max(values: list[float]) -> list[float]:
         return distributed.all_reduce_max(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
@@ -107,21 +111,30 @@ def agreed_resume(candidates: list, read: Callable[[object], dict],
                   reduce_max: Callable[[list[float]], list[float]]) -> dict | None:
     """The first of `candidates` (newest first) that every rank read, as the same epoch; None when there is none.
 
-    `read(candidate)` returns a resume state ({"epoch", ...}) or raises (incomplete: the worker died while it was
-    being written; or a storage error); `reduce_max` is the element-wise maximum over ranks (a collective: every
-    rank calls it the same number of times, so lists of unequal length are padded with failures). A candidate
-    one rank cannot read is skipped by all, so either all resume from the same epoch or all start afresh.
+    `read(candidate)` returns a resume state ({"epoch", ...}) or raises: a checkpoint that does not load
+    (the worker died while it was being written) is skipped by every rank, so all resume from the same epoch or
+    all start afresh; storage that stays unavailable (StorageUnavailableError) on any rank stops every rank
+    together, so that Ray Train restarts the worker group (--max-failures) rather than going on from an older
+    epoch than the storage holds. `reduce_max` is the element-wise maximum over ranks (a collective: every rank
+    calls it the same number of times, so lists of unequal length are padded with failures).
     """
     (count,) = reduce_max([float(len(candidates))])
     for index in range(int(count)):
-        state = None
+        state, unavailable = None, None
         if index < len(candidates):
             try:
                 state = read(candidates[index])
-            except Exception:  # incomplete or unreachable here: the other ranks must not take it either
+            except StorageUnavailableError as exc:
+                unavailable = exc
+            except Exception:  # incomplete: the other ranks must not take it either
                 state = None
         epoch = float(state["epoch"]) if state is not None else 0.0
-        failed, highest, minus_lowest = reduce_max([0.0 if state is not None else 1.0, epoch, -epoch])
+        failed, down, highest, minus_lowest = reduce_max([0.0 if state is not None else 1.0,
+                                                          1.0 if unavailable else 0.0, epoch, -epoch])
+        if down:
+            raise unavailable or StorageUnavailableError(
+                "another worker could not read the run's epoch checkpoint (storage unavailable): every worker "
+                "stops, so that none goes on from another epoch")
         if failed == 0.0 and highest == -minus_lowest:
             return state
     return None
@@ -132,13 +145,11 @@ def newest_first(run_folder: str) -> list:
     import pyarrow.fs as pafs
     import ray.train
 
-    from pipeline import storage
-
     fs, path = storage.resolve(run_folder)
-    try:
-        entries = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    except OSError:
-        return []
+    # A listing that fails here alone would leave this rank other candidates than the rest: tried again when the
+    # failure may pass, then raised (Ray Train restarts the worker group), never taken as "no checkpoint".
+    entries = storage.retrying("list the checkpoints of", run_folder,
+                               lambda: fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
     folders = sorted((e.path for e in entries if e.type == pafs.FileType.Directory
                       and e.base_name.startswith("checkpoint_")), reverse=True)
     return [ray.train.Checkpoint(path=folder, filesystem=fs) for folder in folders]
