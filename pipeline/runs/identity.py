@@ -4,8 +4,8 @@ same run.
 Ray Train resumes any fit of the same name from its newest checkpoint, whatever the settings: a rerun with
 lotus.alpha=2 once resumed a finished alpha=8 run and recorded alpha=2, and a gold model rerun with another
 --forget would have saved the weights trained on the old D_f. So every resumable run (`unlearn run`, `unlearn
-train`, a sweep trial, a bench's original and gold models, a diffusion run) stores its identity in
-`run_spec.json` before its fit, and its record's id after it:
+train`, a sweep trial, a bench's original and gold models; begin_run) stores its identity in `run_spec.json`
+before its fit, and its record's id after it (a diffusion run uses check_rerun without the worker count):
 
 - an identical rerun of a finished run returns that record and runs nothing (a second record would be a
   0-epoch copy);
