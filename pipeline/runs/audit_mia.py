@@ -208,9 +208,7 @@ def audit(spec: AuditSpec) -> dict:
     access = DataAccess(absolute(spec.data.uri), meta, model_spec.image_size)
     bank_state = ensure_shadows(bank, spec.shadows, access, spec.resources, spec.parallel)
     served = sorted(bank_state["records"])
-    if len(served) < ulira.MIN_SHADOWS:
-        raise UnlearnError(f"only {len(served)} of {spec.shadows} shadows trained (first failure: "
-                           f"{next(iter(bank_state['failed'].values()), 'none')}); U-LiRA needs {ulira.MIN_SHADOWS}")
+    check_enough_served(served, bank_state["failed"], spec.shadows, "trained")
 
     pool_ids = _pool_ids(index)
     halves = {i: in_shadow_half(candidates.sample_ids, bank.seed, i) for i in served}
@@ -223,14 +221,16 @@ def audit(spec: AuditSpec) -> dict:
     audit_started = scored.pop("started")
     failed_now = {i: scored["shadows"][i]["failed"] for i in served if "failed" in scored["shadows"][i]}
     usable = [i for i in served if i not in failed_now]
-    if len(usable) < ulira.MIN_SHADOWS:
-        raise UnlearnError(f"only {len(usable)} of {spec.shadows} shadows served (first failure: "
-                           f"{next(iter(failed_now.values()), 'none')}); U-LiRA needs {ulira.MIN_SHADOWS}")
+    failed = {**bank_state["failed"], **failed_now}
+    check_enough_served(usable, failed, spec.shadows, "served")
     result = _figures(spec, candidates, scored, usable, halves, forget_sets)
+    if failed:
+        result["warnings"].insert(0, f"{len(failed)} of {spec.shadows} shadows failed and were left out (shadow "
+                                     f"{min(failed)}: {failed[min(failed)]}); the figures come from {len(usable)}")
     result.update(_header(spec, settings, recipe, meta, model_spec, candidates))
     result["bank"] = {"uri": bank.uri, "seed": bank.seed, "recipe": recipe, "shadows_requested": spec.shadows,
                       "shadows_served": len(usable), "trained_now": bank_state["trained_now"],
-                      "failed": {str(i): text for i, text in {**bank_state["failed"], **failed_now}.items()},
+                      "failed": {str(i): text for i, text in sorted(failed.items())},
                       "train_wall_seconds": bank_state["train_wall_seconds"],
                       "train_seconds_per_shadow": _per_shadow_train_seconds(bank_state, bank_state["trained_now"])}
     result["seconds"] = {"shadow_training": bank_state["train_wall_seconds"],
@@ -243,6 +243,18 @@ def audit(spec: AuditSpec) -> dict:
         log(line)
     log(f"figures written to {storage.join(spec.out, RESULT_FILE)}")
     return result
+
+
+# Below this many working shadows the fits are too thin to report anything: the audit ends with the failures instead.
+MIN_SERVED_SHADOWS = 3
+
+
+def check_enough_served(working: list, failed: dict, requested: int, how: str) -> None:
+    """A shadow that diverged (or whose task failed through its retries) fails alone; too few left end the audit."""
+    if len(working) < MIN_SERVED_SHADOWS:
+        first = f"shadow {min(failed)}: {failed[min(failed)]}" if failed else "none"
+        raise UnlearnError(f"only {len(working)} of {requested} shadows {how} (first failure: {first}); U-LiRA needs "
+                           f"at least {MIN_SERVED_SHADOWS} to fit its Gaussians")
 
 
 def _pool_ids(index) -> np.ndarray:
