@@ -92,12 +92,18 @@ settings: {}                       # per-method overrides of the method's defaul
 best_configs: null                 # a sweep's best configs, YAML {method: {setting: value}}; they win
                                    #   over common_settings and settings (CLI --set wins over them all)
 ray: {workers: 1, gpus: false, cpus_per_worker: 1.0, max_failures: 1, channels_last: false}
+u_lira:                            # per-example membership audit of every method's model (`unlearn audit-mia`)
+  shadows: 0                       #   K shadow models (even, at least 4); 0: no audit
+  variant: online                  #   online (unlearned + never-seen shadows) | offline (never-seen only)
+  bank: null                       #   shadow bank URI (default: <models>/ulira-bank), reused across runs
+  fpr: [0.01]                      #   FPRs of the TPR columns (K must give enough never-seen trials)
+  resamples: 1000                  #   bootstrap resamples per interval
 bands: {}                          # tolerance bands for --compare, {metric: {rule: limit}} (see
                                    #   pipeline/results/regression.py); empty: the built-in bands
 """
 DEFAULTS = yaml.safe_load(CONFIG_SCHEMA)
 # Sections whose keys are fixed: a misspelt key there is an error rather than a silently ignored setting.
-CHECKED_SECTIONS = ("data", "model", "original", "ray")
+CHECKED_SECTIONS = ("data", "model", "original", "ray", "u_lira")
 REFERENCE_ROWS = ("original", "retrain")
 HEADLINE_METHOD = "lotus"
 
@@ -177,6 +183,21 @@ def validate_config(config: dict, uri: str) -> None:
     if config["original"]["checkpoint"] and config["original"]["weights"]:
         raise ConfigError(f"{uri}: give original.checkpoint or original.weights, not both")
     validate_bands(config["bands"] or DEFAULT_BANDS)
+    validate_ulira(config["u_lira"], uri)
+
+
+def validate_ulira(section: dict, uri: str) -> None:
+    from pipeline.metrics.ulira import check_even_shadows, check_fpr, check_variant
+
+    if not section["shadows"]:
+        return
+    try:
+        check_even_shadows(int(section["shadows"]))
+        check_variant(section["variant"])
+        for fpr in section["fpr"]:
+            check_fpr(float(fpr))
+    except ConfigError as exc:
+        raise ConfigError(f"{uri}: u_lira: {exc}") from None
 
 
 def method_settings(config: dict, method: str) -> dict:
@@ -330,8 +351,10 @@ def run_methods(config: dict, data: str, original: str, gold: str | None, gold_i
     The retrain row is the gold model evaluated like any unlearned one (the `original` method started from
     it), in the same fit as the methods, with its training time standing as its unlearning time.
     """
+    audits = ulira_audits(config, data, original, gold, seed, run_uri)
     runs = [retrain_row(config, gold, gold_info) if row == "retrain" else
-            MethodRun(row, None if row == "original" else method_settings(config, row)) for row in rows]
+            MethodRun(row, None if row == "original" else method_settings(config, row),
+                      finalize=None if row == "original" else audits(row)) for row in rows]
     spec = RunSpec(data=DataSpec(uri=data, verify=False), original=original, runs=tuple(runs), out=run_uri,
                    forget=config["forget"], seed=seed, gold=gold, floor_draws=config["floor_draws"],
                    ray=ray_resources(config))
@@ -351,6 +374,79 @@ def retrain_row(config: dict, gold: str, gold_info: dict) -> MethodRun:
             notes="gold model: trained on D_r by `unlearn train --retain-only`; unlearn_seconds is its training time")
 
     return MethodRun("original", label="retrain", model_uri=gold, finalize=finalize)
+
+
+def ulira_audits(config: dict, data: str, original: str, gold: str | None, seed: int, run_uri: str):
+    """`audits(method)`: the finalize step of a method's run that audits its unlearned model with U-LiRA and adds
+    the figures to its record (ulira_* metrics, the audit's summary in config["u_lira"]); None without u_lira.
+
+    The original and the gold model are the audit's sanity anchors. An audit that fails on its own (too many
+    shadows diverged) is noted in the record, not the end of the bench; a config error (a bank built for other
+    data or another recipe) ends it."""
+    if not config["u_lira"]["shadows"]:
+        return lambda method: None
+    from pipeline.errors import UnlearnError
+    from pipeline.runs.audit_mia import audit, record_metrics
+
+    def audits(method: str):
+        def finalize(record: ResultRecord) -> ResultRecord:
+            spec = ulira_spec(config, data, record.checkpoint_uri, method, original, gold, seed, run_uri)
+            try:
+                result = audit(spec)
+            except ConfigError:
+                raise
+            except UnlearnError as exc:
+                log(f"[{method}] U-LiRA audit failed: {exc}")
+                return dataclasses.replace(record, config={**record.config, "u_lira": {"error": str(exc)}})
+            summary = {"variant": result["variant"], "result": storage.join(spec.out, "ulira.json"),
+                       "trusted": result["trusted"], "warnings": result["warnings"], "bank": result["bank"],
+                       "seconds": result["seconds"]}
+            return dataclasses.replace(record, metrics={**record.metrics, **record_metrics(result)},
+                                       config={**record.config, "u_lira": summary})
+        return finalize
+
+    return audits
+
+
+def ulira_spec(config: dict, data: str, model: str, method: str, original: str, gold: str | None, seed: int,
+               run_uri: str):
+    """The AuditSpec of one method's unlearned model: the config's forget spec, training recipe and settings."""
+    from pipeline.runs.audit_mia import AuditSpec
+    from pipeline.runs.shadows import TaskResources
+
+    section = config["u_lira"]
+    return AuditSpec(data=DataSpec(uri=data, verify=False), model=model, forget=config["forget"], method=method,
+                     bank=ulira_bank(config, run_uri), out=storage.join(run_uri, "ulira", f"{method}-s{seed}"),
+                     shadows=int(section["shadows"]), variant=section["variant"],
+                     settings=method_settings(config, method), recipe=config["train"], seed=seed, original=original,
+                     gold=gold, fprs=tuple(float(f) for f in section["fpr"]), resamples=int(section["resamples"]),
+                     resources=TaskResources(gpus=bool(config["ray"]["gpus"]),
+                                             max_failures=int(config["ray"]["max_failures"])))
+
+
+def ulira_bank(config: dict, run_uri: str) -> str:
+    return config["u_lira"]["bank"] or storage.join(config["models"] or run_uri, "ulira-bank")
+
+
+def check_ulira_shadows(config: dict, data: str) -> None:
+    """Refuse, before any training, a K too small for the config's FPRs on this forget set (needs the index)."""
+    section = config["u_lira"]
+    if not section["shadows"] or section["variant"] != "online":
+        return
+    from pipeline.data.shards import read_index
+    from pipeline.data.splits import make_splits
+    from pipeline.metrics.ulira import check_shadow_count
+    from pipeline.runs.audit_mia import choose_candidates
+
+    meta = read_meta(data)
+    index = read_index(data, meta)
+    for seed in config["seeds"]:
+        candidates = choose_candidates(index, make_splits(index, config["forget"], seed, meta.num_classes), seed)
+        try:
+            check_shadow_count(int(section["shadows"]), [float(f) for f in section["fpr"]],
+                               len(candidates.sample_ids))
+        except ConfigError as exc:
+            raise ConfigError(f"u_lira.shadows: {exc}") from None
 
 
 # ---- the run ---------------------------------------------------------------------------------------------
@@ -382,6 +478,7 @@ def run_bench(config: dict, run_uri: str, compare_with: list[str] = (), mlflow: 
     todo = {seed: [row for row in wanted if (row, seed) not in done] for seed in config["seeds"]}
     if any(todo.values()):
         data = ensure_data(config)
+        check_ulira_shadows(config, data)
         if config["data"]["verify"]:
             log(f"verifying the shards' sha256 at {data}")
             verify_checksums(data, read_meta(data))

@@ -36,8 +36,12 @@ from pipeline.results.records import IMAGE_PHASES, PHASE_KEYS, ResultRecord
 TABLE_KINDS = ("unlearn", "eval", "bench")
 REFERENCE_METHODS = ("original", "retrain")
 STD_DDOF = 1
+# A U-LiRA audit's figures in a bench record (pipeline/runs/audit_mia.record_metrics): the target's AUC and the
+# shadow trials' AUC and TPR at 1 % FPR; ulira_trusted is 1 where both sanity anchors passed, 0 where one failed.
+ULIRA_METRICS = ("ulira_auc", "ulira_shadow_auc", "ulira_shadow_tpr_1pct", "ulira_trusted")
 SUMMARY_METRICS = ("acc_forget", "acc_retain", "acc_test", "acc_unseen", "mia", "avg_gap",
-                   "jsd_e4", "rf_jsd_e4", "rf_jsd_floor_e4", "unlearn_seconds", "unlearn_minutes")
+                   "jsd_e4", "rf_jsd_e4", "rf_jsd_floor_e4", "unlearn_seconds", "unlearn_minutes",
+                   "mia_unseen", *ULIRA_METRICS)
 GroupKey = tuple[str, str, str]
 # The phases that add up to a method's run time (`total` is the sum's wall-clock twin, see the docstring).
 SHARE_PHASES = ("startup", "data", "unlearn", "epoch_reports", "eval")
@@ -106,7 +110,8 @@ def record_values(record: ResultRecord) -> dict[str, float | None]:
     """The summary metrics of one record; ×1e4 JSDs fall back to the raw JSD when not stored."""
     metrics = record.metrics
     values = {key: _number(metrics.get(key)) for key in ("acc_forget", "acc_retain", "acc_test",
-                                                         "acc_unseen", "mia", "avg_gap")}
+                                                         "acc_unseen", "mia", "avg_gap", "mia_unseen",
+                                                         *ULIRA_METRICS)}
     for name in ("jsd", "rf_jsd", "rf_jsd_floor"):
         stored = _number(metrics.get(f"{name}_e4"))
         values[f"{name}_e4"] = stored if stored is not None else _scaled(_number(metrics.get(name)), 1e4)

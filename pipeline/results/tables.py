@@ -162,8 +162,52 @@ def markdown_table(summaries: list[MethodSummary]) -> str:
         for cells in table_cells(members):
             lines.append(_markdown_row([f"**{c.text}**" if c.bold else c.text for c in cells]))
         lines += ["", caption(members), ""]
+        if any(summary.mean("ulira_auc") is not None for summary in members):
+            lines += ulira_markdown(members)
         sections.append("\n".join(lines))
     return "\n".join(sections)
+
+
+# ---- U-LiRA beside the entropy MIA (issue 30) ----------------------------------------------------------------
+
+ULIRA_COLUMNS = (("MIA (D_f)", "mia", 3), ("MIA (never seen)", "mia_unseen", 3), ("U-LiRA AUC", "ulira_auc", 3),
+                 ("U-LiRA AUC (shadows)", "ulira_shadow_auc", 3),
+                 ("TPR@1%FPR (shadows)", "ulira_shadow_tpr_1pct", 3))
+UNTRUSTED = "†"
+
+
+def ulira_table_cells(summaries: list[MethodSummary]) -> list[list[str]]:
+    """Rows (method first) of the membership table: the entropy MIA's member rates next to U-LiRA's figures. A row
+    is marked † when a seed's sanity anchors failed (its U-LiRA figures must not be trusted)."""
+    rows = []
+    for summary in summaries:
+        trusted = summary.mean("ulira_trusted")
+        mark = f" {UNTRUSTED}" if trusted is not None and trusted < 1 else ""
+        rows.append([summary.method + mark, *(format_cell(summary.mean(metric), summary.std(metric), decimals)
+                                              for _, metric, decimals in ULIRA_COLUMNS)])
+    return rows
+
+
+def ulira_caption(summaries: list[MethodSummary]) -> str:
+    text = ("Membership: the entropy MIA's share of D_f (and of never-seen val) called member, beside U-LiRA, the "
+            "per-example likelihood-ratio attack with shadow models (`unlearn audit-mia`). U-LiRA AUC: this seed's "
+            "unlearned model, its D_f against as many never-seen val samples (0.5 = looks never seen; two-sided "
+            "online: below or above both mean distinguishable). Shadows: each shadow in turn audited by the others "
+            "(what the method leaves behind), which resolves TPR at 1 % FPR that one model's D_f cannot. "
+            f"Means ± std over seeds; {MISSING} = not audited (reference rows, or the offline variant for the shadow "
+            "columns).")
+    untrusted = [s.method for s in summaries if s.mean("ulira_trusted") is not None and s.mean("ulira_trusted") < 1]
+    if untrusted:
+        text += (f" {UNTRUSTED} a sanity anchor failed in some seed ({', '.join(untrusted)}): the original model was "
+                 "not attackable or a model retrained without D_f was; those U-LiRA figures must not be trusted.")
+    return text
+
+
+def ulira_markdown(summaries: list[MethodSummary]) -> list[str]:
+    return ["#### Membership: entropy MIA and U-LiRA", "",
+            _markdown_row(["Method", *(header for header, _, _ in ULIRA_COLUMNS)]),
+            "|---|" + "---:|" * len(ULIRA_COLUMNS),
+            *(_markdown_row(cells) for cells in ulira_table_cells(summaries)), "", ulira_caption(summaries), ""]
 
 
 # ---- where the time went -----------------------------------------------------------------------------------

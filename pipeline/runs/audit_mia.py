@@ -429,7 +429,39 @@ def summary_lines(result: dict) -> list[str]:
         expected = "attackable" if role == "original" else "not attackable"
         lines.append(f"  sanity anchor {role} ({result['variant']}): AUC {_interval_text(anchor['auc'])} -> "
                      f"{'passed' if anchor['passed'] else 'FAILED'} (must be {expected})")
+    exposed = sorted((sample for sample in result["samples"] if sample["role"] == "forgotten"
+                      and sample["score"] is not None), key=lambda sample: -sample["score"])[:SHOWN_EXPOSED]
+    if exposed:
+        lines.append(f"  most exposed forgotten samples (attack score): "
+                     + ", ".join(f"{sample['sample_id']} ({sample['score']:.2f})" for sample in exposed))
     lines.extend(f"  WARNING: {warning}" for warning in result["warnings"])
     if result["trusted"]:
         lines.append("  both sanity anchors passed: the attack separates remembering from never having seen")
     return lines
+
+
+# ---- as result-record metrics (the bench's U-LiRA columns, MLflow) -----------------------------------------------
+
+def fpr_key(fpr: float) -> str:
+    """0.01 → "1pct", 0.001 → "0_1pct": metric names without dots (records flatten nested keys with dots)."""
+    return f"{fpr * 100:g}".replace(".", "_") + "pct"
+
+
+def record_metrics(result: dict) -> dict:
+    """An audit's figures as flat numbers for a result record: the target's AUC (with its interval) and balanced
+    accuracy, the shadow trials' AUC and TPR at each FPR (online), the entropy MIA's never-seen rate, and whether
+    the sanity anchors passed (1, 0, or None when they were not run)."""
+    target = result["target"]
+    metrics = {"ulira_auc": target["auc"]["value"], "ulira_auc_low": target["auc"]["low"],
+               "ulira_auc_high": target["auc"]["high"],
+               "ulira_balanced_accuracy": target["balanced_accuracy"]["value"],
+               "ulira_shadows": result["bank"]["shadows_served"],
+               "ulira_trusted": None if result["trusted"] is None else float(result["trusted"])}
+    for fpr, figure in target["tpr_at_fpr"].items():
+        metrics[f"ulira_tpr_{fpr_key(float(fpr))}"] = figure["value"] if figure else None
+    trials = result.get("shadow_trials")
+    metrics["ulira_shadow_auc"] = trials["auc"]["value"] if trials else None
+    for fpr in result["fprs"]:
+        figure = trials["tpr_at_fpr"].get(f"{fpr:g}") if trials else None
+        metrics[f"ulira_shadow_tpr_{fpr_key(fpr)}"] = figure["value"] if figure else None
+    return metrics

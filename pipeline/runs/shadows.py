@@ -420,9 +420,10 @@ def ensure_shadows(bank: ShadowBank, shadows: int, data: DataAccess, resources: 
         if "failed" in result:
             log(f"  shadow {shadow} FAILED: {result['failed']}")
         else:
+            held_out = result["accuracy_held_out"]
             log(f"  shadow {shadow}: {result['members']} samples, {result['epochs_run']} epochs in "
-                f"{result['train_seconds']:.1f} s; accuracy {result['accuracy_members']:.3f} on its half, "
-                f"{result['accuracy_held_out']:.3f} on the rest of the pool")
+                f"{result['train_seconds']:.1f} s; accuracy {result['accuracy_members']:.3f} on its half"
+                + (f", {held_out:.3f} on the rest of the pool" if held_out is not None else ""))
 
     results = run_tasks({i: (train_model, job) for i, job in missing.items()}, parallel, progress)
     wall = time.perf_counter() - started
