@@ -3,14 +3,16 @@
     python -m benchmarks.validate_ids [--ids 100000] [--train 1281167] [--val 50000]
 
 Builds an ImageNet-shaped index (ids like n01440764_10026.JPEG), a request file of --ids training ids (text,
-CSV and Parquet) and an earlier forgotten request of the same size, then times what the job does before Ray
-starts: reading the list, checking every id against the index, the keyed hashes, the check against the
-earlier request, and D_r without both requests. No image is read.
+CSV and Parquet) and an earlier forgotten request of the same size (already removed from the index, as an
+accepted request removes its samples from the dataset), then times what the job does before Ray starts: reading
+the list, its HMACs checked against the earlier request's tombstones, every training id checked against them too
+(no forgotten sample came back), every id checked against the index, and D_r. No image is read.
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -19,9 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.forget import refuse_repeated, request_splits
-from pipeline.data.id_lists import check_training_ids, keyed_id_hashes, read_sample_ids
-from pipeline.deletion.chain import ChainState, new_id_hash_key
+from jobs.forget import refuse_repeated, refuse_returned
+from pipeline.data.id_lists import check_training_ids, read_sample_ids
+from pipeline.data.splits import build_splits
+from pipeline.deletion.chain import ChainState
+from pipeline.deletion.keys import key_from_secret
 
 
 def imagenet_index(train: int, val: int) -> pa.Table:
@@ -43,8 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     train_ids = index.column("sample_id").to_numpy(zero_copy_only=False)[: args.train]
     chosen = rng.choice(args.train, size=2 * args.ids, replace=False)
     earlier, request = train_ids[chosen[: args.ids]].tolist(), train_ids[chosen[args.ids:]].tolist()
-    key = new_id_hash_key()
-    state = ChainState(2, None, key, None, {h: "earlier" for h in keyed_id_hashes(earlier, key)})
+    kept = np.ones(index.num_rows, dtype=bool)
+    kept[chosen[: args.ids]] = False
+    index = index.filter(kept)  # the earlier request's samples were removed from the dataset
+    key = key_from_secret(secrets.token_hex(32), "a fresh random secret")
+    keys = {key.version: key}
+    state = ChainState(2, None, None, {key.version: {h: "earlier" for h in key.tombstones(earlier)}})
     with tempfile.TemporaryDirectory() as folder:
         files = {"text": Path(folder) / "ids.txt", "csv": Path(folder) / "ids.csv",
                  "parquet": Path(folder) / "ids.parquet"}
@@ -61,15 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         requested = read_sample_ids(str(files["text"]))
         steps.append(("read the list (text)", time.perf_counter()))
+        refuse_repeated(str(files["text"]), sorted(set(requested)), state, keys)
+        steps.append(("HMACs vs the earlier tombstones", time.perf_counter()))
+        refuse_returned("the index", index, state, keys)
+        steps.append(("every training id vs the tombstones", time.perf_counter()))
         checked = check_training_ids(index, requested)
         assert len(checked.train) == args.ids and not checked.missing
         steps.append(("check every id against the index", time.perf_counter()))
-        hashes = keyed_id_hashes(checked.train, key)
-        steps.append(("keyed hashes", time.perf_counter()))
-        refuse_repeated(str(files["text"]), checked.train, hashes, state)
-        steps.append(("check against the earlier request", time.perf_counter()))
-        splits = request_splits(index, checked.train, state, key, seed=0, request_id="bench")
-        steps.append(("D_r without both requests", time.perf_counter()))
+        splits = build_splits(index, "request:bench", 0, checked.train)
+        steps.append(("D_r: train without the request", time.perf_counter()))
     mark = started
     for name, at in steps:
         print(f"  {name:<36} {at - mark:6.2f} s")

@@ -1,12 +1,18 @@
 """`unlearn forget`: honour a deletion request against a production model.
 
-Validates the request before any compute (every id a training sample, none forgotten by an earlier request
-of this model's chain, the model file the one the chain or its training record vouches for), unlearns through
-Ray exactly as `unlearn run` does (D_u = the val split), then gates the result without a retrained model:
-the forgotten samples must look unseen (RF-JSD at its sampling floor, membership inference at the unseen
-level) and retain and test accuracy must hold. The new model goes to a new URI under --out (the input is
-never touched); a rejected one under --out/rejected/. Each request appends a record to the model's audit
-chain and writes a one-page HTML receipt. Exits 0 only when the gate passes.
+Validates the request before any compute (the operator's id key given, the chain intact and matching its
+anchor, every id a training sample, none forgotten by an earlier request of this model's chain, the model file
+the one the chain or its training record vouches for, the store refusing a second create of one record),
+unlearns through Ray exactly as `unlearn run` does (D_u = the val split), then gates the result without a
+retrained model: the forgotten samples must look unseen (RF-JSD at its sampling floor, membership inference at
+the unseen level) and retain and test accuracy must hold. The new model goes to a new URI under --out (the
+input is never touched); a rejected one under --out/rejected/. An accepted request also removes its samples
+from the dataset (a new version at the same URI, pipeline/data/removal.py), so no later job trains on them.
+Each request appends a record to the model's audit chain, its head to the anchor, and writes a one-page HTML
+receipt. Exits 0 only when the gate passes.
+
+The forgotten ids are kept only as HMACs under the operator's secret: set UNLEARN_ID_KEY_FILE (a file or s3://
+object holding it) or UNLEARN_ID_KEY; after a rotation, UNLEARN_ID_KEY_PREVIOUS_FILE holds the earlier secret(s).
 """
 
 from __future__ import annotations
@@ -20,12 +26,15 @@ import uuid
 from jobs.common import (add_data_flags, add_floor_flag, add_mlflow_flag, add_ray_flags, apply_endpoint, check_mlflow,
                          data_spec, method_overrides, ray_resources, run_main, track)
 from pipeline import storage
-from pipeline.data.id_lists import check_training_ids, ids_sha256, keyed_id_hashes, read_sample_ids
+from pipeline.data import removal
+from pipeline.data.id_lists import check_training_ids, read_sample_ids
 from pipeline.data.shards import read_index, read_meta
 from pipeline.data.splits import build_splits
 from pipeline.deletion.chain import (ACCEPTED, FORGOTTEN_DIR, MODELS_DIR, RECEIPTS_DIR, REJECTED, REJECTED_DIR,
-                                     RUNS_DIR, SCHEMA_ID, ChainState, chain_state, file_sha256, location,
-                                     new_id_hash_key, publish_record, read_chain, sha256_hex)
+                                     RUNS_DIR, SCHEMA_ID, ChainState, NotRecorded, anchor_record, chain_state,
+                                     check_store, dataset_problems, file_sha256, location, publish_record, read_chain,
+                                     repeated_ids, sha256_hex)
+from pipeline.deletion.keys import ALGORITHM, keyring
 from pipeline.deletion.gate import GateThresholds, failed_checks, gate_checks
 from pipeline.deletion.receipt import render_receipt
 from pipeline.errors import ConfigError, DataError
@@ -62,6 +71,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True,
                    help="the model's audit chain (local or s3://): the same URI for every request on this model")
     p.add_argument("--request-id", help="this request's name, e.g. a ticket number (default: req-TIME-RANDOM)")
+    p.add_argument("--anchor", metavar="URI",
+                   help="where each request appends the chain's new head, out of reach of whoever can rewrite the "
+                        "chain: a local append-only file (chattr +a) or an s3:// prefix in a bucket with Object Lock. "
+                        "The chain is checked against it first; `unlearn audit --anchor` checks it later")
+    p.add_argument("--allow-unconditional-store", action="store_true",
+                   help="go on although the chain's store ignores create-once writes (If-None-Match / O_EXCL): two "
+                        "racing requests are then caught only by a read-back and the anchor. Not recommended")
     p.add_argument("--model-sha256", help="first request only, for a model without an `unlearn train` record beside "
                                           "it: the sha256 your model registry holds for it")
     p.add_argument("--method", default="lotus", help=f"one of: {', '.join(REGISTRY)} (default: lotus)")
@@ -82,8 +98,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    record = forget(parser().parse_args(argv))
+    record = forget(absolute_paths(parser().parse_args(argv)))
     return 0 if record["verdict"] == ACCEPTED else 1
+
+
+def absolute_paths(args: argparse.Namespace) -> argparse.Namespace:
+    """Every local path typed, made absolute once: the workers run elsewhere, and the chain and the dataset name
+    each other by URI (a relative path would name another place from another folder)."""
+    for name in ("data", "model", "ids", "out", "anchor"):
+        if getattr(args, name):
+            setattr(args, name, absolute(getattr(args, name)))
+    return args
 
 
 def thresholds_of(args) -> GateThresholds:
@@ -99,24 +124,29 @@ def forget(args: argparse.Namespace) -> dict:
     apply_endpoint(args)
     check_flags(args)
     thresholds = thresholds_of(args)
+    key, keys = keyring()  # no secret, no request: its tombstones could not be written
     phases = Phases()
     request_id = args.request_id or f"req-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     check_new_request_id(args.out, request_id)
-    state = chain_state(args.out)
+    state = chain_state(args.out, args.anchor)
+    anchor = chosen_anchor(args.anchor, state)
+    settle_dataset(args.out, args.data, state)
     model = trusted_input_model(args, state)
+    version_before = sha256_hex(removal.meta_bytes(args.data))
     meta = read_meta(args.data)
     index = read_index(args.data, meta)
     requested = read_sample_ids(args.ids, args.id_column)
+    # Before the index check: an id an earlier request forgot is no longer in the dataset, and "unknown" would hide why.
+    refuse_repeated(args.ids, sorted(set(requested)), state, keys)
+    refuse_returned(args.data, index, state, keys)
     checked = check_training_ids(index, requested)
     problem = checked.problem(f"deletion request {args.ids}")
     if problem and not args.allow_missing:
         raise DataError(f"{problem}. Nothing was changed; --allow-missing forgets the listed training samples only")
     if not checked.train:
         raise DataError(f"deletion request {args.ids} names no training sample of {args.data}: nothing to forget")
-    key = state.id_hash_key or new_id_hash_key()
-    hashes = keyed_id_hashes(checked.train, key)
-    refuse_repeated(args.ids, checked.train, hashes, state)
-    splits = request_splits(index, checked.train, state, key, args.seed, request_id)
+    splits = build_splits(index, f"request:{request_id}", args.seed, checked.train)
+    conditional = check_store(args.out, args.allow_unconditional_store)
     phases.lap("validate")
     log(f"request {request_id}: {len(checked.train)} training sample(s) to forget from {model['uri']} "
         f"(validated in {phases.seconds['validate']:.2f} s)")
@@ -130,15 +160,21 @@ def forget(args: argparse.Namespace) -> dict:
     passed = bool(checks) and all(check["passed"] for check in checks)
     reason = None if passed else (after.error or "; ".join(failed_checks(checks)))
     output = place_output(args.out, request_id, after, passed)
-    forgotten = record_forgotten(args.out, request_id, hashes) if passed else None
+    forgotten = record_forgotten(args.out, request_id, key.tombstones(checked.train)) if passed else None
+    # The next version of the dataset, without the samples: written now, installed once the record is stored.
+    removed = removal.plan_removal(args.data, checked.train, args.out, request_id, version_before) if passed else None
     record = {
         "schema": SCHEMA_ID, "sequence": state.next_sequence, "request_id": request_id, "created": utc_now_iso(),
         "verdict": ACCEPTED if passed else REJECTED, "reason": reason,
-        "request": {"ids_file": args.ids, "ids_count": len(checked.train), "ids_sha256": ids_sha256(checked.train),
+        "request": {"ids_file": args.ids, "ids_count": len(checked.train), "ids_hmac": key.list_digest(checked.train),
                     "lines": len(requested), "duplicates": checked.duplicates, "missing": len(checked.missing),
                     "allow_missing": args.allow_missing},
-        "input_model": model, "output_model": output, "forgotten_ids": forgotten, "id_hash_key": key,
-        "data": {"uri": args.data, "dataset": meta.name, "counts": dict(splits.counts)},
+        "input_model": model, "output_model": output, "forgotten_ids": forgotten,
+        "id_key": {"algorithm": ALGORITHM, "version": key.version}, "store": {"conditional_create": conditional},
+        "anchor": anchor,
+        "data": {"uri": args.data, "dataset": meta.name, "counts": dict(splits.counts), "version_before": version_before,
+                 "version_after": removed.version_after if removed else None,
+                 "rows_removed": removed.rows_removed if removed else 0},
         "method": {"name": args.method, "settings": after.config.get(args.method, {}), "seed": args.seed,
                    "workers": args.workers, "gpus": after.gpus, "epochs_run": after.config.get("epochs_run")},
         "metrics": {"input": _kept(before.metrics), "output": _kept(after.metrics) if after.status == "ok" else None},
@@ -147,11 +183,55 @@ def forget(args: argparse.Namespace) -> dict:
         "versions": versions(), "run_records": [before.run_id, after.run_id],
         "previous_record_sha256": state.previous_sha256,
     }
-    record_uri = publish_record(args.out, record)
+    try:
+        record_uri = publish_record(args.out, record)
+    except NotRecorded:
+        if removed:
+            removal.discard(removed)
+        raise
+    if removed:
+        removal.install(args.data, removed.version_before, removed.version_after)
+        log(f"removed {removed.rows_removed} sample(s) from {args.data}: its new version (_meta.json sha256 "
+            f"{removed.version_after}) no longer holds them, and the shard files that did are deleted")
+    if anchor:
+        anchor_record(args.out, record, record_uri, anchor)
     receipt_uri = write_receipt(args.out, record_uri)
     report(record, record_uri, receipt_uri)
     track(args.mlflow, args.out, [before, after], [record_uri, receipt_uri], tags={"request_id": request_id, "verdict": record["verdict"]})
     return record
+
+
+def chosen_anchor(anchor: str | None, state: ChainState) -> str | None:
+    """The anchor this request appends to. A chain anchored so far stays anchored at the same place: a request
+    without it would leave a head nobody can check."""
+    if state.anchor and anchor != state.anchor:
+        raise ConfigError(f"this chain is anchored at {state.anchor} (its last record says so): give --anchor "
+                          f"{state.anchor}" + (f", not {anchor}" if anchor else ""))
+    if not anchor:
+        log("WARNING: no --anchor: this request's head is kept only in the chain, so removing the last records or "
+            "re-sealing the chain after an edit would go unnoticed unless you keep the head sha256 printed below "
+            "and audit with --expect-head")
+    return anchor
+
+
+def settle_dataset(chain_uri: str, data_uri: str, state: ChainState) -> None:
+    """The dataset must still be without every sample this chain's accepted requests removed. A removal that was
+    recorded but not installed (a request stopped in between) is installed now."""
+    if not state.removals:
+        return
+    last = state.removals[-1]
+    if data_uri != last["uri"]:
+        raise ConfigError(f"this chain removes forgotten samples from {last['uri']} (request {last['request_id']}); "
+                          f"--data names {data_uri}: a chain's requests all use the dataset it removed them from")
+    current = sha256_hex(removal.meta_bytes(data_uri))
+    if current in (last["version_before"], last["version_after"]):
+        if removal.install(data_uri, last["version_before"], last["version_after"]):
+            log(f"installed the version of {data_uri} without the samples of request {last['request_id']}, which "
+                "stopped after recording it")
+    problems = dataset_problems(chain_uri, state.removals)
+    if problems:
+        raise DataError(f"forgotten samples may be back in {data_uri}, so no request is added to the chain: "
+                        f"{problems[0]}")
 
 
 def check_flags(args: argparse.Namespace) -> None:
@@ -209,8 +289,8 @@ def trusted_input_model(args, state: ChainState) -> dict:
     return {"uri": args.model, "sha256": sha, "trusted_by": f"training record {expected.run_id}"}
 
 
-def refuse_repeated(source: str, ids, hashes: list[str], state: ChainState) -> None:
-    repeated = [(sample_id, state.forgotten[h]) for sample_id, h in zip(ids, hashes) if h in state.forgotten]
+def refuse_repeated(source: str, ids: list[str], state: ChainState, keys) -> None:
+    repeated = repeated_ids(ids, state, keys)
     if repeated:
         requests = sorted({request for _, request in repeated})
         shown = ", ".join(sample_id for sample_id, _ in repeated[:20]) + (" ..." if len(repeated) > 20 else "")
@@ -218,16 +298,19 @@ def refuse_repeated(source: str, ids, hashes: list[str], state: ChainState) -> N
                           f"request(s) {', '.join(requests)} of this chain: {shown}. Nothing was changed")
 
 
-def request_splits(index, forget_ids, state: ChainState, key: str, seed: int, request_id: str):
-    """D_f = the request; D_r = train minus this and every earlier accepted request (they must stay forgotten)."""
-    spec = f"request:{request_id}"
-    if not state.forgotten:
-        return build_splits(index, spec, seed, forget_ids)
+def refuse_returned(data_uri: str, index, state: ChainState, keys) -> None:
+    """No training sample of the dataset may match a tombstone: a forgotten sample back in the data (copied in
+    again, or a dataset other than the one the removal was made from) would be trained on by the next job."""
+    if not state.tombstones:
+        return
     split = index.column("split").to_numpy(zero_copy_only=False)
     train_ids = index.column("sample_id").to_numpy(zero_copy_only=False)[split == "train"].tolist()
-    earlier = {i for i, h in zip(train_ids, keyed_id_hashes(train_ids, key)) if h in state.forgotten}
-    retain = tuple(sorted(set(train_ids) - set(forget_ids) - earlier))
-    return build_splits(index, spec, seed, forget_ids, retain)
+    returned = repeated_ids(train_ids, state, keys)
+    if returned:
+        requests = sorted({request for _, request in returned})
+        raise DataError(f"{data_uri} holds {len(returned)} training sample(s) that request(s) {', '.join(requests)} "
+                        "of this chain forgot: they came back into the data. Remove them before any request or "
+                        "training runs on it")
 
 
 def place_output(out: str, request_id: str, run, passed: bool) -> dict | None:

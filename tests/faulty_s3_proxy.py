@@ -5,6 +5,8 @@ seeded share of requests, resets the connection, loses the answer of a request t
 The n-th request a proxy sees always gets the same fate (one seeded random stream, drawn under a lock in
 arrival order), so a run's share of faults is fixed; which request is the n-th depends on thread timing.
 `script` queues exact fates for the next requests, before the random ones: a test's single fault, or a burst.
+`drop_headers` makes it a store that ignores a request header altogether, e.g. `If-None-Match` (a store that
+does not honour conditional creates: a second create-once PUT replaces the first object).
 
     with FaultyS3Proxy(upstream, seed=7, drop=0.05, slowdown=0.05) as proxy:
         ... point AWS_ENDPOINT_URL / --s3-endpoint at proxy.endpoint ...
@@ -53,14 +55,18 @@ class FaultyS3Proxy:
     internal: a 500 with S3's `InternalError`.
     denied: a 403 with S3's `AccessDenied` (scripted only: a fault no retry can fix).
     stall: the answer is held back `stall_s` seconds, then sent (a client with a shorter timeout gives up first).
+    drop_headers: request headers never relayed (case-insensitive), on every request.
     """
 
-    def __init__(self, upstream: str, seed: int = 0, stall_s: float = 2.0, **shares: float):
+    def __init__(self, upstream: str, seed: int = 0, stall_s: float = 2.0, drop_headers: tuple[str, ...] = (),
+                 **shares: float):
         parsed = urlparse(upstream)
         if parsed.hostname != "127.0.0.1":
             raise ValueError(f"the proxy only relays to 127.0.0.1, not {upstream!r}")
         self.upstream = (parsed.hostname, parsed.port)
         self.stall_s = stall_s
+        self.drop_headers = {name.lower() for name in drop_headers}
+        self.dropped: Counter = Counter()  # header name -> requests it was taken out of
         self._lock = threading.Lock()
         self.configure(seed, **shares)
         self._outage_until = 0.0
@@ -127,6 +133,10 @@ class FaultyS3Proxy:
         connection = http.client.HTTPConnection(*self.upstream, timeout=60)
         try:
             relayed = {name: value for name, value in headers.items() if name.lower() not in HOP_BY_HOP}
+            for name in [name for name in relayed if name.lower() in self.drop_headers]:
+                del relayed[name]
+                with self._lock:
+                    self.dropped[name.lower()] += 1
             connection.request(method, path, body=body or None, headers=relayed, encode_chunked=False)
             response = connection.getresponse()
             return response.status, response.reason, response.getheaders(), response.read()
@@ -235,11 +245,13 @@ def main() -> None:
     parser.add_argument("upstream", help="the S3 server on 127.0.0.1, e.g. http://127.0.0.1:5000")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stall-s", type=float, default=2.0)
+    parser.add_argument("--drop-header", action="append", default=[], metavar="NAME",
+                        help="a request header never relayed, e.g. If-None-Match (repeatable)")
     for kind in FAULT_KINDS:
         parser.add_argument(f"--{kind}", type=float, default=0.0, help=f"share of requests that get a {kind}")
     args = parser.parse_args()
     shares = {kind: getattr(args, kind) for kind in FAULT_KINDS}
-    with FaultyS3Proxy(args.upstream, args.seed, args.stall_s, **shares) as proxy:
+    with FaultyS3Proxy(args.upstream, args.seed, args.stall_s, tuple(args.drop_header), **shares) as proxy:
         print(proxy.endpoint, flush=True)
         threading.Event().wait()
 

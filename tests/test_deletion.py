@@ -11,13 +11,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import storage
-from pipeline.data.id_lists import check_training_ids, ids_sha256, keyed_id_hashes, read_sample_ids
-from pipeline.deletion.chain import (ACCEPTED, REJECTED, chain_state, content_digest, file_sha256, location,
-                                     new_id_hash_key, publish_record, read_chain, schema_errors, sealed_bytes,
+from pipeline.data.id_lists import check_training_ids, read_sample_ids
+from pipeline.deletion.chain import (ACCEPTED, REJECTED, SCHEMA_ID, NotRecorded, chain_state, content_digest,
+                                     file_sha256, location, publish_record, read_chain, schema_errors, sealed_bytes,
                                      sha256_hex, verify_chain)
 from pipeline.deletion.gate import GateThresholds, failed_checks, gate_checks, member_rate_spread
+from pipeline.deletion.keys import key_from_secret
 from pipeline.deletion.receipt import render_receipt
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import DataError
+
+
+KEY = key_from_secret("unit-test-secret-" + "7" * 32, "the tests")
 
 
 def small_index(train=6, val=2, test=2) -> pa.Table:
@@ -34,16 +38,37 @@ def test_a_text_list_skips_blank_lines_and_comments(tmp_path):
     assert read_sample_ids(str(path)) == ["s001", "s002", "s001"]
 
 
-def test_csv_and_parquet_lists_read_the_sample_id_column_or_the_only_one_and_keep_ids_as_text(tmp_path):
+def test_csv_and_parquet_lists_read_the_named_column_and_keep_ids_as_text(tmp_path):
     (tmp_path / "a.csv").write_text("user,sample_id\nann,007\nbob,s002\n")
     (tmp_path / "b.csv").write_text("id\n007\n")
     pq.write_table(pa.table({"key": ["s004", "s005"]}), tmp_path / "c.parquet")
     assert read_sample_ids(str(tmp_path / "a.csv")) == ["007", "s002"]  # "007" is not the number 7
-    assert read_sample_ids(str(tmp_path / "b.csv")) == ["007"]
-    assert read_sample_ids(str(tmp_path / "c.parquet")) == ["s004", "s005"]
+    assert read_sample_ids(str(tmp_path / "b.csv"), column="id") == ["007"]
+    assert read_sample_ids(str(tmp_path / "c.parquet")) == ["s004", "s005"]  # a Parquet column is named by its schema
     assert read_sample_ids(str(tmp_path / "a.csv"), column="user") == ["ann", "bob"]
-    with pytest.raises(DataError, match="no column 'ticket'.*columns: user, sample_id.*--id-column"):
+    with pytest.raises(DataError, match="header line .'user,sample_id'. has no column 'ticket'.*--id-column"):
         read_sample_ids(str(tmp_path / "a.csv"), column="ticket")
+
+
+@pytest.mark.parametrize("text", ["s001\ns002\ns003\n", "s001,ann\ns002,bob\n", "\ufeffs001\r\ns002\r\n"])
+def test_a_csv_without_a_header_is_refused_and_never_loses_its_first_id(tmp_path, text):
+    """Read as before, the first id became the header: a 3-id request forgot 2 and exited 0."""
+    path = tmp_path / "request.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match="first line .'s001.*does not name a 'sample_id' column.*first id of a list "
+                                        "without a header.*Nothing was read"):
+        read_sample_ids(str(path))
+    # The fixes the message names read every id, the first one included.
+    body = text.lstrip("\ufeff")
+    path.write_text(("sample_id,name\n" if "," in body else "sample_id\n") + body, encoding="utf-8")
+    assert read_sample_ids(str(path))[0] == "s001"
+    assert read_sample_ids(str(path)) == [line.split(",")[0].strip() for line in text.lstrip("\ufeff").splitlines()]
+    single = tmp_path / "one-column.csv"
+    single.write_text("s001\ns002\n")
+    with pytest.raises(DataError, match="does not name"):
+        read_sample_ids(str(single))
+    (tmp_path / "request.txt").write_text(text.lstrip("\ufeff").replace(",ann", "").replace(",bob", ""))
+    assert read_sample_ids(str(tmp_path / "request.txt"))[0] == "s001"
 
 
 def test_unreadable_or_missing_lists_are_clear_errors(tmp_path):
@@ -77,11 +102,14 @@ def test_a_hundred_thousand_ids_are_checked_against_a_large_index():
     assert len(checked.train) == 83_334 and len(checked.not_train) == 16_666 and checked.unknown == ("img-x",)
 
 
-def test_list_fingerprints_ignore_order_and_duplicates_and_keyed_hashes_depend_on_the_key():
-    assert ids_sha256(["b", "a", "b"]) == ids_sha256(["a", "b"]) != ids_sha256(["a"])
-    assert keyed_id_hashes(["a"], "k1") != keyed_id_hashes(["a"], "k2")
-    (hashed,) = keyed_id_hashes(["user-jane-doe"], "k1")
+def test_list_digests_ignore_order_and_duplicates_and_every_digest_depends_on_the_key():
+    assert KEY.list_digest(["b", "a", "b"]) == KEY.list_digest(["a", "b"]) != KEY.list_digest(["a"])
+    other = key_from_secret("another-secret-" + "7" * 32, "the tests")
+    assert other.tombstones(["a"]) != KEY.tombstones(["a"]) and other.list_digest(["a"]) != KEY.list_digest(["a"])
+    assert other.version != KEY.version and len(KEY.version) == 32
+    (hashed,) = KEY.tombstones(["user-jane-doe"])
     assert len(hashed) == 64 and "jane" not in hashed
+    assert hashed != sha256_hex(b"user-jane-doe") != KEY.list_digest(["user-jane-doe"])
 
 
 # ---- the gate -----------------------------------------------------------------------------------------------
@@ -123,7 +151,7 @@ def test_each_check_fails_on_its_own_and_an_unmeasured_figure_fails(change, fail
 
 # ---- the chain ----------------------------------------------------------------------------------------------
 
-def make_record(chain: str, sequence: int, previous: str | None, verdict: str = ACCEPTED, key: str | None = None,
+def make_record(chain: str, sequence: int, previous: str | None, verdict: str = ACCEPTED, key=KEY,
                 input_sha: str | None = None) -> dict:
     """A complete record with real files behind it (a model and a forgotten-id file)."""
     request_id = f"r{sequence}"
@@ -132,20 +160,22 @@ def make_record(chain: str, sequence: int, previous: str | None, verdict: str = 
     forgotten = None
     if verdict == ACCEPTED:
         forgotten_uri = location(chain, "forgotten", request_id, ".txt")
-        storage.write_text(forgotten_uri, "\n".join(keyed_id_hashes([f"s{sequence}"], key or "0" * 32)) + "\n")
+        storage.write_text(forgotten_uri, "\n".join(key.tombstones([f"s{sequence}"])) + "\n")
         forgotten = {"uri": forgotten_uri, "sha256": file_sha256(forgotten_uri), "count": 1}
     metrics = {key_: 0.5 for key_ in ("acc_forget", "acc_retain", "acc_test", "acc_unseen", "mia", "mia_unseen",
                                       "rf_jsd_e4", "rf_jsd_floor_e4", "rf_jsd_floor_std_e4", "confidence_forget",
                                       "confidence_unseen")}
     return {
-        "schema": "ray-unlearn/deletion-audit/1", "sequence": sequence, "request_id": request_id,
+        "schema": SCHEMA_ID, "sequence": sequence, "request_id": request_id,
         "created": "2026-11-30T00:00:00+00:00", "verdict": verdict, "reason": None if verdict == ACCEPTED else "x",
-        "request": {"ids_file": "ids.txt", "ids_count": 1, "ids_sha256": ids_sha256([f"s{sequence}"]), "lines": 1,
+        "request": {"ids_file": "ids.txt", "ids_count": 1, "ids_hmac": key.list_digest([f"s{sequence}"]), "lines": 1,
                     "duplicates": 0, "missing": 0, "allow_missing": False},
         "input_model": {"uri": "orig.pt", "sha256": input_sha or sha256_hex(b"orig"), "trusted_by": "test"},
         "output_model": {"uri": model_uri, "sha256": file_sha256(model_uri)}, "forgotten_ids": forgotten,
-        "id_hash_key": key or "0" * 32,
-        "data": {"uri": "d", "dataset": "digits-hard", "counts": {"forget": 1, "retain": 5, "unseen": 2, "test": 2}},
+        "id_key": {"algorithm": "hmac-sha256", "version": key.version}, "store": {"conditional_create": True},
+        "anchor": None,
+        "data": {"uri": "d", "dataset": "digits-hard", "counts": {"forget": 1, "retain": 5, "unseen": 2, "test": 2},
+                 "version_before": sha256_hex(b"meta"), "version_after": None, "rows_removed": 0},
         "method": {"name": "lotus", "settings": {}, "seed": 1, "workers": 1, "gpus": 0, "epochs_run": 1},
         "metrics": {"input": metrics, "output": metrics},
         "gate": {"passed": verdict == ACCEPTED, "thresholds": GateThresholds().as_dict(), "checks": []},
@@ -173,7 +203,8 @@ def test_a_published_chain_verifies_and_gives_the_next_request_its_head(tmp_path
     state = chain_state(chain)
     assert state.next_sequence == 3 and state.previous_sha256 == entries[1].sha256
     assert state.head_model["request_id"] == "r2"
-    assert set(state.forgotten.values()) == {"r1", "r2"}
+    assert set(state.tombstones) == {KEY.version}
+    assert set(state.tombstones[KEY.version].values()) == {"r1", "r2"}
 
 
 def test_one_changed_byte_of_a_record_is_found_and_named(tmp_path):
@@ -222,7 +253,7 @@ def test_of_two_requests_racing_for_the_same_number_only_one_is_recorded(tmp_pat
     chain = str(tmp_path / "chain")
     publish_record(chain, make_record(chain, 1, None))
     late = make_record(chain, 1, None, verdict=REJECTED)
-    with pytest.raises(ConfigError, match="another request was recorded"):
+    with pytest.raises(NotRecorded, match="another request was recorded"):
         publish_record(chain, late)
     assert json.loads(read_chain(chain)[0].data)["verdict"] == ACCEPTED
 
@@ -232,7 +263,6 @@ def test_the_digest_covers_everything_but_itself():
     sealed = json.loads(sealed_bytes(record))
     assert sealed["record_digest"] == content_digest(record) == content_digest(sealed)
     assert content_digest({**record, "a": 2}) != content_digest(record)
-    assert len(new_id_hash_key()) == 32
 
 
 def test_the_receipt_states_the_verdict_the_figures_and_the_chain_in_plain_words(tmp_path):

@@ -1,9 +1,14 @@
 """`unlearn forget` and `unlearn audit` end to end through Ray on digits-hard, with the production model, the data,
-the request and the audit chain all on S3 (moto on 127.0.0.1): a 30-sample request passes the gate with LoTUS,
-a destructive request is rejected and kept as evidence, the next request starts from the last accepted model,
-the chain verifies and names a changed byte, and refused requests change nothing."""
+the request, the audit chain and its anchor all on S3 (moto on 127.0.0.1): a 30-sample request passes the gate
+with LoTUS, a destructive request is rejected and kept as evidence, the next request starts from the last accepted
+model, the chain verifies against its head and its anchor and names a changed byte, refused requests change
+nothing, an attacker holding the chain and the shard index but not the key recovers no id, and a fresh `unlearn
+train` on the same dataset never sees the forgotten samples."""
 
 import hashlib
+import hmac
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -15,12 +20,30 @@ from jobs.common import run_main
 from pipeline import storage
 from pipeline.data.shards import read_index, read_meta
 from pipeline.deletion.chain import chain_state, read_chain, schema_errors
-from pipeline.results.records import ResultRecord, append_record, new_run_id
+from pipeline.deletion.keys import KEY_ENV, KEY_FILE_ENV, operator_key
+from pipeline.errors import DataError
+from pipeline.results.records import ResultRecord, append_record, load_records, new_run_id
+from pipeline.train.datasets import read_layout
 from tests.conftest import SEED
 from tests.test_bench import run_job
 
 REQUEST_SIZE = 30
 BUCKET = "deletion-requests"
+ANCHOR = f"s3://{BUCKET}/anchors/production"
+SECRET = "forget-test-operator-secret-" + "3" * 36
+
+
+@pytest.fixture(scope="module", autouse=True)
+def operator_secret(tmp_path_factory):
+    """The operator's id key, in a file only the owner reads, named by UNLEARN_ID_KEY_FILE for the module."""
+    key_file = tmp_path_factory.mktemp("secrets") / "id.key"
+    key_file.write_text(SECRET + "\n")
+    os.chmod(key_file, 0o600)
+    saved = {name: os.environ.pop(name, None) for name in (KEY_ENV, KEY_FILE_ENV)}
+    os.environ[KEY_FILE_ENV] = str(key_file)
+    yield str(key_file)
+    del os.environ[KEY_FILE_ENV]
+    os.environ.update({name: value for name, value in saved.items() if value is not None})
 
 
 def sha256_of(uri) -> str:
@@ -42,8 +65,9 @@ def write_request(data_uri: str, uri: str, seed: int, exclude=()) -> list[str]:
 
 
 def request_argv(data: str, model: str, ids: str, chain: str, request_id: str, *extra: str) -> list[str]:
+    anchor = ["--anchor", ANCHOR] if chain.startswith(f"s3://{BUCKET}/") else []
     return ["--data", data, "--model", model, "--ids", ids, "--out", chain, "--request-id", request_id,
-            "--seed", str(SEED), "--max-failures", "0", *extra]
+            "--seed", str(SEED), "--max-failures", "0", *anchor, *extra]
 
 
 def vouched_model(checkpoint: str, folder: str) -> str:
@@ -73,6 +97,7 @@ def chain(ray_session, s3_server, original_checkpoint):
     first = write_request(data, f"{root}/requests/r1.txt", seed=1)
     second = write_request(data, f"{root}/requests/r2.txt", seed=2, exclude=first)
     model_sha = sha256_of(model)
+    index_before = read_index(data, read_meta(data))  # the attacker's shard index: every training id, r1's included
     head = f"{chain_uri}/models/r1.pt"
     runs = {name: run_job(forget.main, request_argv(data, start, f"{root}/requests/{ids}", chain_uri, name, *extra))
             for name, start, ids, extra in (
@@ -81,7 +106,7 @@ def chain(ray_session, s3_server, original_checkpoint):
                 ("r3", head, "r2.txt", ("--set", "lotus.epochs=1")))}
     records = {entry.record()["request_id"]: entry for entry in read_chain(chain_uri)}
     return {"uri": chain_uri, "data": data, "model": model, "runs": runs, "records": records,
-            "ids": (first, second), "model_sha": model_sha}
+            "ids": (first, second), "model_sha": model_sha, "index_before": index_before}
 
 
 def test_a_30_sample_request_passes_the_gate_and_its_samples_now_look_unseen(chain):
@@ -128,7 +153,7 @@ def test_the_next_request_starts_from_the_last_accepted_model_and_keeps_forgotte
     first, rejected, third = (chain["records"][name].record() for name in ("r1", "r2", "r3"))
     assert third["input_model"]["sha256"] == rejected["input_model"]["sha256"] == first["output_model"]["sha256"]
     assert third["previous_record_sha256"] == chain["records"]["r2"].sha256
-    assert third["request"]["ids_sha256"] == rejected["request"]["ids_sha256"]  # asked again: nothing was forgotten
+    assert third["request"]["ids_hmac"] == rejected["request"]["ids_hmac"]  # asked again: nothing was forgotten
     assert third["data"]["counts"]["retain"] == first["data"]["counts"]["retain"] - REQUEST_SIZE
 
 
@@ -139,9 +164,11 @@ def flip_last_byte(uri: str) -> bytes:
 
 
 def test_audit_verifies_the_chain_and_names_a_changed_byte_in_a_record_or_a_model(chain, capsys):
-    assert run_main(audit.main, [chain["uri"]]) == 0
+    head = chain["records"]["r3"].sha256
+    assert run_main(audit.main, [chain["uri"], "--expect-head", head, "--anchor", ANCHOR]) == 0
     printed = capsys.readouterr().out
-    assert "3 record(s), every link and file verified" in printed and "rejected" in printed
+    assert "3 record(s), every link and file verified, and it ends at the expected head and the anchor" in printed
+    assert "removed samples are still gone from the data" in printed and "rejected" in printed
     for changed, named in ((f"{chain['uri']}/chain/000001.json", "chain/000001.json: its content no longer matches"),
                            (f"{chain['uri']}/models/r1.pt", "chain/000001.json: its output model")):
         original = flip_last_byte(changed) if changed.endswith(".pt") else storage.read_bytes(changed)
@@ -207,3 +234,73 @@ def test_a_first_request_needs_a_model_something_vouches_for(digits_hard_uri, or
     assert "no training record vouches for" in refusal(str(lone))
     assert "not " + "0" * 64 in refusal(str(lone), "--model-sha256", "0" * 64)
     assert not (tmp_path / "chain").exists()
+
+
+def test_an_attacker_with_the_chain_and_the_shard_index_but_no_key_recovers_no_id(chain):
+    """Everything stored for the chain (records, tombstones, receipts, models, the Ray runs, the anchor) and every
+    training id the dataset held: hashing each id with everything the chain holds finds none of the forgotten ids.
+    The same search, given the key the tombstones were made with, finds all of them: the search is not blind."""
+    files = {uri: storage.read_bytes(uri) for uri in [*storage.list_files(chain["uri"]), *storage.list_files(ANCHOR)]}
+    text = b"\n".join(files.values()).decode("utf-8", errors="replace")
+    index = chain["index_before"]
+    train = [i for i, s in zip(index.column("sample_id").to_pylist(), index.column("split").to_pylist()) if s == "train"]
+    forgotten = set(chain["ids"][0])
+    assert forgotten <= set(train)
+    digests = set(re.findall(r"[0-9a-f]{64}", text))
+    # Key material the chain might hold: every hex or base64-ish token of 16+ characters, and no key at all.
+    tokens = sorted(set(re.findall(r"[A-Za-z0-9+/=_-]{16,}", text)) | {""})
+
+    def recovered(candidates) -> set[str]:
+        found = {i for i in train if i.encode() in b"".join(files.values())}  # an id stored in clear
+        for token in candidates:
+            keys = [token.encode()] + ([bytes.fromhex(token)] if re.fullmatch(r"([0-9a-f]{2})+", token) else [])
+            for key in keys:
+                for sample_id in train:
+                    raw = sample_id.encode()
+                    guesses = (hashlib.sha256(key + raw).hexdigest(), hashlib.sha256(key + b"|" + raw).hexdigest(),
+                               hashlib.sha256(raw + key).hexdigest(), hmac.new(key, raw, hashlib.sha256).hexdigest())
+                    if any(guess in digests for guess in guesses):
+                        found.add(sample_id)
+        return found
+
+    assert recovered(tokens) == set()
+    # Even a right guess of the whole list cannot be confirmed: no unkeyed digest of it is stored.
+    assert hashlib.sha256("\n".join(sorted(forgotten)).encode()).hexdigest() not in digests
+    # The control: the tombstones are HMACs of exactly those ids under the operator's key (derived from the secret
+    # the chain never saw), and the attacker's search finds every one of them once it holds that key.
+    key = operator_key()
+    tombstones = storage.read_text(chain["records"]["r1"].record()["forgotten_ids"]["uri"]).split()
+    assert sorted(tombstones) == sorted(key.tombstones(forgotten))
+    assert recovered([key._key.hex()]) == forgotten
+    assert SECRET not in text and key._key.hex() not in text
+
+
+def test_a_fresh_unlearn_train_on_the_same_dataset_never_sees_the_forgotten_samples(chain, tmp_path):
+    """The operator's next training run, as they would type it: same --data, a new --out."""
+    from jobs import train as train_job
+    from pipeline.data import removal
+
+    data = chain["data"]
+    meta = read_meta(data)
+    before = [i for i, s in zip(chain["index_before"].column("sample_id").to_pylist(),
+                                chain["index_before"].column("split").to_pylist()) if s == "train"]
+    forgotten = set(chain["ids"][0])
+    # What every job reads: the shard list of _meta.json. The forgotten rows are in none of its files, the files
+    # that held them are gone, and the dataset records which request removed them (no id).
+    assert not forgotten & set(read_layout(data, meta).ids.tolist())
+    assert meta.counts["train"] == len(before) - REQUEST_SIZE
+    assert removal.removals(meta) == [{"chain": chain["uri"], "request": "r1", "rows": REQUEST_SIZE}]
+    record = chain["records"]["r1"].record()
+    gone = removal.replaced_files(data, record["data"]["version_before"], record["data"]["version_after"])
+    assert gone and not any(storage.exists(uri) for uri in gone)
+    out = str(tmp_path / "retrained")
+    status, printed = run_job(train_job.main, ["--data", data, "--out", out, "--epochs", "1", "--max-failures", "0"])
+    assert status == 0, printed
+    (trained,) = load_records(out)
+    # One epoch read exactly the dataset's remaining training rows: none of the forgotten ones.
+    assert trained.images["unlearn"] == meta.counts["train"] == len(before) - REQUEST_SIZE
+    # prepare --overwrite would bring them back from the source: refused.
+    from pipeline.data.converters import prepare
+
+    with pytest.raises(DataError, match="preparing it again from its source would bring them back"):
+        prepare("digits-hard", data, seed=0, overwrite=True)

@@ -1,7 +1,9 @@
 """Lists of sample ids (a deletion request, the `ids:FILE` forget spec) and their check against a shard index.
 
-A list comes as a text file (one id per line; blank lines and `#` comments skipped), a CSV file or a
-Parquet file (the `sample_id` column, another one named by `column`, or the only column there is).
+A list comes as a text file (one id per line; blank lines and `#` comments skipped), a CSV file whose
+first line is a header naming the id column (`sample_id`, or the one `column` names), or a Parquet file (the
+`sample_id` column, another one named by `column`, or the only column there is). A CSV file without that header
+is refused, never read: its first line would be taken for the header and its first id silently dropped.
 The check needs only the index columns (no image is decoded): 100,000 ids against a million-row
 index take well under a second.
 """
@@ -9,7 +11,6 @@ index take well under a second.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 from dataclasses import dataclass
 
@@ -46,12 +47,30 @@ def _read_table(uri: str, data: bytes, column: str | None) -> pa.Table:
     try:
         if uri.lower().endswith(".parquet"):
             return pq.read_table(io.BytesIO(data))
+        header = _csv_header(uri, data, column)
         # Every column stays text: the id "007" must not become the number 7.
-        header = next(csv.reader(io.StringIO(data.split(b"\n", 1)[0].decode("utf-8-sig"))), [])
         options = pacsv.ConvertOptions(column_types={name: pa.string() for name in header})
         return pacsv.read_csv(io.BytesIO(data), convert_options=options)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
         raise DataError(f"sample id list {uri} cannot be read: {str(exc).splitlines()[0]}") from exc
+
+
+def _csv_header(uri: str, data: bytes, column: str | None) -> list[str]:
+    """The CSV's header, refused unless it names the id column: a file without a header starts with an id, and
+    reading that line as a header would drop the id without a word."""
+    first = data.split(b"\n", 1)[0].decode("utf-8-sig").rstrip("\r")
+    header = next(csv.reader(io.StringIO(first)), [])
+    wanted = column or DEFAULT_COLUMN
+    if wanted in header:
+        return header
+    shown = first if len(first) <= 80 else first[:77] + "..."
+    if column:
+        raise DataError(f"sample id list {uri}: its header line ({shown!r}) has no column {column!r}; name the id "
+                        "column with --id-column, as the header spells it")
+    raise DataError(f"sample id list {uri}: its first line ({shown!r}) does not name a {DEFAULT_COLUMN!r} column, so "
+                    "it is either a header with another id column (name it with --id-column) or the first id of a "
+                    f"list without a header (add the line {DEFAULT_COLUMN} at the top, or give the ids as a .txt "
+                    "file, one per line). Nothing was read, so no id is dropped")
 
 
 def _column(table: pa.Table, uri: str, column: str | None) -> list[str]:
@@ -110,14 +129,3 @@ def check_training_ids(index: pa.Table, requested: list[str]) -> IdCheck:
 
     return IdCheck(train=tuple(distinct[is_train].tolist()), unknown=in_file_order(~found),
                    not_train=in_file_order(found & ~is_train), duplicates=len(requested) - len(distinct))
-
-
-def ids_sha256(ids) -> str:
-    """sha256 of the sorted, distinct ids joined by newlines: names a list without storing it."""
-    return hashlib.sha256("\n".join(sorted(set(ids))).encode("utf-8")).hexdigest()
-
-
-def keyed_id_hashes(ids, key: str) -> list[str]:
-    """sha256(key | id) per id: lets a later request be checked against this one without keeping the ids."""
-    prefix = f"{key}|".encode("utf-8")
-    return [hashlib.sha256(prefix + str(i).encode("utf-8")).hexdigest() for i in ids]

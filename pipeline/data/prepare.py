@@ -30,8 +30,9 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
 from pipeline import storage
+from pipeline.data.removal import removals
 from pipeline.data.shards import (META_FILE, ROW_GROUP_ROWS, SPLITS, DatasetMeta, append_row, check_row,
-                                  empty_columns, encode_shard, shard_file_name, shard_record)
+                                  empty_columns, encode_shard, read_meta, shard_file_name, shard_record)
 from pipeline.errors import DataError
 
 PLAN_DIR = "_prepare"
@@ -84,6 +85,12 @@ def _finished_dataset_to_replace(out: str, overwrite: bool) -> bool:
         return False
     if not overwrite:
         raise DataError(f"{out} already holds a dataset; pass --overwrite to replace it")
+    removed = removals(read_meta(out))
+    if removed:  # the source still holds them: a new conversion would train the next model on forgotten samples
+        raise DataError(f"{out} had samples removed by {len(removed)} deletion request(s) (first: "
+                        f"{removed[0].get('request')} of {removed[0].get('chain')}); preparing it again from its "
+                        "source would bring them back. Remove them from the source first, then delete the dataset "
+                        "folder and prepare it anew")
     return True
 
 

@@ -132,11 +132,17 @@ def append_row(columns: dict[str, list], sample_id: str, label: int, image: byte
 
 def encode_shard(columns: dict[str, list]) -> bytes:
     """One Parquet file from column lists. Every writer goes through here, so the same rows give the same bytes."""
-    small = [name for name in SCHEMA.names if name != "image"]
+    return encode_table(pa.table(columns, schema=SCHEMA))
+
+
+def encode_table(table: pa.Table) -> bytes:
+    """One Parquet file from a table of shard rows (its own columns: shards written before width/height keep
+    their four), with the shards' row groups, codecs and dictionaries."""
+    small = [name for name in table.column_names if name != "image"]
     buffer = io.BytesIO()
     # Encoded images are already compressed and all distinct: a codec or a dictionary on them only costs time.
-    pq.write_table(pa.table(columns, schema=SCHEMA), buffer, row_group_size=ROW_GROUP_ROWS, use_dictionary=small,
-                   compression={name: "snappy" if name in small else "none" for name in SCHEMA.names})
+    pq.write_table(table, buffer, row_group_size=ROW_GROUP_ROWS, use_dictionary=small,
+                   compression={name: "snappy" if name in small else "none" for name in table.column_names})
     return buffer.getvalue()
 
 

@@ -6,29 +6,37 @@ Layout under a chain URI (a local folder or an s3:// prefix):
     chain/000001.json        the records, numbered from 1; each is created once and never rewritten
     models/<request>.pt      the model each accepted request produced (the next request's input)
     rejected/<request>.pt    the model a rejected request produced, kept as evidence
-    forgotten/<request>.txt  sha256(key | id) per forgotten id: a later request is checked against these,
-                             and neither the records nor these files hold an id itself
+    forgotten/<request>.txt  one HMAC-SHA256 per forgotten id under the operator's key (pipeline/deletion/keys.py):
+                             a later request is checked against these; without the key they match no id
     receipts/<request>.html  the one-page receipt per request
     runs/<request>/          the Ray Train run and its result records
 
-A record is written only after everything it names exists. Of two requests racing for the same sequence
-number exactly one is recorded (a create-once write); the other fails and says so.
+No record or file holds an id, or the key: a record names the key's version only. A record is written only after
+everything it names exists, then read back. Of two requests racing for the same sequence number exactly one is
+recorded, on a store that honours create-once writes (probed before each request: `check_store`); the other
+fails and says so. A chain cannot show by itself that its last records were removed or that it was re-sealed
+after an edit: the anchor (pipeline/deletion/anchor.py) and `unlearn audit --expect-head` can.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import secrets
+import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from pipeline import storage
+from pipeline.data import removal
+from pipeline.data.shards import DatasetMeta, META_FILE
+from pipeline.deletion.anchor import anchor_problems, append_anchor, new_entry, read_anchor
+from pipeline.deletion.keys import PREVIOUS_FILE_ENV, IdKey
 from pipeline.errors import ConfigError, DataError
+from pipeline.train.console import log
 
 SCHEMA_PATH = Path(__file__).with_name("audit_record.schema.json")
-SCHEMA_ID = "ray-unlearn/deletion-audit/1"
+SCHEMA_ID = "ray-unlearn/deletion-audit/2"
 CHAIN_DIR, MODELS_DIR, REJECTED_DIR, FORGOTTEN_DIR, RECEIPTS_DIR, RUNS_DIR = (
     "chain", "models", "rejected", "forgotten", "receipts", "runs")
 ACCEPTED, REJECTED = "accepted", "rejected"
@@ -48,11 +56,6 @@ def record_name(sequence: int) -> str:
 
 def location(chain_uri: str, folder: str, request_id: str, suffix: str) -> str:
     return storage.join(chain_uri, folder, f"{request_id}{suffix}")
-
-
-def new_id_hash_key() -> str:
-    """The chain's key for hashing forgotten ids (chosen once, in the first record)."""
-    return secrets.token_hex(16)
 
 
 # ---- records ------------------------------------------------------------------------------------------------
@@ -114,45 +117,143 @@ def read_chain(chain_uri: str) -> list[ChainEntry]:
             for uri in storage.list_files(storage.join(chain_uri, CHAIN_DIR), ".json")]
 
 
+# ---- writing ------------------------------------------------------------------------------------------------
+
+def probe_conditional_create(chain_uri: str) -> bool:
+    """Whether the chain's store refuses to create an object that exists (If-None-Match on S3, a hard link or
+    O_EXCL locally) and keeps the first one's bytes: the guarantee that of two racing requests one fails."""
+    probe = storage.join(chain_uri, CHAIN_DIR, f".probe-{uuid.uuid4().hex}")
+    first, second = b"first writer " + probe.encode(), b"second writer " + probe.encode()
+    try:
+        created = storage.create_once(probe, first)
+        created_again = storage.create_once(probe, second)
+        kept = storage.read_bytes(probe)
+    finally:
+        storage.delete_file(probe)
+    return created and not created_again and kept == first
+
+
+def check_store(chain_uri: str, allow_unconditional: bool) -> bool:
+    """Refuse a store that ignores create-once writes, unless allowed (then say so loudly); True if it honours them."""
+    if probe_conditional_create(chain_uri):
+        return True
+    what = (f"the store of {chain_uri} does not honour conditional creates ({'If-None-Match' if storage.is_s3(chain_uri) else 'O_EXCL'}: "
+            "a second create of the same name replaced the first)")
+    if not allow_unconditional:
+        raise ConfigError(f"{what}, so two requests running at once could both be recorded under one number and one "
+                          "would silently replace the other. Use a store that honours them (AWS S3 does), or pass "
+                          "--allow-unconditional-store to go on with only a read-back and the anchor to catch a race")
+    log(f"WARNING: {what}. Going on because of --allow-unconditional-store: a racing request is caught only by "
+        "reading the record back and by the anchor, and the record says the store was not safe")
+    return False
+
+
+class NotRecorded(ConfigError):
+    """Another request took this record's sequence number: nothing of this request is in the chain."""
+
+
 def publish_record(chain_uri: str, record: dict) -> str:
-    """Store the record as the chain's next entry; refuse if another request took that number meanwhile."""
+    """Store the record as the chain's next entry and read it back; refuse if another request took that number
+    meanwhile (NotRecorded: nothing of this request is then in the chain)."""
     uri = storage.join(chain_uri, CHAIN_DIR, record_name(record["sequence"]))
-    if not storage.create_once(uri, sealed_bytes(record)):
-        raise ConfigError(f"another request was recorded as {uri} while this one ran; nothing of this request "
-                          f"was recorded: run it again on the chain's new head")
+    data = sealed_bytes(record)
+    if not storage.create_once(uri, data) or storage.read_bytes(uri) != data:
+        raise NotRecorded(f"another request was recorded as {uri} while this one ran; this request is not in the "
+                          "chain: run it again on the chain's new head")
     return uri
 
+
+def anchor_record(chain_uri: str, record: dict, record_uri: str, anchor_uri: str) -> None:
+    """Append the published record's sha256 to the anchor, then check that it is the only head anchored for its
+    number and still the chain's record there. A store that ignores If-None-Match lets a racer replace a record
+    after its read-back: the anchor then holds both heads, and whichever request sees the other's fails."""
+    sha = sha256_hex(sealed_bytes(record))
+    try:
+        append_anchor(anchor_uri, new_entry(chain_uri, record["sequence"], sha, record["request_id"]))
+    except DataError as exc:  # includes storage that stayed unavailable: say how to finish, then fail
+        raise DataError(f"record {record_uri} (sha256 {sha}) is in the chain, but its head could not be added to the "
+                        f"anchor {anchor_uri} ({exc}); once it is reachable, check the record and run `unlearn audit "
+                        f"{chain_uri} --anchor {anchor_uri} --anchor-head {sha}`") from exc
+    heads = {entry.record_sha256 for entry in read_anchor(anchor_uri)
+             if entry.chain == chain_uri and entry.sequence == record["sequence"]}
+    replaced = storage.read_bytes(record_uri) != sealed_bytes(record)
+    if heads != {sha} or replaced:
+        seen = (f"{record_uri} now holds another request's record" if replaced else
+                f"the anchor {anchor_uri} holds {len(heads)} heads for it")
+        raise ConfigError(f"another request claimed record {record['sequence']} at the same time on a store that did "
+                          f"not stop it ({seen}); this request does not count as recorded. `unlearn audit {chain_uri} "
+                          f"--anchor {anchor_uri}` names both heads")
+
+
+# ---- reading ------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ChainState:
     """What a new request needs from the chain: where it continues, which model it must start from, which ids
-    are already forgotten (by their keyed hashes)."""
+    are already forgotten (as tombstones per key version), where it is anchored, which requests removed rows."""
 
     next_sequence: int
     previous_sha256: str | None
-    id_hash_key: str | None
     head_model: dict | None  # {"uri", "sha256", "request_id"} of the last accepted request
-    forgotten: dict[str, str]  # keyed id hash -> request id that forgot it
+    tombstones: dict[str, dict[str, str]]  # key version -> {HMAC of an id -> request id that forgot it}
+    anchor: str | None = None  # the anchor the last record was appended to
+    removals: tuple[dict, ...] = ()  # the `data` of each accepted request that removed rows, with its request id
 
 
-def chain_state(chain_uri: str) -> ChainState:
-    """The chain's head, after checking it end to end: a request never extends a broken chain."""
+def chain_state(chain_uri: str, anchor_uri: str | None = None) -> ChainState:
+    """The chain's head, after checking it end to end (and against the anchor, when given): a request never
+    extends a broken, truncated or re-sealed chain."""
     entries, problems = verify_chain(chain_uri)
+    if anchor_uri and entries and not problems and _anchored_before(chain_uri, entries, anchor_uri):
+        problems += anchored_problems(chain_uri, entries, anchor_uri)
     if problems:
         raise DataError(f"the audit chain at {chain_uri} is broken, so no request is added to it "
                         f"(run `unlearn audit {chain_uri}`): {problems[0]}")
     if not entries:
-        return ChainState(1, None, None, None, {})
+        return ChainState(1, None, None, {})
     records = [entry.record() for entry in entries]
     accepted = [r for r in records if r["verdict"] == ACCEPTED]
-    forgotten = {}
+    tombstones: dict[str, dict[str, str]] = {}
     for record in accepted:
+        marks = tombstones.setdefault(record["id_key"]["version"], {})
         for line in storage.read_text(record["forgotten_ids"]["uri"]).split():
-            forgotten[line] = record["request_id"]
+            marks[line] = record["request_id"]
     head = accepted[-1] if accepted else None
     head_model = ({"uri": head["output_model"]["uri"], "sha256": head["output_model"]["sha256"],
                    "request_id": head["request_id"]} if head else None)
-    return ChainState(len(entries) + 1, entries[-1].sha256, records[0]["id_hash_key"], head_model, forgotten)
+    return ChainState(len(entries) + 1, entries[-1].sha256, head_model, tombstones, records[-1].get("anchor"),
+                      removals_of(records))
+
+
+def removals_of(records: list[dict]) -> tuple[dict, ...]:
+    """The `data` of each accepted request that removed rows from its dataset, with the request's id."""
+    return tuple({**r["data"], "request_id": r.get("request_id")} for r in records
+                 if r.get("verdict") == ACCEPTED and isinstance(r.get("data"), dict) and r["data"].get("version_after"))
+
+
+def _anchored_before(chain_uri: str, entries: list[ChainEntry], anchor_uri: str) -> bool:
+    """Whether the chain was anchored before: a record names an anchor, or this anchor holds a head of it. An
+    unanchored chain starts being anchored with its next request; one anchored before must match its anchor."""
+    return (any(entry.record().get("anchor") for entry in entries)
+            or any(found.chain == chain_uri for found in read_anchor(anchor_uri)))
+
+
+def repeated_ids(ids: list[str], state: ChainState, keys: dict[str, IdKey]) -> list[tuple[str, str]]:
+    """(id, request that forgot it) for each of `ids` an earlier accepted request forgot. Each request's
+    tombstones are matched under the key it was made with: a key the operator did not give is an error (a
+    rotated key without the earlier one), never a silent "not forgotten before"."""
+    unknown = {version: sorted(set(marks.values())) for version, marks in state.tombstones.items() if version not in keys}
+    if unknown:
+        named = "; ".join(f"request(s) {', '.join(requests)} under key version {version}"
+                          for version, requests in unknown.items())
+        raise ConfigError(f"earlier requests were recorded under an id key that was not given ({named}; given: "
+                          f"version(s) {', '.join(keys)}). If the key was rotated, give the earlier secret(s) in "
+                          f"{PREVIOUS_FILE_ENV}, so that this request can be checked against what they forgot")
+    found = []
+    for version, marks in state.tombstones.items():
+        found += [(sample_id, marks[mark]) for sample_id, mark in zip(ids, keys[version].tombstones(ids))
+                  if mark in marks]
+    return found
 
 
 # ---- verification -------------------------------------------------------------------------------------------
@@ -161,11 +262,12 @@ def verify_chain(chain_uri: str) -> tuple[list[ChainEntry], list[str]]:
     """Every record, and each break found, named by its place: a gap or a stray file, a record that is not
     valid JSON or not of the schema, one edited after it was written, a broken link to the one before, a
     model or forgotten-id file whose sha256 differs from its record, a request that did not start from
-    the model the chain had produced. An empty list of problems means the chain holds."""
+    the model the chain had produced. An empty list of problems means the chain holds together; whether it
+    was truncated or re-sealed as a whole only the anchor or an expected head can tell (anchored_problems)."""
     entries = read_chain(chain_uri)
     problems: list[str] = []
     previous: ChainEntry | None = None
-    head_sha256, key = None, None
+    head_sha256 = None
     for position, entry in enumerate(entries, start=1):
         where = f"{CHAIN_DIR}/{entry.name}"
         if entry.name != record_name(position):
@@ -186,14 +288,60 @@ def verify_chain(chain_uri: str) -> tuple[list[ChainEntry], list[str]]:
             before = f"{CHAIN_DIR}/{previous.name}" if previous else "nothing (it is the first record)"
             problems.append(f"{where}: links to a previous record with sha256 {record.get('previous_record_sha256')}, "
                             f"but {before} has {expected_link}: the record before it was changed or replaced")
-        key = key or record.get("id_hash_key")
-        if record.get("id_hash_key") != key:
-            problems.append(f"{where}: its id hash key differs from the first record's")
         problems += _check_files(where, record, head_sha256)
         if record.get("verdict") == ACCEPTED and isinstance(record.get("output_model"), dict):
             head_sha256 = record["output_model"].get("sha256")
         previous = entry
     return entries, problems
+
+
+def anchored_problems(chain_uri: str, entries: list[ChainEntry], anchor_uri: str) -> list[str]:
+    """Where the chain departs from the heads its anchor holds (pipeline/deletion/anchor.py)."""
+    try:
+        anchored = read_anchor(anchor_uri)
+    except DataError as exc:
+        return [f"the anchor cannot be read: {exc}"]
+    return anchor_problems(chain_uri, [entry.sha256 for entry in entries], anchored, anchor_uri)
+
+
+def adopt_head(chain_uri: str, entries: list[ChainEntry], anchor_uri: str, sha: str) -> None:
+    """Anchor the chain's head `sha` by hand: for a request that recorded itself but could not reach the anchor.
+    Only the head, only with the sha256 the operator read from that request, only when everything else holds."""
+    sha = sha.strip().lower()
+    record_shas = [entry.sha256 for entry in entries]
+    if not record_shas or record_shas[-1] != sha:
+        raise ConfigError(f"--anchor-head {sha} is not the chain's head ({record_shas[-1] if record_shas else 'none'}): "
+                          "only the last record can be anchored by hand")
+    mine = [entry for entry in read_anchor(anchor_uri) if entry.chain == chain_uri]
+    if mine and max(entry.sequence for entry in mine) != len(entries) - 1:
+        raise ConfigError(f"the anchor's last head of this chain is record {max(e.sequence for e in mine)}, not "
+                          f"{len(entries) - 1}: only a chain one record past its anchor can be anchored by hand")
+    problems = anchor_problems(chain_uri, record_shas[:-1], mine, anchor_uri) if mine else []
+    if problems:
+        raise DataError(f"the chain does not match its anchor before its head, so the head is not anchored: {problems[0]}")
+    append_anchor(anchor_uri, new_entry(chain_uri, len(entries), sha, entries[-1].record().get("request_id", "?")))
+
+
+def dataset_problems(chain_uri: str, removals: tuple[dict, ...]) -> list[str]:
+    """Whether the samples the chain's accepted requests removed are still gone: the dataset's `_meta.json` must
+    record each removal (a dataset prepared again from its source does not), and the shard files each removal
+    replaced must no longer exist. `removals`: ChainState.removals."""
+    problems, metas = [], {}
+    for done in removals:
+        uri, request = done["uri"], done["request_id"]
+        try:
+            meta = metas.get(uri) or metas.setdefault(uri, DatasetMeta.from_json(
+                storage.read_text(storage.join(uri, META_FILE)), storage.join(uri, META_FILE)))
+            if removal.missing_removals(meta, chain_uri, [request]):
+                problems.append(f"the dataset {uri} does not record that request {request} removed its samples: "
+                                "they may be back (prepared again?), or the removal was not installed yet (the next "
+                                "`unlearn forget` on this chain installs it)")
+            problems += [f"{file} still exists: it holds samples request {request} removed"
+                         for file in removal.replaced_files(uri, done["version_before"], done["version_after"])
+                         if storage.exists(file)]
+        except DataError as exc:
+            problems.append(f"request {request}: the dataset it removed samples from cannot be checked: {exc}")
+    return problems
 
 
 def _check_files(where: str, record: dict, head_sha256: str | None) -> list[str]:

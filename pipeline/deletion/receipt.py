@@ -99,8 +99,9 @@ recorded {escape(record['created'])} UTC</div>
 
 <h2>What was asked</h2>
 <p>Forget {request['ids_count']} training sample(s) of the dataset <b>{escape(record['data']['dataset'])}</b>
-from the model below.{missing} The list itself is not stored; its fingerprint (sha256 of the sorted ids) is
-<code>{escape(request['ids_sha256'])}</code>.</p>
+from the model below.{missing} The list itself is not stored; its fingerprint, keyed with the operator's secret
+(HMAC-SHA256 of the sorted ids, key version <code>{escape(record['id_key']['version'])}</code>) so that only the
+operator can tell which list it names, is <code>{escape(request['ids_hmac'])}</code>.</p>
 
 <h2>What was done</h2>
 <p>The model was changed with the unlearning method <b>{escape(method['name'])}</b> (seed {method['seed']},

@@ -22,6 +22,7 @@ import contextlib
 import json
 
 from pipeline import storage
+from pipeline.data.removal import removal_fingerprint
 from pipeline.errors import ConfigError, DivergedError
 from pipeline.train.console import log
 
@@ -144,6 +145,15 @@ def begin_run(out: str, name: str, identity: dict, overwrite: bool, workers: int
         note_rerun(out, name)
     remember_identity(out, name, identity, workers=workers)
     return None
+
+
+def with_data_removals(identity: dict, meta) -> dict:
+    """`identity` plus, for a dataset that deletion requests removed samples from, the fingerprint of its current
+    shard list (pipeline/data/removal.py): a run made on the data before a removal held the forgotten samples, so a
+    rerun after it must be neither resumed from it nor answered by its record. Identities of datasets nothing was
+    removed from stay as they were."""
+    fingerprint = removal_fingerprint(meta)
+    return identity if fingerprint is None else {**identity, "data_removals": fingerprint}
 
 
 def differences(before: dict, now: dict) -> str:

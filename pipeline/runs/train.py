@@ -9,7 +9,7 @@ from pipeline.data.splits import make_splits
 from pipeline.methods import method_class
 from pipeline.results.records import ResultRecord, append_record, load_records, new_run_id
 from pipeline.runs.common import Phases, check_output_uri, log_restarts, use_endpoint, versions
-from pipeline.runs.identity import begin_run, marking_divergence, remember_identity
+from pipeline.runs.identity import begin_run, marking_divergence, remember_identity, with_data_removals
 from pipeline.runs.spec import TrainSpec
 from pipeline.train.console import log
 from pipeline.train.datasets import plan_sets
@@ -40,7 +40,7 @@ def train(spec: TrainSpec) -> dict:
               if spec.retain_only else None)
     image_size = spec.image_size or meta.height
     recipe = training_recipe(spec.recipe)
-    identity = spec.identity(recipe, image_size)
+    identity = with_data_removals(spec.identity(recipe, image_size), meta)
     finished = begin_run(spec.out, FIT_NAME, identity, spec.overwrite, spec.ray.workers, ADVICE)
     if finished:
         log(f"training run under {spec.out} is complete (record {finished}); nothing to do")
@@ -92,7 +92,7 @@ def record_training(spec: TrainSpec, dataset: str, recipe: dict, result: dict, m
         config={"retrain": recipe, "data": spec.data.uri, "epochs_run": result["epochs_run"],
                 "history": result["history"], "restarts": result["restarts"]},
         metrics={f"acc_{name}": value for name, value in result["evaluation"].items()}, phases=phases.total(),
-        unlearn_seconds=result["unlearn_seconds"], workers=spec.ray.workers,
+        images=result.get("images", {}), unlearn_seconds=result["unlearn_seconds"], workers=spec.ray.workers,
         gpus=spec.ray.workers if spec.ray.gpus else 0, versions=versions(), checkpoint_uri=model_uri,
         checkpoint_sha256=result["checkpoint_sha256"])
     append_record(spec.out, record)

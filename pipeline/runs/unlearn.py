@@ -11,7 +11,7 @@ from pipeline.models import load_checkpoint
 from pipeline.results.records import ResultRecord, append_record, load_records, new_run_id
 from pipeline.runs.common import (Phases, check_model_fits_data, check_output_uri, log_restarts, open_dataset,
                                   plan_floor, use_endpoint, versions)
-from pipeline.runs.identity import begin_run, marking_divergence, remember_identity
+from pipeline.runs.identity import begin_run, marking_divergence, remember_identity, with_data_removals
 from pipeline.runs.spec import MethodRun, RunSpec
 from pipeline.train.console import log
 from pipeline.train.datasets import plan_sets, subset_name
@@ -46,7 +46,7 @@ def unlearn(spec: RunSpec, tune_callbacks: list | None = None, record_kind: str 
     floor_plan = plan_floor(index, splits, meta.num_classes, spec.floor_draws, spec.seed)
     names = [spec.name] if spec.single and spec.name else [f"{run.name}-s{spec.seed}" for run in spec.runs]
     if spec.single:
-        identity = spec.identity(resolved[0], model_spec.name)
+        identity = with_data_removals(spec.identity(resolved[0], model_spec.name), meta)
         finished = begin_run(spec.out, names[0], identity, spec.overwrite, spec.ray.workers)
         if finished:
             log(f"run {names[0]!r} under {spec.out} is complete (record {finished}); nothing to do")
