@@ -10,7 +10,7 @@ access denied, a corrupt file) is a DataError at once. What may pass (connection
 resets and refusals, timeouts, 5xx, SlowDown) is retried:
 - per request, by the AWS SDK inside pyarrow and by botocore, both in their
   `standard` mode: jittered exponential backoff (about 1 s doubling, capped at
-  20 s), `AWS_MAX_ATTEMPTS` attempts (default 8, about 35 s of trying). That
+  20 s), `AWS_MAX_ATTEMPTS` attempts (default 8: 35-55 s of trying). That
   covers resets, lost answers, throttling and stalls, even a read cut off mid-body;
 - per call, here (`retrying`): 3 tries, 0.5-1 s then 1-2 s apart, for what the
   SDK gives up on at once. Measured through tests/faulty_s3_proxy.py: a 503 or 500
@@ -40,7 +40,7 @@ from pipeline.errors import ConfigError, DataError, StorageUnavailableError
 
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"
 # The AWS SDKs' own setting (botocore reads it too): attempts per S3 request, the first included. Measured through
-# tests/faulty_s3_proxy.py: pyarrow's default, 3, gave up after 1.3 s of resets; 8 keep trying for about 35 s.
+# tests/faulty_s3_proxy.py: pyarrow's default, 3, gave up after 1.3 s of resets; 8 kept trying for 34, 44 and 53 s.
 ATTEMPTS_ENV = "AWS_MAX_ATTEMPTS"
 DEFAULT_S3_ATTEMPTS = 8
 CALL_TRIES = 3  # tries of a whole storage call (see `retrying`), each with the SDK's attempts per request

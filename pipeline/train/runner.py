@@ -135,12 +135,12 @@ def _restart_log_class():
                 self.last_checkpoint_epoch = int(metrics[0]["epoch"])
 
         def after_exception(self, run_context, worker_exceptions):
-            causes = sorted({_first_sentence(_root_cause(error)) for error in worker_exceptions.values()})
+            causes = sorted({worker_cause(error) for error in worker_exceptions.values()})
             own = [cause for cause in causes if PROJECT_ERROR.search(cause)]
-            if own:
-                raise UnlearnError(own[0])  # in the controller: Ray Train ends the run without a retry
+            if own:  # in the controller: Ray Train ends the run without a retry. The whole line: a diverged
+                raise UnlearnError(own[0])  # method's message ends with the settings to change
             now = dt.datetime.now(dt.timezone.utc)
-            entry = {"time": now.isoformat(timespec="seconds"), "cause": "; ".join(causes),
+            entry = {"time": now.isoformat(timespec="seconds"), "cause": "; ".join(map(_first_sentence, causes)),
                      "resumed_after_epoch": self.last_checkpoint_epoch}
             storage.write_text(storage.join(self.folder, RESTARTS_DIR, event_name(now)), json.dumps(entry))
 
@@ -205,6 +205,22 @@ def _delete_unregistered_checkpoints(folder: str, kept: list) -> None:
         if entry.type == pafs.FileType.Directory and entry.base_name.startswith("checkpoint_") \
                 and entry.base_name not in kept_names:
             storage.delete_tree(storage.join(folder, entry.base_name))
+
+
+def worker_cause(error: BaseException) -> str:
+    """A worker's error as one line; one of the project's own (pipeline/errors.py) named by its type.
+
+    Ray Train hands the controller a worker's own exception, unwrapped from its traceback, whose text is only its
+    message: a DivergedError read as "lotus diverged in epoch 1: ..." matched no project error and was retried
+    (three attempts with --max-failures 2). Errors that pass through Ray (a failed Ray Data read task, a lost
+    actor) carry a traceback or a text whose last line names their type already.
+    """
+    cause = _root_cause(error)
+    if PROJECT_ERROR.search(cause) or STORAGE_UNAVAILABLE.search(cause):
+        return cause
+    # The project's class among the error's bases: Ray's RayTaskError(DataError) is a DataError too.
+    own = next((kind for kind in type(error).__mro__ if kind.__module__ == UnlearnError.__module__), None)
+    return f"{own.__module__}.{own.__name__}: {cause}" if own else cause
 
 
 def _first_sentence(text: str, limit: int = 300) -> str:
