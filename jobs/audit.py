@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         problems += head_problems([entry.sha256 for entry in entries], args.expect_head)
     if anchor:
         problems += anchored_problems(chain, entries, anchor)
+    removals = removals_of(readable_records(entries))
     if not args.no_data_check:
-        problems += dataset_problems(chain, removals_of(readable_records(entries)))
+        problems += dataset_problems(chain, removals)
     if problems:
         for problem in problems:
             print(f"BROKEN {problem}", file=sys.stderr)
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                if done]
     log(f"audit chain {chain}: {len(entries)} record(s), every link and file verified"
         + (f", and it ends at {' and '.join(checked)}" if checked else "")
-        + ("" if args.no_data_check else "; removed samples are still gone from the data")
+        + ("" if args.no_data_check or not removals else
+           f"; the samples its {len(removals)} accepted request(s) removed are still gone from the data")
         + f"; head record sha256 {entries[-1].sha256}")
     if not checked:
         log("note: without --expect-head or --anchor, removing the last records or re-sealing the chain after an "

@@ -147,6 +147,10 @@ def forget(args: argparse.Namespace) -> dict:
         raise DataError(f"deletion request {args.ids} names no training sample of {args.data}: nothing to forget")
     splits = build_splits(index, f"request:{request_id}", args.seed, checked.train)
     conditional = check_store(args.out, args.allow_unconditional_store)
+    if not anchor:
+        log("WARNING: no --anchor: this request's head is kept only in the chain, so removing the last records or "
+            "re-sealing the chain after an edit would go unnoticed unless you keep the head sha256 printed at the end "
+            "and audit with --expect-head")
     phases.lap("validate")
     log(f"request {request_id}: {len(checked.train)} training sample(s) to forget from {model['uri']} "
         f"(validated in {phases.seconds['validate']:.2f} s)")
@@ -202,15 +206,11 @@ def forget(args: argparse.Namespace) -> dict:
 
 
 def chosen_anchor(anchor: str | None, state: ChainState) -> str | None:
-    """The anchor this request appends to. A chain anchored so far stays anchored at the same place: a request
-    without it would leave a head nobody can check."""
+    """The anchor this request appends to (None: not anchored, warned before the compute). A chain anchored so far
+    stays anchored at the same place: a request without it would leave a head nobody can check."""
     if state.anchor and anchor != state.anchor:
         raise ConfigError(f"this chain is anchored at {state.anchor} (its last record says so): give --anchor "
                           f"{state.anchor}" + (f", not {anchor}" if anchor else ""))
-    if not anchor:
-        log("WARNING: no --anchor: this request's head is kept only in the chain, so removing the last records or "
-            "re-sealing the chain after an edit would go unnoticed unless you keep the head sha256 printed below "
-            "and audit with --expect-head")
     return anchor
 
 
