@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         files["text"].write_text("\n".join(request) + "\n")
         files["csv"].write_text("sample_id\n" + "\n".join(request) + "\n")
         pq.write_table(pa.table({"sample_id": request}), files["parquet"])
-        print(f"index: {index.num_rows:,} rows ({args.train:,} train); request: {args.ids:,} ids; "
-              f"an earlier request of {args.ids:,} ids in the chain")
+        print(f"index: {index.num_rows:,} rows ({args.train - args.ids:,} train); request: {args.ids:,} ids; "
+              f"an earlier request of {args.ids:,} ids in the chain, removed from the index")
         for kind, path in files.items():
             started = time.perf_counter()
             read_sample_ids(str(path))

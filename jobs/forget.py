@@ -64,7 +64,8 @@ def parser() -> argparse.ArgumentParser:
     add_ray_flags(p)
     p.add_argument("--model", required=True, help="the production model's checkpoint (local or s3://); never changed")
     p.add_argument("--ids", required=True, help="the ids to forget: a text file (one per line), a .csv or .parquet")
-    p.add_argument("--id-column", help="the ids' column in a .csv or .parquet file (default: sample_id, or the only one)")
+    p.add_argument("--id-column", help="the ids' column in a .csv file (its header line must name it) or a .parquet "
+                                       "file (default: sample_id; a .parquet file's only column)")
     p.add_argument("--allow-missing", action="store_true",
                    help="forget the listed ids that are training samples and record how many were not, "
                         "instead of refusing the request")
@@ -176,8 +177,8 @@ def forget(args: argparse.Namespace) -> dict:
         "input_model": model, "output_model": output, "forgotten_ids": forgotten,
         "id_key": {"algorithm": ALGORITHM, "version": key.version}, "store": {"conditional_create": conditional},
         "anchor": anchor,
-        "data": {"uri": args.data, "dataset": meta.name, "counts": dict(splits.counts), "version_before": version_before,
-                 "version_after": removed.version_after if removed else None,
+        "data": {"uri": args.data, "dataset": meta.name, "counts": dict(splits.counts),
+                 "version_before": version_before, "version_after": removed.version_after if removed else None,
                  "rows_removed": removed.rows_removed if removed else 0},
         "method": {"name": args.method, "settings": after.config.get(args.method, {}), "seed": args.seed,
                    "workers": args.workers, "gpus": after.gpus, "epochs_run": after.config.get("epochs_run")},
@@ -187,22 +188,30 @@ def forget(args: argparse.Namespace) -> dict:
         "versions": versions(), "run_records": [before.run_id, after.run_id],
         "previous_record_sha256": state.previous_sha256,
     }
+    record_uri = store_request(args.out, record, removed, anchor)
+    receipt_uri = write_receipt(args.out, record_uri)
+    report(record, record_uri, receipt_uri)
+    track(args.mlflow, args.out, [before, after], [record_uri, receipt_uri], tags={"request_id": request_id, "verdict": record["verdict"]})
+    return record
+
+
+def store_request(chain_uri: str, record: dict, removed: removal.Removal | None, anchor: str | None) -> str:
+    """Record the request, then make what it recorded true: the dataset version without its samples installed,
+    its head anchored. Recording comes first, so a request that loses the race for its number changes no data
+    (the shards it wrote are deleted); one that stops after it is completed by the next request."""
     try:
-        record_uri = publish_record(args.out, record)
+        record_uri = publish_record(chain_uri, record)
     except NotRecorded:
         if removed:
             removal.discard(removed)
         raise
     if removed:
-        removal.install(args.data, removed.version_before, removed.version_after)
-        log(f"removed {removed.rows_removed} sample(s) from {args.data}: its new version (_meta.json sha256 "
+        removal.install(removed.data_uri, removed.version_before, removed.version_after)
+        log(f"removed {removed.rows_removed} sample(s) from {removed.data_uri}: its new version (_meta.json sha256 "
             f"{removed.version_after}) no longer holds them, and the shard files that did are deleted")
     if anchor:
-        anchor_record(args.out, record, record_uri, anchor)
-    receipt_uri = write_receipt(args.out, record_uri)
-    report(record, record_uri, receipt_uri)
-    track(args.mlflow, args.out, [before, after], [record_uri, receipt_uri], tags={"request_id": request_id, "verdict": record["verdict"]})
-    return record
+        anchor_record(chain_uri, record, record_uri, anchor)
+    return record_uri
 
 
 def chosen_anchor(anchor: str | None, state: ChainState) -> str | None:
@@ -368,6 +377,7 @@ def report(record: dict, record_uri: str, receipt_uri: str) -> None:
     else:
         log(f"request {record['request_id']} REJECTED: {record['reason']}")
     log(f"audit record {record_uri}; receipt {receipt_uri}")
+    log(f"chain head sha256 {sha256_hex(storage.read_bytes(record_uri))} (`unlearn audit --expect-head` checks it)")
 
 
 if __name__ == "__main__":

@@ -104,8 +104,9 @@ def anchor_problems(chain_uri: str, record_sha256s: list[str], entries: list[Anc
     for sequence, heads in sorted(by_sequence.items()):
         where = f"record {sequence:06d}"
         if len(heads) > 1:
-            problems.append(f"{where}: the anchor holds {len(heads)} different heads for it ({', '.join(sorted(heads))}):"
-                            " two requests claimed this number at once on a store that did not stop the second")
+            problems.append(f"{where}: the anchor holds {len(heads)} different heads for it "
+                            f"({', '.join(sorted(heads))}): two requests claimed this number at once on a store that "
+                            "did not stop the second")
         if sequence > len(record_sha256s):
             problems.append(f"{where}: anchored with sha256 {sorted(heads)[0]}, but the chain ends at record "
                             f"{len(record_sha256s)}: the record(s) after it were removed")

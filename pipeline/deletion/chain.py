@@ -32,7 +32,7 @@ from pipeline.data import removal
 from pipeline.data.shards import DatasetMeta, META_FILE
 from pipeline.deletion.anchor import anchor_problems, append_anchor, new_entry, read_anchor
 from pipeline.deletion.keys import PREVIOUS_FILE_ENV, IdKey
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, StorageUnavailableError
 from pipeline.train.console import log
 
 SCHEMA_PATH = Path(__file__).with_name("audit_record.schema.json")
@@ -137,8 +137,9 @@ def check_store(chain_uri: str, allow_unconditional: bool) -> bool:
     """Refuse a store that ignores create-once writes, unless allowed (then say so loudly); True if it honours them."""
     if probe_conditional_create(chain_uri):
         return True
-    what = (f"the store of {chain_uri} does not honour conditional creates ({'If-None-Match' if storage.is_s3(chain_uri) else 'O_EXCL'}: "
-            "a second create of the same name replaced the first)")
+    how = "If-None-Match" if storage.is_s3(chain_uri) else "O_EXCL"
+    what = (f"the store of {chain_uri} does not honour conditional creates ({how}: a second create of the same name "
+            "replaced the first)")
     if not allow_unconditional:
         raise ConfigError(f"{what}, so two requests running at once could both be recorded under one number and one "
                           "would silently replace the other. Use a store that honours them (AWS S3 does), or pass "
@@ -170,8 +171,8 @@ def anchor_record(chain_uri: str, record: dict, record_uri: str, anchor_uri: str
     sha = sha256_hex(sealed_bytes(record))
     try:
         append_anchor(anchor_uri, new_entry(chain_uri, record["sequence"], sha, record["request_id"]))
-    except DataError as exc:  # includes storage that stayed unavailable: say how to finish, then fail
-        raise DataError(f"record {record_uri} (sha256 {sha}) is in the chain, but its head could not be added to the "
+    except (DataError, StorageUnavailableError) as exc:  # the record stands: say how to finish, keep the kind
+        raise type(exc)(f"record {record_uri} (sha256 {sha}) is in the chain, but its head could not be added to the "
                         f"anchor {anchor_uri} ({exc}); once it is reachable, check the record and run `unlearn audit "
                         f"{chain_uri} --anchor {anchor_uri} --anchor-head {sha}`") from exc
     heads = {entry.record_sha256 for entry in read_anchor(anchor_uri)
@@ -242,7 +243,8 @@ def repeated_ids(ids: list[str], state: ChainState, keys: dict[str, IdKey]) -> l
     """(id, request that forgot it) for each of `ids` an earlier accepted request forgot. Each request's
     tombstones are matched under the key it was made with: a key the operator did not give is an error (a
     rotated key without the earlier one), never a silent "not forgotten before"."""
-    unknown = {version: sorted(set(marks.values())) for version, marks in state.tombstones.items() if version not in keys}
+    unknown = {version: sorted(set(marks.values())) for version, marks in state.tombstones.items()
+               if version not in keys}
     if unknown:
         named = "; ".join(f"request(s) {', '.join(requests)} under key version {version}"
                           for version, requests in unknown.items())
@@ -310,15 +312,17 @@ def adopt_head(chain_uri: str, entries: list[ChainEntry], anchor_uri: str, sha: 
     sha = sha.strip().lower()
     record_shas = [entry.sha256 for entry in entries]
     if not record_shas or record_shas[-1] != sha:
-        raise ConfigError(f"--anchor-head {sha} is not the chain's head ({record_shas[-1] if record_shas else 'none'}): "
-                          "only the last record can be anchored by hand")
+        head = record_shas[-1] if record_shas else "none"
+        raise ConfigError(f"--anchor-head {sha} is not the chain's head ({head}): only the last record can be "
+                          "anchored by hand")
     mine = [entry for entry in read_anchor(anchor_uri) if entry.chain == chain_uri]
     if mine and max(entry.sequence for entry in mine) != len(entries) - 1:
         raise ConfigError(f"the anchor's last head of this chain is record {max(e.sequence for e in mine)}, not "
                           f"{len(entries) - 1}: only a chain one record past its anchor can be anchored by hand")
     problems = anchor_problems(chain_uri, record_shas[:-1], mine, anchor_uri) if mine else []
     if problems:
-        raise DataError(f"the chain does not match its anchor before its head, so the head is not anchored: {problems[0]}")
+        raise DataError(f"the chain does not match its anchor before its head, so the head is not anchored: "
+                        f"{problems[0]}")
     append_anchor(anchor_uri, new_entry(chain_uri, len(entries), sha, entries[-1].record().get("request_id", "?")))
 
 
