@@ -207,8 +207,6 @@ def store_request(chain_uri: str, record: dict, removed: removal.Removal | None,
         raise
     if removed:
         removal.install(removed.data_uri, removed.version_before, removed.version_after)
-        log(f"removed {removed.rows_removed} sample(s) from {removed.data_uri}: its new version (_meta.json sha256 "
-            f"{removed.version_after}) no longer holds them, and the shard files that did are deleted")
     if anchor:
         anchor_record(chain_uri, record, record_uri, anchor)
     return record_uri
@@ -374,6 +372,9 @@ def report(record: dict, record_uri: str, receipt_uri: str) -> None:
             f"{'passed' if check['passed'] else 'FAILED'}")
     if record["verdict"] == ACCEPTED:
         log(f"request {record['request_id']} ACCEPTED: new model {record['output_model']['uri']}")
+        data = record["data"]
+        log(f"removed {data['rows_removed']} sample(s) from {data['uri']}: its new version (_meta.json sha256 "
+            f"{data['version_after']}) no longer holds them, and the shard files that did are deleted")
     else:
         log(f"request {record['request_id']} REJECTED: {record['reason']}")
     log(f"audit record {record_uri}; receipt {receipt_uri}")
