@@ -4,9 +4,9 @@ A source first plans its rows cheaply and deterministically per seed (sample id,
 label, split, and a key that makes the image bytes: a file URI or generator
 indices), then makes the bytes of any row on demand. The plan's order is the stored
 order: sources that list rows class by class plan them in a seeded random order
-(`in_seeded_order`), since readers shuffle only within a few consecutive row groups. `prepare` hands the plan to
-pipeline/data/prepare.py, which cuts it into shards and builds them in parallel,
-resumably. Sources are pickled to its worker processes, so they hold only settings.
+(`in_seeded_order`), since readers shuffle only within a few consecutive row groups.
+`prepare` hands the plan to pipeline/data/prepare.py, which cuts it into shards and
+builds them in parallel, resumably. Sources are pickled to its worker processes, so they hold only settings.
 """
 
 from __future__ import annotations
@@ -75,10 +75,11 @@ def in_seeded_order(meta: DatasetMeta, rows: list[PlannedRow], seed: int) -> tup
     marked with that order.
 
     A streamed pass shuffles rows only within about two row groups at 224 px, so rows stored class by
-    class (ImageFolder's sorted paths, the synthetic plans) gave batches of about two classes. The order
-    is decided on the plan alone, before any image is made, and does not depend on the order the source
-    listed its files in: a rerun plans the same shards, so prepare still resumes. Splits stay apart so
-    that reading val or test touches only their own row groups.
+    class (ImageFolder's sorted paths, the synthetic plans) gave batches of a few classes; in this order
+    they hold as many as a uniform shuffle's (tests/test_class_mix.py). The order is decided on the plan
+    alone, before any image is made, and does not depend on the order the source listed its files in:
+    a rerun plans the same shards, so prepare still resumes. Splits stay apart so that reading val or
+    test touches only their own row groups.
     """
     split_rank = {split: rank for rank, split in enumerate(SPLITS)}  # an unknown split sorts last; prepare refuses it
     ordered = sorted(rows, key=lambda row: (split_rank.get(row.split, len(SPLITS)),
