@@ -40,7 +40,7 @@ from pipeline.methods import REGISTRY
 from pipeline.results.aggregate import summarize
 from pipeline.results.records import ResultRecord, load_records
 from pipeline.results.regression import DEFAULT_BANDS, validate_bands
-from pipeline.runs.identity import RerunRefused
+from pipeline.runs.identity import RerunRefused, with_data_removals
 from pipeline.runs.spec import DataSpec, MethodRun, RayResources, RunSpec, TrainSpec
 from pipeline.runs.train import train, training_recipe
 from pipeline.runs.unlearn import unlearn
@@ -273,6 +273,12 @@ def _reusable(folder: str, fingerprint: dict) -> dict | None:
     return info
 
 
+def data_fingerprint(data: str, fingerprint: dict) -> dict:
+    """A made model's fingerprint with the samples deletion requests removed from `data`: a model trained before
+    a removal held the forgotten samples and must not be reused after it."""
+    return with_data_removals(fingerprint, read_meta(data))
+
+
 def _remember(folder: str, fingerprint: dict, result: dict) -> dict:
     info = {"fingerprint": fingerprint, "train_seconds": result.get("unlearn_seconds"),
             "epochs_run": result.get("epochs_run"), "evaluation": result.get("evaluation")}
@@ -288,12 +294,13 @@ def ensure_original(config: dict, data: str, models: str) -> str:
     folder = storage.join(models, "original")
     uri = storage.join(folder, "model.pt")
     if original["weights"]:
-        fingerprint = {"weights": original["weights"], "model": config["model"], "data": data}
+        fingerprint = data_fingerprint(data, {"weights": original["weights"], "model": config["model"], "data": data})
         if _reusable(folder, fingerprint) is None:
             wrap_weights(config, data, original["weights"], uri)
             _remember(folder, fingerprint, {})
         return uri
-    fingerprint = {"data": data, "model": config["model"], "train": config["train"], "seed": original["seed"]}
+    fingerprint = data_fingerprint(data, {"data": data, "model": config["model"], "train": config["train"],
+                                          "seed": original["seed"]})
     if _reusable(folder, fingerprint) is not None:
         log(f"== original model: reusing {uri} ==")
         return uri
@@ -331,8 +338,8 @@ def wrap_weights(config: dict, data: str, weights: str, uri: str) -> None:
 def ensure_gold(config: dict, data: str, models: str, seed: int) -> tuple[str, dict]:
     """The gold model of this seed (trained on D_r) and its training info (seconds, epochs)."""
     folder = storage.join(models, f"gold-s{seed}")
-    fingerprint = {"data": data, "model": config["model"], "train": config["train"], "seed": seed,
-                   "forget": config["forget"]}
+    fingerprint = data_fingerprint(data, {"data": data, "model": config["model"], "train": config["train"],
+                                          "seed": seed, "forget": config["forget"]})
     info = _reusable(folder, fingerprint)
     if info is not None:
         log(f"== gold model (seed {seed}): reusing {folder}/model.pt, trained in {info['train_seconds']:.1f} s ==")

@@ -25,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
                         "(ImageNet-shaped ~110 KB JPEGs of varied size) | imagefolder:PATH (train/<class>/*, "
                         "val/<class>/*)")
     p.add_argument("--out", required=True, help="output URI (local path or s3://bucket/prefix)")
-    p.add_argument("--seed", type=int, default=0, help="fixes the stored train/val/test split and any generation")
+    p.add_argument("--seed", type=int, default=0, help="fixes the stored train/val/test split, the row order and any generation")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     p.add_argument("--shard-mb", type=float, default=256, help="target shard size in MB")
     p.add_argument("--procs", type=int, default=None,
