@@ -376,3 +376,20 @@ def test_a_run_made_before_a_removal_is_another_run_after_it(dataset):
     removal.install(dataset, removed.version_before, removed.version_after)
     after = with_data_removals(identity, read_meta(dataset))
     assert after != identity and after["data_removals"]
+
+
+def test_the_bench_does_not_reuse_a_model_made_before_samples_were_removed(dataset, tmp_path):
+    from jobs.bench import _remember, _reusable, data_fingerprint
+
+    folder = str(tmp_path / "models" / "original")
+    os.makedirs(folder)
+    open(os.path.join(folder, "model.pt"), "wb").close()
+    settings = {"data": dataset, "seed": 0}
+    before = data_fingerprint(dataset, dict(settings))
+    assert before == settings  # no removal: the fingerprints of models made before this change still match
+    _remember(folder, before, {})
+    assert _reusable(folder, data_fingerprint(dataset, dict(settings))) is not None
+    removed = removal.plan_removal(dataset, train_ids(dataset)[:3], "/c", "r1", sha256_hex(removal.meta_bytes(dataset)))
+    removal.install(dataset, removed.version_before, removed.version_after)
+    with pytest.raises(ConfigError, match="made from other settings"):
+        _reusable(folder, data_fingerprint(dataset, dict(settings)))
