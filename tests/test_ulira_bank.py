@@ -73,7 +73,11 @@ def test_sanity_anchors_on_a_tiny_bank(tiny_bank):
     assert original["value"] > 0.7 and original["low"] > 0.55, original
     assert gold["low"] <= 0.5 <= gold["high"], gold
     assert result["trusted"] is True and result["anchors"]["original"]["passed"] and result["anchors"]["gold"]["passed"]
-    assert result["target"]["auc"] == original  # the target here is the original itself
+    # The target here is the original itself: its online figures are the online ratio reported on the anchor.
+    assert result["target"]["auc"] == result["anchors"]["original"]["online_auc"]
+    assert result["anchors"]["original"]["statistic"] == "offline" and result["anchors"]["gold"]["statistic"] == ONLINE
+    scores = np.load(out / "ulira-scores.npz")
+    assert scores["shadow_phi"].shape == (SHADOWS, 160) and (scores["never_seen"].sum(axis=0) == SHADOWS // 2).all()
     # 80 negatives cannot resolve 1 % FPR on one model; the pooled shadow trials can.
     assert result["target"]["tpr_at_fpr"]["0.01"] is None and result["shadow_trials"]["tpr_at_fpr"]["0.01"] is not None
     assert result["counts"]["never_seen"] == {"min": 2, "median": 2.0, "max": 2}  # complementary pairs: K/2 each
@@ -81,19 +85,14 @@ def test_sanity_anchors_on_a_tiny_bank(tiny_bank):
     assert 0 <= result["entropy_mia"]["mia"] <= 1
 
 
-def test_a_second_audit_pays_only_for_unlearning(tiny_bank):
-    """Later audits on the same bank train no shadow: online they run the method in each shadow, offline nothing."""
-    common = audit_flags(tiny_bank, tiny_bank["work"] / "finetune", "--model", tiny_bank["gold"], "--method",
-                         "finetune", "--set", "finetune.epochs=1")
-    assert audit_mia_main(common) == 0
-    online = json.loads((tiny_bank["work"] / "finetune" / "ulira.json").read_text())
-    assert online["bank"]["trained_now"] == [] and online["bank"]["shadows_served"] == SHADOWS
-    assert all(seconds > 0 for seconds in online["seconds"]["unlearn_per_shadow"])
-    assert online["trusted"] is None and "sanity anchors not checked" in online["warnings"][0]
-
+def test_an_offline_audit_trains_and_unlearns_nothing(tiny_bank):
+    """A later offline audit on the same bank only scores: no shadow trains, none unlearns (the online one, which
+    pays for the unlearning only, is the bench's test below)."""
     offline = audit(spec(tiny_bank, tiny_bank["work"] / "offline", variant=OFFLINE, method="finetune"))
     assert offline["bank"]["trained_now"] == [] and "shadow_trials" not in offline
     assert offline["seconds"]["unlearn_per_shadow"] == [None] * SHADOWS
+    assert offline["variant"] == OFFLINE and offline["anchors"] == {} and offline["trusted"] is None
+    assert "sanity anchors not checked: pass --original and --gold" in offline["warnings"][0]
 
 
 def test_a_failed_shadow_is_left_out_and_counted(tiny_bank, tmp_path):
@@ -165,3 +164,39 @@ def test_bad_input_exits_2_before_ray(flags, message, digits_hard_uri, tmp_path,
     assert unlearn([*argv, *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "ulira.json").exists()
+
+
+# ---- the bench --------------------------------------------------------------------------------------------------
+
+def bench_config(tiny_bank, tmp_path, **u_lira) -> dict:
+    import yaml
+
+    from jobs.bench import load_config
+
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump({
+        "data": {"uri": tiny_bank["data"]}, "methods": ["finetune"], "train": RECIPE, "forget": FORGET_SPEC,
+        "seeds": [SEED], "settings": {"finetune": {"epochs": 1}},
+        "u_lira": {"shadows": SHADOWS, "bank": tiny_bank["bank"], "fpr": [0.01], "resamples": 200, **u_lira}}))
+    return load_config(str(path))
+
+
+def test_the_bench_audits_each_method_into_its_record(tiny_bank, tmp_path):
+    """A bench with a u_lira block: a method's record gets the U-LiRA metrics (the bank reused), the reference rows
+    none; a K too small for the config's FPRs is refused before any training."""
+    import dataclasses
+
+    from jobs.bench import check_ulira_shadows, ulira_audits
+    from tests.test_results import make_record
+
+    config = bench_config(tiny_bank, tmp_path)
+    audits = ulira_audits(config, tiny_bank["data"], tiny_bank["original"], tiny_bank["gold"], SEED, str(tmp_path))
+    record = dataclasses.replace(make_record("finetune", SEED), checkpoint_uri=tiny_bank["gold"])
+    audited = audits("finetune")(record)
+    assert 0 <= audited.metrics["ulira_auc"] <= 1 and audited.metrics["ulira_trusted"] in (0.0, 1.0)
+    assert audited.metrics["ulira_shadow_tpr_1pct"] is not None and audited.metrics["mia"] == record.metrics["mia"]
+    assert audited.config["u_lira"]["bank"]["trained_now"] == []  # a second audit pays for the unlearning only
+    assert all(seconds > 0 for seconds in audited.config["u_lira"]["seconds"]["unlearn_per_shadow"])
+    assert (tmp_path / "ulira" / f"finetune-s{SEED}" / "ulira.json").exists()
+    with pytest.raises(ConfigError, match="u_lira.shadows: --shadows 4 is too few for a TPR at 0.001 FPR"):
+        check_ulira_shadows(bench_config(tiny_bank, tmp_path, fpr=[0.01, 0.001]), tiny_bank["data"])

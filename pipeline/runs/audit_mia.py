@@ -13,9 +13,10 @@ the remaining ones trained on it and kept it, and take no part in the fits.
 
 Offline variant: no shadow unlearns anything; the "never seen" scores come from the shadow originals.
 
-Sanity anchors (DESIGN.md §5): with --original and --gold, the same attack scores the original model (it trained on
-D_f: must be clearly attackable) and a model retrained without D_f (must not be: its AUC interval contains 0.5).
-If either fails, the output says the audit's figures must not be trusted.
+Sanity anchors (DESIGN.md §5): with --original and --gold, the bank scores the original model (it trained on D_f:
+must be clearly attackable, by the offline statistic, see `_anchors`) and a model retrained without D_f (by the
+audit's own statistic: must not be, its AUC interval contains 0.5). If either fails, the output says the audit's
+figures must not be trusted.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ from pipeline.data.splits import UNSEEN_SPLIT, hash_unit
 from pipeline.errors import ConfigError, UnlearnError
 from pipeline.metrics import ulira
 from pipeline.runs.common import check_model_fits_data, check_output_uri, open_dataset, use_endpoint
-from pipeline.runs.shadows import (DataAccess, ScoreJob, ShadowBank, TaskResources, UnlearnJob, bank_manifest,
-                                   ensure_shadows, in_shadow_half, open_bank, run_tasks, score_model,
+from pipeline.runs.shadows import (POOL_SPLITS, DataAccess, ScoreJob, ShadowBank, TaskResources, UnlearnJob,
+                                   bank_manifest, ensure_shadows, in_shadow_half, open_bank, run_tasks, score_model,
                                    unlearn_and_score)
 from pipeline.runs.spec import DataSpec
 from pipeline.train.console import log
 
 RESULT_FILE = "ulira.json"
+SCORES_FILE = "ulira-scores.npz"  # every shadow's φ and the group masks: the fits can be redone from it
 SUPPORTED_FORGET_KINDS = ("random", "ids")
 SHOWN_EXPOSED = 10  # the positives the attack is surest about, listed in the output
 
@@ -210,15 +212,8 @@ def audit(spec: AuditSpec) -> dict:
     served = sorted(bank_state["records"])
     check_enough_served(served, bank_state["failed"], spec.shadows, "trained")
 
-    pool_ids = _pool_ids(index)
-    halves = {i: in_shadow_half(candidates.sample_ids, bank.seed, i) for i in served}
-    forget_sets = {}
-    if spec.variant == ulira.ONLINE:
-        for i in served:
-            half_size = int(in_shadow_half(pool_ids, bank.seed, i).sum())
-            forget_sets[i] = shadow_forget_ids(candidates, halves[i], half_size, spec.seed, i)
+    halves, forget_sets = _shadow_parts(spec, bank, candidates, index, served)
     scored = _score_everything(spec, bank, access, served, forget_sets, candidates, splits, index, settings)
-    audit_started = scored.pop("started")
     failed_now = {i: scored["shadows"][i]["failed"] for i in served if "failed" in scored["shadows"][i]}
     usable = [i for i in served if i not in failed_now]
     failed = {**bank_state["failed"], **failed_now}
@@ -228,21 +223,34 @@ def audit(spec: AuditSpec) -> dict:
         result["warnings"].insert(0, f"{len(failed)} of {spec.shadows} shadows failed and were left out (shadow "
                                      f"{min(failed)}: {failed[min(failed)]}); the figures come from {len(usable)}")
     result.update(_header(spec, settings, recipe, meta, model_spec, candidates))
-    result["bank"] = {"uri": bank.uri, "seed": bank.seed, "recipe": recipe, "shadows_requested": spec.shadows,
-                      "shadows_served": len(usable), "trained_now": bank_state["trained_now"],
-                      "failed": {str(i): text for i, text in sorted(failed.items())},
-                      "train_wall_seconds": bank_state["train_wall_seconds"],
-                      "train_seconds_per_shadow": _per_shadow_train_seconds(bank_state, bank_state["trained_now"])}
-    result["seconds"] = {"shadow_training": bank_state["train_wall_seconds"],
-                         "audit_tasks": scored["wall_seconds"],
+    result["bank"] = _bank_summary(spec, bank, bank_state, recipe, usable, failed)
+    result["seconds"] = {"shadow_training": bank_state["train_wall_seconds"], "audit_tasks": scored["wall_seconds"],
                          "unlearn_per_shadow": [scored["shadows"][i].get("unlearn_seconds") for i in usable],
-                         "total": time.perf_counter() - started, "since_bank_ready": time.perf_counter() - audit_started}
+                         "total": time.perf_counter() - started}
     result["counts"] = _group_counts(candidates, usable, halves, forget_sets, spec.variant)
     storage.write_text(storage.join(spec.out, RESULT_FILE), json.dumps(result, indent=2))
+    _write_scores(spec.out, candidates, scored, usable, halves, forget_sets)
     for line in summary_lines(result):
         log(line)
     log(f"figures written to {storage.join(spec.out, RESULT_FILE)}")
     return result
+
+
+def _write_scores(out: str, candidates: Candidates, scored: dict, usable: list, halves: dict,
+                  forget_sets: dict) -> None:
+    """The raw material of the figures, atomically: candidate ids, labels and roles, the shadows' φ [shadows,
+    candidates] with their "unlearned" and "never seen" masks, and the target's and anchors' φ."""
+    import io
+
+    unlearned, never_seen = group_masks(candidates, halves, forget_sets, usable)
+    arrays = {"sample_ids": np.asarray(candidates.sample_ids, dtype=str), "labels": candidates.labels,
+              "is_positive": candidates.is_positive, "shadows": np.asarray(usable),
+              "shadow_phi": np.stack([scored["shadows"][i]["phi"] for i in usable]),
+              "unlearned": unlearned, "never_seen": never_seen,
+              **{f"{role}_phi": result["phi"] for role, result in scored["models"].items()}}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    storage.write_bytes(storage.join(out, SCORES_FILE), buffer.getvalue())
 
 
 # Below this many working shadows the fits are too thin to report anything: the audit ends with the failures instead.
@@ -257,10 +265,25 @@ def check_enough_served(working: list, failed: dict, requested: int, how: str) -
                            f"at least {MIN_SERVED_SHADOWS} to fit its Gaussians")
 
 
-def _pool_ids(index) -> np.ndarray:
+def _shadow_parts(spec: AuditSpec, bank: ShadowBank, candidates: Candidates, index, served: list) -> tuple:
+    """({shadow: which candidates are in its half}, {shadow: its forget set F_i}; none for the offline variant)."""
+    halves = {i: in_shadow_half(candidates.sample_ids, bank.seed, i) for i in served}
+    if spec.variant != ulira.ONLINE:
+        return halves, {}
     splits = np.asarray(index.column("split").to_pylist(), dtype=object)
-    ids = np.asarray(index.column("sample_id").to_pylist(), dtype=object)
-    return ids[np.isin(splits, ("train", "val"))]
+    pool_ids = np.asarray(index.column("sample_id").to_pylist(), dtype=object)[np.isin(splits, POOL_SPLITS)]
+    return halves, {i: shadow_forget_ids(candidates, halves[i], int(in_shadow_half(pool_ids, bank.seed, i).sum()),
+                                         spec.seed, i) for i in served}
+
+
+def _bank_summary(spec: AuditSpec, bank: ShadowBank, bank_state: dict, recipe: dict, usable: list,
+                  failed: dict) -> dict:
+    trained = bank_state["trained_now"]
+    return {"uri": bank.uri, "seed": bank.seed, "recipe": recipe, "shadows_requested": spec.shadows,
+            "shadows_served": len(usable), "trained_now": trained,
+            "failed": {str(i): text for i, text in sorted(failed.items())},
+            "train_wall_seconds": bank_state["train_wall_seconds"],
+            "train_seconds_per_shadow": [bank_state["records"][i]["train_seconds"] for i in trained]}
 
 
 def _score_everything(spec: AuditSpec, bank: ShadowBank, access: DataAccess, served: list, forget_sets: dict,
@@ -300,7 +323,7 @@ def _score_everything(spec: AuditSpec, bank: ShadowBank, access: DataAccess, ser
             raise UnlearnError(f"scoring the {role} model failed: {result['failed']}")
 
     results = run_tasks(jobs, spec.parallel, progress)
-    return {"started": started, "wall_seconds": time.perf_counter() - started,
+    return {"wall_seconds": time.perf_counter() - started,
             "shadows": {i: results[("shadow", i)] for i in served},
             "models": {role: result for (role, shadow), result in results.items() if role != "shadow"}}
 
@@ -312,11 +335,14 @@ def _figures(spec: AuditSpec, candidates: Candidates, scored: dict, usable: list
 
     shadow_phi = np.stack([scored["shadows"][i]["phi"] for i in usable])
     unlearned, never_seen = group_masks(candidates, halves, forget_sets, usable)
-    attack = ulira.fit_attack(spec.variant, shadow_phi, unlearned, never_seen)
+    try:
+        attack = ulira.fit_attack(spec.variant, shadow_phi, unlearned, never_seen)
+    except ValueError as exc:  # too few shadow scores left to fit a group
+        raise UnlearnError(f"U-LiRA cannot fit its Gaussians from {len(usable)} shadows: {exc}") from exc
     target = scored["models"]["target"]
 
-    def evaluate(phi) -> dict:
-        return ulira.evaluate_target(attack, phi, candidates.is_positive, candidates.is_negative, spec.fprs,
+    def evaluate(phi, with_attack: ulira.Attack = attack) -> dict:
+        return ulira.evaluate_target(with_attack, phi, candidates.is_positive, candidates.is_negative, spec.fprs,
                                      spec.resamples, spec.seed)
 
     figures = {"target": evaluate(target["phi"])}
@@ -327,26 +353,48 @@ def _figures(spec: AuditSpec, candidates: Candidates, scored: dict, usable: list
     figures["entropy_mia"] = {
         "mia": mia_member_rate(entropies["retain"], entropies["test"], entropies["forget"], spec.seed),
         "mia_unseen": mia_member_rate(entropies["retain"], entropies["test"], entropies["unseen"], spec.seed)}
-    figures["anchors"] = {}
-    for role in ("original", "gold"):
-        if role in scored["models"]:
-            anchor = evaluate(scored["models"][role]["phi"])
-            check = ulira.original_is_attackable if role == "original" else ulira.retrained_is_not_attackable
-            anchor["passed"] = bool(check(anchor))
-            figures["anchors"][role] = anchor
+    offline = attack if spec.variant == ulira.OFFLINE else ulira.fit_attack(ulira.OFFLINE, shadow_phi, unlearned,
+                                                                            never_seen)
+    figures["anchors"] = _anchors(spec, scored["models"], attack, offline, evaluate)
     figures["trusted"], figures["warnings"] = _trust(figures["anchors"])
     figures["pooled_variance"] = bool(attack.never_seen.pooled)
     figures["samples"] = _samples(candidates, target["phi"], attack.score(target["phi"]))
     return figures
 
 
+def _anchors(spec: AuditSpec, models: dict, attack: ulira.Attack, offline: ulira.Attack, evaluate) -> dict:
+    """The sanity anchors (DESIGN.md §5), each with the statistic that can fail it:
+
+    - the original (it trained on D_f) by the offline statistic, "D_f scores above what never-seen data gives":
+      the bank must see the original's memory, or its shadows do not reproduce the original (another recipe or
+      model) and nothing it says can be trusted. Not by the online ratio: that one tests "unlearned by this
+      method" against "never seen", and a model that unlearned nothing is neither (measured: LoTUS's unlearned
+      scores sit in a narrow band, so the original's far higher ones read as "never seen", AUC 0.16, while the
+      same ratio found LoTUS's own model at 0.75). The online ratio on the original is reported beside it.
+    - the retrained model (it never saw D_f) by the audit's own statistic: it must not call it attackable.
+    """
+    anchors = {}
+    if "original" in models:
+        original = evaluate(models["original"]["phi"], offline)
+        original.update(statistic=ulira.OFFLINE, passed=bool(ulira.original_is_attackable(original)))
+        if spec.variant == ulira.ONLINE:
+            original["online_auc"] = evaluate(models["original"]["phi"])["auc"]
+        anchors["original"] = original
+    if "gold" in models:
+        gold = evaluate(models["gold"]["phi"])
+        gold.update(statistic=spec.variant, passed=bool(ulira.retrained_is_not_attackable(gold)))
+        anchors["gold"] = gold
+    return anchors
+
+
 def _trust(anchors: dict) -> tuple[bool | None, list[str]]:
     """True when both anchors passed, False when one failed (the figures must not be trusted), None when not run."""
     warnings = []
     if "original" in anchors and not anchors["original"]["passed"]:
-        warnings.append(f"the attack cannot tell the ORIGINAL model's D_f from never-seen samples (AUC "
-                        f"{_interval_text(anchors['original']['auc'])}): it has no power here, so a low AUC on the "
-                        "target proves nothing. DO NOT TRUST these figures")
+        warnings.append(f"the shadows cannot tell the ORIGINAL model's D_f from never-seen samples (offline AUC "
+                        f"{_interval_text(anchors['original']['auc'])}): they do not reproduce its memorisation (is "
+                        "--recipe the original's?), so a low AUC on the target proves nothing. DO NOT TRUST these "
+                        "figures")
     if "gold" in anchors and not anchors["gold"]["passed"]:
         warnings.append(f"the attack calls a model RETRAINED WITHOUT D_f attackable (AUC "
                         f"{_interval_text(anchors['gold']['auc'])}, interval excludes 0.5): it sees differences "
@@ -386,10 +434,6 @@ def _spread(values: np.ndarray) -> dict:
     return {"min": int(values.min()), "median": float(np.median(values)), "max": int(values.max())}
 
 
-def _per_shadow_train_seconds(bank_state: dict, trained: list) -> list[float]:
-    return [bank_state["records"][i]["train_seconds"] for i in trained]
-
-
 def _header(spec: AuditSpec, settings: dict, recipe: dict, meta, model_spec, candidates: Candidates) -> dict:
     return {"variant": spec.variant, "method": spec.method, "settings": settings, "recipe": recipe,
             "data": spec.data.uri, "dataset": meta.name, "model": spec.model, "model_name": model_spec.name,
@@ -427,8 +471,13 @@ def summary_lines(result: dict) -> list[str]:
                  f"{mia['mia_unseen']:.3f} of never-seen val")
     for role, anchor in result["anchors"].items():
         expected = "attackable" if role == "original" else "not attackable"
-        lines.append(f"  sanity anchor {role} ({result['variant']}): AUC {_interval_text(anchor['auc'])} -> "
-                     f"{'passed' if anchor['passed'] else 'FAILED'} (must be {expected})")
+        line = (f"  sanity anchor {role} ({anchor['statistic']}): AUC {_interval_text(anchor['auc'])} -> "
+                f"{'passed' if anchor['passed'] else 'FAILED'} (must be {expected})")
+        if anchor.get("online_auc"):
+            line += f"; online ratio on it: AUC {_interval_text(anchor['online_auc'])}"
+            if anchor["online_auc"]["high"] < 0.5:
+                line += f" (it does not look unlearned by {result['method']}: the method's trace is not plain memory)"
+        lines.append(line)
     exposed = sorted((sample for sample in result["samples"] if sample["role"] == "forgotten"
                       and sample["score"] is not None), key=lambda sample: -sample["score"])[:SHOWN_EXPOSED]
     if exposed:

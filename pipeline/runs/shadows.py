@@ -318,10 +318,11 @@ def unlearn_and_score(job: UnlearnJob) -> dict:
     sources = {"forget": decode_rows(job.data, layout, forget), "retain": decode_rows(job.data, layout, half & ~forget),
                "unseen": decode_rows(job.data, layout, unseen)}
     model, spec, _ = load_checkpoint(job.shadow_checkpoint)
-    original = load_checkpoint(job.shadow_checkpoint)[0].to(device)
     model = model.to(device)
     torch.manual_seed(job.seed)
     method = create_method(job.method, job.settings, seed=job.seed, log=None)
+    # The frozen original (a teacher) is a second copy of the shadow as trained, for the methods that use one.
+    original = load_checkpoint(job.shadow_checkpoint)[0].to(device) if method.needs_original else None
     data = unlearn_data(sources, method, job.seed, num_classes=spec.num_classes)
     try:
         report = method.unlearn(model, original, data, device)
