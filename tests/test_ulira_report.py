@@ -60,3 +60,18 @@ def test_the_membership_table_sits_beside_the_results_with_means_over_seeds():
 
 def test_no_membership_table_without_audits():
     assert "Membership" not in markdown_table(summarize([make_record("lotus", 0), make_record("original", 0)]))
+
+
+def test_a_nightly_band_on_the_ulira_auc_flags_a_rise_only():
+    from pipeline.results.regression import compare, validate_bands
+
+    bands = {"ulira_auc": {"max_rise": 0.03}}
+    validate_bands(bands)
+    before = records_with_audits()
+    worse = [make_record(r.method, r.seed, **{**r.metrics, "ulira_auc": r.metrics["ulira_auc"] + 0.05})
+             if "ulira_auc" in r.metrics else r for r in before]
+    better = [make_record(r.method, r.seed, **{**r.metrics, "ulira_auc": r.metrics["ulira_auc"] - 0.05})
+              if "ulira_auc" in r.metrics else r for r in before]
+    flagged = [found for found in compare(worse, before, bands) if found.kind == "band"]
+    assert {found.method for found in flagged} == {"lotus", "finetune"}
+    assert not [found for found in compare(better, before, bands) if found.kind == "band"]

@@ -31,6 +31,8 @@ WORSE_WHEN = {
     "acc_forget": "either", "mia": "either",
     "acc_retain": "down", "acc_test": "down", "acc_unseen": "down",
     "avg_gap": "up", "jsd_e4": "up", "rf_jsd_e4": "up", "unlearn_seconds": "up", "unlearn_minutes": "up",
+    # U-LiRA (bench u_lira block): a per-example attack that separates D_f from never-seen data better is worse.
+    "ulira_auc": "up", "ulira_shadow_tpr_1pct": "up",
 }
 BAND_RULES = {  # rule -> (direction it watches, relative?)
     "max_drop": ("down", False), "max_rise": ("up", False), "max_change": ("either", False),
