@@ -5,7 +5,8 @@ that every model and forgotten-id file still has the sha256 its record names, th
 the model the chain had produced, and that the samples each accepted request removed are still gone from its
 dataset. A chain cannot show by itself that its last records were removed, or that it was edited and re-sealed:
 --expect-head (the head sha256 you kept) and --anchor (where each request appended its head) can. Exits 0 when
-everything holds, 1 naming each break otherwise. Needs no id key.
+everything holds, 1 naming each break otherwise; requests recorded as not verifiable are listed as still open
+(they are no break). Needs no id key.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from jobs.common import add_endpoint_flag, apply_endpoint, run_main
 from pipeline.deletion.anchor import head_problems
 from pipeline.deletion.chain import adopt_head, anchored_problems, dataset_problems, removals_of, verify_chain
+from pipeline.deletion.gate import NOT_VERIFIABLE
 from pipeline.errors import ConfigError, DataError
 from pipeline.train.console import log
 from pipeline.train.runner import absolute
@@ -41,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def history_lines(entries) -> list[str]:
-    lines = [f"{'#':>3}  {'recorded (UTC)':<25} {'request':<28} {'ids':>7}  {'verdict':<9} {'key':<8} "
+    lines = [f"{'#':>3}  {'recorded (UTC)':<25} {'request':<28} {'ids':>7}  {'verdict':<14} {'key':<8} "
              "output model sha256"]
     for entry in entries:
         try:
@@ -52,9 +54,19 @@ def history_lines(entries) -> list[str]:
         output = (r.get("output_model") or {}).get("sha256") or "—"
         key = str((r.get("id_key") or {}).get("version") or "—")[:8]
         lines.append(f"{r.get('sequence', '?'):>3}  {str(r.get('created')):<25} {str(r.get('request_id')):<28} "
-                     f"{(r.get('request') or {}).get('ids_count', '?'):>7}  {str(r.get('verdict')):<9} {key:<8} "
+                     f"{(r.get('request') or {}).get('ids_count', '?'):>7}  {str(r.get('verdict')):<14} {key:<8} "
                      f"{output[:16]}")
     return lines
+
+
+def open_requests(records: list[dict]) -> str | None:
+    """A line naming the not-verifiable requests: recorded, but nothing was forgotten or removed for them."""
+    unsettled = [str(r.get("request_id")) for r in records if r.get("verdict") == NOT_VERIFIABLE]
+    if not unsettled:
+        return None
+    return (f"{len(unsettled)} request(s) not verifiable, still open: {', '.join(unsettled)}. Their models were not "
+            "released and their samples are still in the data; ask again with `unlearn forget --bank` (a U-LiRA "
+            "shadow bank judges every sample) or as part of a larger request")
 
 
 def readable_records(entries) -> list[dict]:
@@ -86,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         problems += head_problems([entry.sha256 for entry in entries], args.expect_head)
     if anchor:
         problems += anchored_problems(chain, entries, anchor)
-    removals = removals_of(readable_records(entries))
+    records = readable_records(entries)
+    removals = removals_of(records)
     if not args.no_data_check:
         problems += dataset_problems(chain, removals)
     if problems:
@@ -101,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         + ("" if args.no_data_check or not removals else
            f"; the samples its {len(removals)} accepted request(s) removed are still gone from the data")
         + f"; head record sha256 {entries[-1].sha256}")
+    if open_requests(records):
+        log(open_requests(records))
     if not checked:
         log("note: without --expect-head or --anchor, removing the last records or re-sealing the chain after an "
             "edit cannot be detected; keep the head sha256 above elsewhere, or anchor the chain")

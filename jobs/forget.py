@@ -4,12 +4,18 @@ Validates the request before any compute (the operator's id key given, the chain
 anchor, every id a training sample, none forgotten by an earlier request of this model's chain, the model file
 the one the chain or its training record vouches for, the store refusing a second create of one record),
 unlearns through Ray exactly as `unlearn run` does (D_u = the val split), then gates the result without a
-retrained model: the forgotten samples must look unseen (RF-JSD at its sampling floor, membership inference at
-the unseen level) and retain and test accuracy must hold. The new model goes to a new URI under --out (the
-input is never touched); a rejected one under --out/rejected/. An accepted request also removes its samples
+retrained model (pipeline/deletion/gate.py): the requested samples must be indistinguishable from never-seen
+samples of the same classes, neither more nor less member-like (two-sided tests of accuracy and confidence, and
+with a U-LiRA shadow bank, --bank, of each sample's score against shadows that never saw it), and retain and test
+accuracy must hold. A check counts only if it tells the input model, which trained on the samples, from never
+seen; where none can (too few ids, no bank) the request is NOT VERIFIABLE, never accepted.
+
+The new model goes to a new URI under --out (the input is never touched): models/ when accepted, rejected/ when
+rejected, unverified/ when not verifiable (kept, not released). An accepted request also removes its samples
 from the dataset (a new version at the same URI, pipeline/data/removal.py), so no later job trains on them.
 Each request appends a record to the model's audit chain, its head to the anchor, and writes a one-page HTML
-receipt. Exits 0 only when the gate passes.
+receipt. Exits 0 when accepted, 1 when rejected, 3 when not verifiable: nothing changed then (the model given
+stays current, the samples stay in the data); ask again with --bank, or as part of a larger request.
 
 The forgotten ids are kept only as HMACs under the operator's secret: set UNLEARN_ID_KEY_FILE (a file or s3://
 object holding it) or UNLEARN_ID_KEY; after a rotation, UNLEARN_ID_KEY_PREVIOUS_FILE holds the earlier secret(s).
@@ -18,6 +24,7 @@ object holding it) or UNLEARN_ID_KEY; after a rotation, UNLEARN_ID_KEY_PREVIOUS_
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import posixpath
 import sys
@@ -34,11 +41,13 @@ from pipeline.deletion.chain import (ACCEPTED, FORGOTTEN_DIR, MODELS_DIR, RECEIP
                                      RUNS_DIR, SCHEMA_ID, ChainState, NotRecorded, anchor_record, chain_state,
                                      check_store, dataset_problems, file_sha256, location, publish_record, read_chain,
                                      repeated_ids, sha256_hex)
+from pipeline.deletion.evidence import BankUse, choose_reference, gather_evidence
+from pipeline.deletion.gate import (FORGETTING, NOT_VERIFIABLE, GateThresholds, failed_checks, gate_checks,
+                                    unverifiable_reason, verdict_of)
 from pipeline.deletion.keys import ALGORITHM, keyring
-from pipeline.deletion.gate import GateThresholds, failed_checks, gate_checks
 from pipeline.deletion.receipt import render_receipt
 from pipeline.errors import ConfigError, DataError
-from pipeline.methods import REGISTRY
+from pipeline.methods import REGISTRY, create_method
 from pipeline.results.records import RECORDS_DIR, load_records, utc_now_iso
 from pipeline.runs.common import Phases, check_output_uri, versions
 from pipeline.runs.spec import SAFE_NAME, MethodRun, RunSpec
@@ -54,6 +63,7 @@ METRICS_KEPT = ("acc_forget", "acc_retain", "acc_test", "acc_unseen", "mia", "mi
 # accuracy with it (lr 5e-5, 3 epochs or no BatchNorm refresh did not help) and 0.02-0.05 with all of D_r, whose
 # forgetting then passed the gate in 5 epochs as in 10 (README "Deletion requests"). --set overrides these.
 REQUEST_SETTINGS = {"lotus": {"retain_fraction": 1.0, "epochs": 5}}
+UNVERIFIED_DIR = "unverified"  # the model of a not-verifiable request: kept, never the chain's current model
 
 
 def parser() -> argparse.ArgumentParser:
@@ -84,40 +94,67 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="lotus", help=f"one of: {', '.join(REGISTRY)} (default: lotus)")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE", help="method settings")
     p.add_argument("--seed", type=int, default=3407)
-    p.add_argument("--rf-jsd-margin", type=float, default=defaults.rf_jsd_floor_stds, metavar="STDS",
-                   help="gate: RF-JSD may exceed its sampling floor by this many of the floor's standard deviations "
-                        f"(default {defaults.rf_jsd_floor_stds:g})")
-    p.add_argument("--mia-margin", type=float, default=defaults.mia_stds, metavar="STDS",
-                   help="gate: the attack's member rate on the forgotten samples may exceed its rate on unseen "
-                        f"samples by this many standard errors (default {defaults.mia_stds:g})")
+    p.add_argument("--alpha", type=float, default=defaults.alpha,
+                   help="gate: the chance that a model which never saw the samples is rejected by the forgetting "
+                        f"checks, split evenly between them (default {defaults.alpha:g})")
     p.add_argument("--max-acc-drop", type=float, default=defaults.max_acc_drop,
                    help=f"gate: retain and test accuracy may fall this far below the input model's "
                         f"(default {defaults.max_acc_drop:g})")
+    p.add_argument("--bank", metavar="URI",
+                   help="a U-LiRA shadow bank for this data and the model's training recipe (`unlearn audit-mia "
+                        "--bank`, local or s3://): the gate then judges every requested sample against shadows that "
+                        "never saw it, the only check with power for one or a few ids. Shadows it lacks are trained "
+                        "first (K trainings, once per data version)")
+    p.add_argument("--shadows", type=int, default=16, help="with --bank: shadows to use (even; default 16)")
+    p.add_argument("--bank-seed", type=int, default=0, help="with --bank: the seed of the shadows' halves")
+    p.add_argument("--recipe", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --bank: the training recipe of the production model, as `unlearn train` used it "
+                        "(the `retrain` settings, e.g. --recipe epochs=15); the bank must have been built with it")
     add_floor_flag(p)
     add_mlflow_flag(p)
     return p
 
 
+EXIT_CODES = {ACCEPTED: 0, REJECTED: 1, NOT_VERIFIABLE: 3}  # 2: a refused request (error: ...), 75: storage down
+
+
 def main(argv: list[str] | None = None) -> int:
     record = forget(absolute_paths(parser().parse_args(argv)))
-    return 0 if record["verdict"] == ACCEPTED else 1
+    return EXIT_CODES[record["verdict"]]
 
 
 def absolute_paths(args: argparse.Namespace) -> argparse.Namespace:
     """Every local path typed, made absolute once: the workers run elsewhere, and the chain and the dataset name
     each other by URI (a relative path would name another place from another folder)."""
-    for name in ("data", "model", "ids", "out", "anchor"):
+    for name in ("data", "model", "ids", "out", "anchor", "bank"):
         if getattr(args, name):
             setattr(args, name, absolute(getattr(args, name)))
     return args
 
 
 def thresholds_of(args) -> GateThresholds:
-    thresholds = GateThresholds(args.rf_jsd_margin, args.mia_margin, args.max_acc_drop)
-    negative = [name for name, value in thresholds.as_dict().items() if value < 0]
-    if negative:
-        raise ConfigError(f"gate margins must be 0 or more: {', '.join(negative)}")
+    thresholds = GateThresholds(alpha=args.alpha, max_acc_drop=args.max_acc_drop)
+    thresholds.check()
     return thresholds
+
+
+def request_bank(args, meta) -> BankUse | None:
+    """The shadow bank the gate scores with, checked against this data, recipe and model before any compute."""
+    from jobs.audit_mia import recipe_from
+    from pipeline.metrics.ulira import check_even_shadows
+    from pipeline.models import load_checkpoint
+    from pipeline.runs.shadows import bank_manifest, open_bank
+    from pipeline.runs.train import training_recipe
+
+    if not args.bank:
+        if args.recipe:
+            raise ConfigError("--recipe describes the shadow bank's training: it needs --bank")
+        return None
+    check_even_shadows(args.shadows)
+    recipe = training_recipe(recipe_from(args.recipe))
+    create_method("retrain", recipe, log=None)  # an unknown recipe key: ConfigError before anything runs
+    spec = dataclasses.asdict(load_checkpoint(args.model)[1])
+    return BankUse(open_bank(args.bank, bank_manifest(meta, recipe, spec, args.bank_seed)), args.shadows)
 
 
 def forget(args: argparse.Namespace) -> dict:
@@ -147,6 +184,8 @@ def forget(args: argparse.Namespace) -> dict:
     if not checked.train:
         raise DataError(f"deletion request {args.ids} names no training sample of {args.data}: nothing to forget")
     splits = build_splits(index, f"request:{request_id}", args.seed, checked.train)
+    bank = request_bank(args, meta)
+    reference = choose_reference(index, checked.train, args.seed)
     conditional = check_store(args.out, args.allow_unconditional_store)
     if not anchor:
         log("WARNING: no --anchor: this request's head is kept only in the chain, so removing the last records or "
@@ -160,17 +199,17 @@ def forget(args: argparse.Namespace) -> dict:
     before, after = unlearn(request_run(args, model["uri"], request_id, output_uri), splits=splits)
     phases.lap("unlearn")
 
-    checks = (gate_checks(before.metrics, after.metrics, len(checked.train), thresholds)
-              if after.status == "ok" else [])
-    passed = bool(checks) and all(check["passed"] for check in checks)
-    reason = None if passed else (after.error or "; ".join(failed_checks(checks)))
-    output = place_output(args.out, request_id, after, passed)
+    verdict, reason, gate = judge(args, meta, index, checked.train, reference, model["uri"], output_uri, (before, after),
+                                  thresholds, bank)
+    phases.lap("gate")
+    passed = verdict == ACCEPTED
+    output = place_output(args.out, request_id, after, verdict)
     forgotten = record_forgotten(args.out, request_id, key.tombstones(checked.train)) if passed else None
     # The next version of the dataset, without the samples: written now, installed once the record is stored.
     removed = removal.plan_removal(args.data, checked.train, args.out, request_id, version_before) if passed else None
     record = {
         "schema": SCHEMA_ID, "sequence": state.next_sequence, "request_id": request_id, "created": utc_now_iso(),
-        "verdict": ACCEPTED if passed else REJECTED, "reason": reason,
+        "verdict": verdict, "reason": reason,
         "request": {"ids_file": args.ids, "ids_count": len(checked.train), "ids_hmac": key.list_digest(checked.train),
                     "lines": len(requested), "duplicates": checked.duplicates, "missing": len(checked.missing),
                     "allow_missing": args.allow_missing},
@@ -183,8 +222,9 @@ def forget(args: argparse.Namespace) -> dict:
         "method": {"name": args.method, "settings": after.config.get(args.method, {}), "seed": args.seed,
                    "workers": args.workers, "gpus": after.gpus, "epochs_run": after.config.get("epochs_run")},
         "metrics": {"input": _kept(before.metrics), "output": _kept(after.metrics) if after.status == "ok" else None},
-        "gate": {"passed": passed, "thresholds": thresholds.as_dict(), "checks": checks},
-        "phases": {"validate": phases.seconds["validate"], **_fit_phases(after), "total": phases.total()["total"]},
+        "gate": gate,
+        "phases": {"validate": phases.seconds["validate"], **_fit_phases(after), "gate": phases.seconds["gate"],
+                   "total": phases.total()["total"]},
         "versions": versions(), "run_records": [before.run_id, after.run_id],
         "previous_record_sha256": state.previous_sha256,
     }
@@ -193,6 +233,40 @@ def forget(args: argparse.Namespace) -> dict:
     report(record, record_uri, receipt_uri)
     track(args.mlflow, args.out, [before, after], [record_uri, receipt_uri], tags={"request_id": request_id, "verdict": record["verdict"]})
     return record
+
+
+def judge(args, meta, index, request_ids, reference: tuple, input_uri: str, output_uri: str, runs, thresholds,
+          bank: BankUse | None) -> tuple[str, str | None, dict]:
+    """(verdict, reason, the record's `gate`): the forgetting checks on the input and the unlearned model's
+    per-sample figures, and the utility checks on their Ray evaluation (`runs`: the two records)."""
+    before, after = runs
+    gate = {"passed": False, "verdict": REJECTED, "thresholds": thresholds.as_dict(), "checks": [],
+            "reference": {"split": "val", "samples": len(reference)}, "bank": None}
+    if after.status != "ok":
+        return REJECTED, after.error, gate
+    evidence, bank_summary = request_evidence(args, meta, index, request_ids, reference, input_uri, output_uri, bank)
+    checks = gate_checks(evidence, before.metrics, after.metrics, thresholds, args.seed)
+    verdict = verdict_of(checks)
+    reason = {ACCEPTED: None, REJECTED: "; ".join(failed_checks(checks)),
+              NOT_VERIFIABLE: unverifiable_reason(checks)}[verdict]
+    return verdict, reason, {**gate, "passed": verdict == ACCEPTED, "verdict": verdict, "checks": checks,
+                             "bank": bank_summary}
+
+
+def request_evidence(args, meta, index, request_ids, reference: tuple, input_uri: str, output_uri: str,
+                     bank: BankUse | None):
+    """The gate's per-sample figures, scored as Ray tasks on the request and its never-seen reference."""
+    import numpy as np
+
+    from pipeline.models import load_checkpoint
+    from pipeline.runs.shadows import DataAccess, TaskResources
+
+    ids = tuple(request_ids) + tuple(reference)
+    label_of = dict(zip(index.column("sample_id").to_pylist(), index.column("label").to_pylist()))
+    access = DataAccess(args.data, meta, load_checkpoint(output_uri)[1].image_size)
+    resources = TaskResources(args.cpus_per_worker, args.gpus, args.max_failures)
+    return gather_evidence(access, ids, np.array([label_of[i] for i in ids]), np.arange(len(ids)) < len(request_ids),
+                           input_uri, output_uri, bank, resources)
 
 
 def store_request(chain_uri: str, record: dict, removed: removal.Removal | None, anchor: str | None) -> str:
@@ -261,7 +335,7 @@ def request_run(args: argparse.Namespace, model_uri: str, request_id: str, outpu
 def check_new_request_id(out: str, request_id: str) -> None:
     if not SAFE_NAME.fullmatch(request_id) or ".." in request_id:
         raise ConfigError(f"--request-id {request_id!r} must be letters, digits, '.', '_' or '-': it names files")
-    for folder, suffix in ((MODELS_DIR, ".pt"), (REJECTED_DIR, ".pt"), (RECEIPTS_DIR, ".html")):
+    for folder, suffix in ((MODELS_DIR, ".pt"), (REJECTED_DIR, ".pt"), (UNVERIFIED_DIR, ".pt"), (RECEIPTS_DIR, ".html")):
         if storage.exists(location(out, folder, request_id, suffix)):
             raise ConfigError(f"request {request_id!r} already exists under {out} ({folder}/); a request is never "
                               f"redone in place: give a new --request-id")
@@ -320,20 +394,23 @@ def refuse_returned(data_uri: str, index, state: ChainState, keys) -> None:
                         "training runs on it")
 
 
-def place_output(out: str, request_id: str, run, passed: bool) -> dict | None:
-    """The unlearned model's final place: models/ when accepted, moved to rejected/ otherwise."""
+FOLDER_OF = {ACCEPTED: MODELS_DIR, REJECTED: REJECTED_DIR, NOT_VERIFIABLE: UNVERIFIED_DIR}
+
+
+def place_output(out: str, request_id: str, run, verdict: str) -> dict | None:
+    """The unlearned model's final place: models/ when accepted; moved to rejected/ or unverified/ otherwise."""
     if run.status != "ok":
         return None
     uri = location(out, MODELS_DIR, request_id, ".pt")
     data = storage.read_bytes(uri)
     if sha256_hex(data) != run.checkpoint_sha256:
         raise DataError(f"{uri} changed between being written and being recorded (sha256 differs)")
-    if not passed:
-        rejected = location(out, REJECTED_DIR, request_id, ".pt")
-        if not storage.create_once(rejected, data):
-            raise ConfigError(f"{rejected} already exists; it was left as it is")
+    if verdict != ACCEPTED:
+        kept = location(out, FOLDER_OF[verdict], request_id, ".pt")
+        if not storage.create_once(kept, data):
+            raise ConfigError(f"{kept} already exists; it was left as it is")
         storage.delete_file(uri)
-        uri = rejected
+        uri = kept
     return {"uri": uri, "sha256": run.checkpoint_sha256}
 
 
@@ -366,19 +443,34 @@ def write_receipt(out: str, record_uri: str) -> str:
 
 def report(record: dict, record_uri: str, receipt_uri: str) -> None:
     for check in record["gate"]["checks"]:
-        measured = "—" if check["measured"] is None else f"{check['measured']:.4g}"
-        limit = "—" if check["limit"] is None else f"{check['limit']:.4g}"
-        log(f"  gate {check['check']:<11} {measured:>9}  ({check['direction']} {limit}) "
-            f"{'passed' if check['passed'] else 'FAILED'}")
-    if record["verdict"] == ACCEPTED:
+        log("  gate " + check_line(check))
+    verdict = record["verdict"]
+    if verdict == ACCEPTED:
         log(f"request {record['request_id']} ACCEPTED: new model {record['output_model']['uri']}")
         data = record["data"]
         log(f"removed {data['rows_removed']} sample(s) from {data['uri']}: its new version (_meta.json sha256 "
             f"{data['version_after']}) no longer holds them, and the shard files that did are deleted")
+    elif verdict == NOT_VERIFIABLE:
+        log(f"request {record['request_id']} NOT VERIFIABLE: {record['reason']}. Nothing changed: the model given stays "
+            f"current, the samples stay in the data, the unlearned model is kept at {record['output_model']['uri']}. "
+            "Ask again with --bank (a U-LiRA shadow bank for this data judges every sample), or include these ids in a "
+            "larger request")
     else:
         log(f"request {record['request_id']} REJECTED: {record['reason']}")
     log(f"audit record {record_uri}; receipt {receipt_uri}")
     log(f"chain head sha256 {sha256_hex(storage.read_bytes(record_uri))} (`unlearn audit --expect-head` checks it)")
+
+
+def check_line(check: dict) -> str:
+    def shown(value):
+        return "—" if value is None else f"{value:.4g}"
+
+    if check.get("kind") == FORGETTING:
+        return (f"{check['check']:<11} request {shown(check['request_value']):>7} vs never-seen "
+                f"{shown(check['reference_value']):>7}  p {shown(check['p_value'])} (at least {shown(check['limit'])}; "
+                f"input model p {shown(check['input_p_value'])}) {check['outcome'].upper().replace('_', ' ')}")
+    return (f"{check['check']:<11} {shown(check['measured']):>9}  ({check['direction']} {shown(check['limit'])}) "
+            f"{'passed' if check['passed'] else 'FAILED'}")
 
 
 if __name__ == "__main__":

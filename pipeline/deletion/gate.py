@@ -1,88 +1,305 @@
-"""The acceptance gate of a deletion request: do the forgotten samples look unseen, without a retrained model?
+"""The acceptance gate of a deletion request: do the requested samples look like samples the model never saw,
+neither more nor less member-like, and could the checks have told?
 
-Four checks, each against the input model or data the model never trained on:
-- RF-JSD of the unlearned model on the forgotten samples is at most its sampling floor (what a model that
-  never saw them scores from sampling alone, pipeline/metrics/floor.py) plus a margin in floor deviations;
-- the membership-inference attack calls at most as many forgotten samples "member" as it calls unseen
-  (val) samples, plus a margin in standard errors of a rate measured on that many samples;
-- retain and test accuracy fall at most `max_acc_drop` below the input model's.
-A check whose figure could not be measured fails: a request is accepted on evidence only.
+Each forgetting check is a two-sided permutation test of one per-sample figure of the unlearned model: the
+requested samples against a reference of samples it never saw (the val split), drawn from pipeline/deletion/
+evidence.py:
+- `accuracy`: is the model right on them as often as on never-seen samples of the same classes?
+- `confidence`: is it as confident in their true labels (its logit margin, ranked within each class) as on
+  never-seen samples of the same classes? Too confident means memory left; less confident means the unlearning
+  overshot, which marks the samples out just as well (over-unlearning).
+- `per_sample`, with a U-LiRA shadow bank (pipeline/runs/shadows.py): each sample's margin, in standard
+  deviations from what the bank's shadows that never saw *that sample* give (the offline U-LiRA score), against
+  the same score of never-seen samples. The shadows know each sample's own difficulty, so one sample can be
+  judged: the only check with power for a 1-id request.
+The class-matched tests permute within classes (stratified), so a request concentrated in a few classes is
+compared with never-seen samples of those classes only, not with easier or harder classes it does not hold.
+
+Error rates. A model that never saw the samples fails a check with probability at most its level
+alpha / (forgetting checks run) (the permutation null is exact, up to Monte Carlo error), so it is rejected by a
+forgetting check with probability at most alpha (Bonferroni). A check has power on a request when it fails the
+*input* model, which trained on the samples, at the same level. A request on which no check has power is
+`not_verifiable`: the figures cannot show that the samples were forgotten, so it is never accepted. The
+unchanged model is therefore never accepted: wherever a check has power, its own p-value fails it.
+benchmarks/gate_acceptance.py measures the rates on digits-hard.
+
+Utility: retain and test accuracy may fall at most `max_acc_drop` below the input model's. A utility figure that
+could not be measured fails.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from pipeline.deletion.chain import ACCEPTED, REJECTED
+from pipeline.errors import ConfigError
+from pipeline.metrics import ulira
+
+NOT_VERIFIABLE = "not_verifiable"
+VERDICTS = (ACCEPTED, REJECTED, NOT_VERIFIABLE)
+FORGETTING, UTILITY = "forgetting", "utility"
+# A forgetting check's outcome: no difference found and power to find one / a difference / no difference, but the
+# input model shows none either (the check cannot tell) / not computed (no reference sample of the request's classes).
+PASSED, FAILED, NO_POWER, NOT_MEASURED = "passed", "failed", "no_power", "not_measured"
 
 
 @dataclass(frozen=True)
 class GateThresholds:
-    """Margins in units of sampling noise, so one default fits a request of 30 ids and one of 100,000: a model
-    that truly never saw the samples differs from the unseen level by sampling alone, and that spread shrinks
-    as the request grows. Measured on digits-hard (README "Deletion requests"): 30-sample LoTUS requests land
-    below both limits, the unchanged input model lands above both."""
+    """alpha: the chance that a model which never saw the samples is rejected by the forgetting checks (split
+    evenly between them); max_acc_drop: how far retain and test accuracy may fall below the input model's.
+    Defaults from benchmarks/gate_acceptance.py on digits-hard (README "Deletion requests")."""
 
-    rf_jsd_floor_stds: float = 1.5  # RF-JSD may exceed its floor by this many of the floor's standard deviations
-    mia_stds: float = 2.0  # the member rate on D_f may exceed D_u's by this many binomial standard errors (n = |D_f|)
-    max_acc_drop: float = 0.05  # retain and test accuracy may fall this much below the input model's
+    alpha: float = 0.05
+    max_acc_drop: float = 0.05
+    permutations: int = 10_000  # Monte Carlo draws per test: p-values resolved to 1e-4
 
     def as_dict(self) -> dict:
         return asdict(self)
 
-
-def member_rate_spread(rate: float | None, count: int) -> float | None:
-    """Standard error of a member rate measured on `count` samples; the rate is kept half a sample away from
-    0 and 1, where the binomial formula would claim no noise at all."""
-    if rate is None or count <= 0:
-        return None
-    p = min(max(rate, 0.5 / count), 1 - 0.5 / count)
-    return math.sqrt(p * (1 - p) / count)
-
-
-def _check(name: str, meaning: str, measured: float | None, limit: float | None, direction: str = "at most") -> dict:
-    passed = (measured is not None and limit is not None
-              and (measured <= limit if direction == "at most" else measured >= limit))
-    return {"check": name, "meaning": meaning, "measured": measured, "limit": limit, "direction": direction,
-            "passed": passed}
+    def check(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"--alpha must lie strictly between 0 and 1, not {self.alpha}")
+        if self.max_acc_drop < 0:
+            raise ConfigError(f"--max-acc-drop must be 0 or more, not {self.max_acc_drop}")
+        if self.permutations < 1000:
+            raise ConfigError(f"the gate needs at least 1000 permutations per test, not {self.permutations}")
 
 
-def _plus(value: float | None, margin: float | None) -> float | None:
-    return None if value is None or margin is None else value + margin
+@dataclass(frozen=True)
+class SampleScores:
+    """One model's figures per sample: the logit margin φ = log(p_y / (1 − p_y)) and whether it is right."""
+
+    phi: np.ndarray
+    correct: np.ndarray
 
 
-def _times(count: float, spread: float | None) -> float | None:
-    return None if spread is None else count * spread
+@dataclass(frozen=True)
+class Evidence:
+    """Per-sample figures on the request and its never-seen reference, aligned by position."""
+
+    labels: np.ndarray
+    is_request: np.ndarray  # the others are the reference (never seen by the input model either)
+    before: SampleScores  # the input model
+    after: SampleScores  # the unlearned model
+    shadow_phi: np.ndarray | None = None  # [K, samples] φ of each shadow of the bank
+    shadow_never_seen: np.ndarray | None = None  # [K, samples] whether the shadow's half excludes the sample
+
+    @property
+    def has_bank(self) -> bool:
+        return self.shadow_phi is not None
+
+    def with_shadows(self, count: int) -> "Evidence":
+        """The same evidence with only the bank's first `count` shadows (0: no bank)."""
+        if not count:
+            return Evidence(self.labels, self.is_request, self.before, self.after)
+        return Evidence(self.labels, self.is_request, self.before, self.after, self.shadow_phi[:count],
+                        self.shadow_never_seen[:count])
 
 
-def gate_checks(before: dict, after: dict, forget_count: int, thresholds: GateThresholds) -> list[dict]:
-    """Each check with its measured value, its limit and whether it passed. `before`/`after`: the input and the
-    unlearned model's metrics from the same evaluation (pipeline/metrics/summary.py plus the RF-JSD floor);
-    `forget_count`: how many samples were forgotten."""
-    rf_limit = _plus(after.get("rf_jsd_floor_e4"),
-                     _times(thresholds.rf_jsd_floor_stds, after.get("rf_jsd_floor_std_e4")))
-    mia_limit = _plus(after.get("mia_unseen"),
-                      _times(thresholds.mia_stds, member_rate_spread(after.get("mia_unseen"), forget_count)))
-    checks = [
-        _check("rf_jsd_e4", "The unlearned model's predictions on the forgotten samples are as close to its "
-               "predictions on never-seen samples as sampling alone allows (RF-JSD x1e4 at most its sampling floor "
-               f"plus {thresholds.rf_jsd_floor_stds:g} of the floor's standard deviations)",
-               after.get("rf_jsd_e4"), rf_limit),
-        _check("mia", "A membership-inference attack recognises the forgotten samples as training data no more "
-               "often than it wrongly recognises samples the model never saw, within sampling noise "
-               f"({thresholds.mia_stds:g} standard errors)", after.get("mia"), mia_limit),
-    ]
-    for split, words in (("retain", "the samples it keeps"), ("test", "held-out test samples")):
-        key = f"acc_{split}"
-        checks.append(_check(key, f"The model still classifies {words} as well as before, within "
-                             f"{thresholds.max_acc_drop:.2f}", after.get(key),
-                             _plus(before.get(key), -thresholds.max_acc_drop), direction="at least"))
+# ---- the permutation test -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TestResult:
+    p_value: float | None  # None: nothing to compare (no reference sample in any requested stratum)
+    request_mean: float | None  # the figure's mean over the tested request samples
+    reference_mean: float | None  # what never-seen samples give: the strata's reference means, weighted as the request
+    tested: int  # request samples tested
+    reference: int  # reference samples they were compared with
+    untested: int  # request samples of a stratum without reference samples (left out)
+
+
+def _mid_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties sharing the mean of their ranks."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    return (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]
+
+
+def permutation_test(values, strata, is_request, is_reference, permutations: int, seed: int, rank: bool,
+                     shown=None) -> TestResult:
+    """Two-sided stratified permutation test of "the request's values are drawn like the reference's".
+
+    Within each stratum holding request samples, the statistic is the sum of the request's values (with `rank`, of
+    their mid-ranks in the stratum's pooled values over its size + 1, so each stratum weighs by its samples and
+    outliers do not dominate); the null distribution draws, stratum by stratum, as many pooled samples as the
+    request has there, without replacement. p = 2 · min(P(T* ≥ T), P(T* ≤ T)), capped at 1, each tail counted
+    with the observed T itself ((1 + hits) / (1 + draws)), so p is never 0. The means reported are of `shown`
+    (default: the values), the reference's weighted by the request's strata.
+    """
+    values, strata = np.asarray(values, np.float64), np.asarray(strata)
+    shown = values if shown is None else np.asarray(shown, np.float64)
+    is_request, is_reference = np.asarray(is_request, bool), np.asarray(is_reference, bool)
+    rng = np.random.default_rng(seed)
+    observed, null = 0.0, np.zeros(permutations)
+    tested = reference = untested = 0
+    request_total = reference_expected = 0.0
+    for stratum in np.unique(strata[is_request]):
+        mine, theirs = is_request & (strata == stratum), is_reference & (strata == stratum)
+        n, m = int(mine.sum()), int(theirs.sum())
+        if m == 0:
+            untested += n
+            continue
+        pooled = np.concatenate([values[mine], values[theirs]])
+        scored = _mid_ranks(pooled) / (n + m + 1) if rank else pooled
+        observed += scored[:n].sum()
+        null += _draw_sums(scored, n, permutations, rng)
+        tested, reference = tested + n, reference + m
+        request_total += shown[mine].sum()
+        reference_expected += n * shown[theirs].mean()
+    if not tested:
+        return TestResult(None, None, None, 0, 0, untested)
+    tolerance = 1e-9 * max(1.0, abs(observed))  # float sums of equal draws may differ in their last bits
+    upper = (1 + np.sum(null >= observed - tolerance)) / (1 + permutations)
+    lower = (1 + np.sum(null <= observed + tolerance)) / (1 + permutations)
+    return TestResult(float(min(1.0, 2 * min(upper, lower))), request_total / tested, reference_expected / tested,
+                      tested, reference, untested)
+
+
+def _draw_sums(pooled: np.ndarray, n: int, draws: int, rng: np.random.Generator, chunk: int = 2000) -> np.ndarray:
+    """Sums of `n` < len(pooled) of `pooled` drawn without replacement, `draws` times (in chunks, to keep
+    chunk x pooled random keys in memory)."""
+    sums = np.empty(draws)
+    for start in range(0, draws, chunk):
+        keys = rng.random((min(chunk, draws - start), len(pooled)))
+        sums[start:start + len(keys)] = pooled[np.argpartition(keys, n - 1, axis=1)[:, :n]].sum(axis=1)
+    return sums
+
+
+# ---- the checks -----------------------------------------------------------------------------------------------
+
+def confidence_of(phi) -> np.ndarray:
+    """p_y from the logit margin φ = log(p_y / (1 − p_y))."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(phi, np.float64)))
+
+
+def never_seen_scores(evidence: Evidence) -> tuple[np.ndarray, np.ndarray]:
+    """Offline U-LiRA scores of the input and the unlearned model: each sample's φ in standard deviations from the
+    mean of the bank's shadows that never saw it (a variance pooled over the samples: few shadows per sample)."""
+    fit = ulira.fit_gaussians(evidence.shadow_phi, evidence.shadow_never_seen)
+    return ulira.offline_score(evidence.before.phi, fit), ulira.offline_score(evidence.after.phi, fit)
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One forgetting check: its figure for a model and how it is compared."""
+
+    name: str
+    meaning: str
+    stratified: bool  # compared within classes
+    rank: bool  # values ranked within their stratum before summing
+    shown: str  # how request_value / reference_value read: "rate" (a fraction) or "score"
+
+
+ACCURACY = CheckSpec("accuracy", "The model is right on the requested samples as often as on samples of the same "
+                     "classes it never saw", stratified=True, rank=False, shown="rate")
+CONFIDENCE = CheckSpec("confidence", "The model is as confident in the requested samples' true labels as in those "
+                       "of never-seen samples of the same classes, neither more (memory left) nor less (over-"
+                       "unlearning)", stratified=True, rank=True, shown="rate")
+PER_SAMPLE = CheckSpec("per_sample", "Sample by sample, the model scores the requested samples as the bank's "
+                       "reference models that never saw each of them do, neither higher nor lower, as for "
+                       "never-seen samples", stratified=False, rank=True, shown="score")
+
+
+def _figures(evidence: Evidence) -> dict:
+    """{check name: (input model's values, unlearned model's values, values shown)} per sample (NaN: no score)."""
+    figures = {ACCURACY.name: (evidence.before.correct.astype(float), evidence.after.correct.astype(float), None),
+               CONFIDENCE.name: (evidence.before.phi, evidence.after.phi, confidence_of)}
+    if evidence.has_bank:
+        before, after = never_seen_scores(evidence)
+        figures[PER_SAMPLE.name] = (before, after, None)
+    return figures
+
+
+def forgetting_checks(evidence: Evidence, thresholds: GateThresholds, seed: int) -> list[dict]:
+    """Each forgetting check on the unlearned and on the input model, at level alpha / (checks run)."""
+    specs = [ACCURACY, CONFIDENCE] + ([PER_SAMPLE] if evidence.has_bank else [])
+    level = thresholds.alpha / len(specs)
+    figures = _figures(evidence)
+    checks = []
+    for number, spec in enumerate(specs):
+        before, after, shown = figures[spec.name]
+        scored = ~np.isnan(after) & ~np.isnan(before)  # a sample no shadow left out has no U-LiRA score
+        strata = evidence.labels if spec.stratified else np.zeros(len(evidence.labels), dtype=np.int64)
+
+        def test(values, salt: int) -> TestResult:
+            return permutation_test(values[scored], strata[scored], evidence.is_request[scored],
+                                    ~evidence.is_request[scored], thresholds.permutations, seed + salt, spec.rank,
+                                    shown=shown(values[scored]) if shown else None)
+
+        # The same draws for both models (same seed): their p-values differ by their figures alone.
+        checks.append(_forgetting_check(spec, test(after, number), test(before, number), level,
+                                        int((evidence.is_request & ~scored).sum())))
     return checks
 
 
+def _forgetting_check(spec: CheckSpec, after: TestResult, before: TestResult, level: float, unscored: int) -> dict:
+    if after.p_value is None or before.p_value is None:
+        outcome = NOT_MEASURED
+    elif after.p_value < level:
+        outcome = FAILED
+    else:
+        outcome = PASSED if before.p_value < level else NO_POWER
+    return {"check": spec.name, "kind": FORGETTING, "meaning": spec.meaning, "measured": after.p_value,
+            "limit": level, "direction": "at least", "passed": outcome == PASSED, "outcome": outcome,
+            "p_value": after.p_value, "input_p_value": before.p_value, "has_power": bool(
+                before.p_value is not None and before.p_value < level), "shown": spec.shown,
+            "request_value": after.request_mean, "reference_value": after.reference_mean,
+            "input_request_value": before.request_mean, "input_reference_value": before.reference_mean,
+            "samples": after.tested, "reference_samples": after.reference, "untested": after.untested + unscored}
+
+
+def utility_checks(before: dict, after: dict, thresholds: GateThresholds) -> list[dict]:
+    """Retain and test accuracy at most `max_acc_drop` below the input model's (Ray evaluation figures)."""
+    checks = []
+    for split, words in (("retain", "the samples it keeps"), ("test", "held-out test samples")):
+        key = f"acc_{split}"
+        measured, reference = after.get(key), before.get(key)
+        limit = None if reference is None else reference - thresholds.max_acc_drop
+        passed = measured is not None and limit is not None and measured >= limit
+        checks.append({"check": key, "kind": UTILITY, "meaning": f"The model still classifies {words} as well as "
+                       f"before, within {thresholds.max_acc_drop:.2f}", "measured": measured, "limit": limit,
+                       "direction": "at least", "passed": passed, "outcome": PASSED if passed else FAILED,
+                       "input_value": reference})
+    return checks
+
+
+def gate_checks(evidence: Evidence, before: dict, after: dict, thresholds: GateThresholds, seed: int) -> list[dict]:
+    """Every check of a request: the forgetting checks on `evidence`, then the utility checks on the input and the
+    unlearned model's Ray-evaluation metrics `before` / `after`."""
+    return forgetting_checks(evidence, thresholds, seed) + utility_checks(before, after, thresholds)
+
+
+def verdict_of(checks: list[dict]) -> str:
+    """Rejected on any failed check; else accepted when a forgetting check had power, else not verifiable."""
+    if not checks or any(check["outcome"] == FAILED for check in checks):
+        return REJECTED
+    if any(check["kind"] == FORGETTING and check["outcome"] == PASSED for check in checks):
+        return ACCEPTED
+    return NOT_VERIFIABLE
+
+
 def failed_checks(checks: list[dict]) -> list[str]:
-    """A sentence per failed check, for the record's reason and the console."""
+    """A line per failed check, for the record's reason and the console."""
     def shown(value):
         return "not measured" if value is None else f"{value:.4g}"
 
-    return [f"{c['check']} {shown(c['measured'])} (must be {c['direction']} {shown(c['limit'])})"
-            for c in checks if not c["passed"]]
+    lines = []
+    for c in checks:
+        if c["outcome"] != FAILED:
+            continue
+        if c["kind"] == FORGETTING:
+            lines.append(f"{c['check']} differs from never-seen samples: {shown(c['request_value'])} on the request vs "
+                         f"{shown(c['reference_value'])} (p = {shown(c['p_value'])} < {shown(c['limit'])})")
+        else:
+            lines.append(f"{c['check']} {shown(c['measured'])} (must be {c['direction']} {shown(c['limit'])})")
+    return lines
+
+
+def unverifiable_reason(checks: list[dict]) -> str:
+    """Why a request with no failed check is not verifiable, in one line."""
+    named = "; ".join(f"{c['check']}: the input model's p = {c['input_p_value']:.3g}, at most {c['limit']:.3g} needed"
+                      if c["input_p_value"] is not None else f"{c['check']}: not measured"
+                      for c in checks if c["kind"] == FORGETTING)
+    return ("no forgetting check can tell a model that trained on these samples from one that never saw them: the "
+            f"input model, which trained on them, passes as well ({named})")
