@@ -303,7 +303,7 @@ def unlearn_and_score(job: UnlearnJob) -> dict:
     """Run in a Ray task: {"phi", "unlearn_seconds", "epochs_run"}, or {"failed": message} if the method diverged."""
     import torch
 
-    from pipeline.methods import create_method
+    from pipeline.methods import create_method, method_class
     from pipeline.methods.harness import unlearn_data
     from pipeline.models import load_checkpoint
     from pipeline.train.datasets import read_layout
@@ -319,10 +319,13 @@ def unlearn_and_score(job: UnlearnJob) -> dict:
                "unseen": decode_rows(job.data, layout, unseen)}
     model, spec, _ = load_checkpoint(job.shadow_checkpoint)
     model = model.to(device)
+    # The frozen original (a teacher) is a second copy of the shadow as trained, for the methods that use one;
+    # loaded before the seed is set, as the worker loop does, so that building it draws nothing from the method's
+    # random stream (LoTUS's Gumbel noise).
+    original = (load_checkpoint(job.shadow_checkpoint)[0].to(device) if method_class(job.method).needs_original
+                else None)
     torch.manual_seed(job.seed)
     method = create_method(job.method, job.settings, seed=job.seed, log=None)
-    # The frozen original (a teacher) is a second copy of the shadow as trained, for the methods that use one.
-    original = load_checkpoint(job.shadow_checkpoint)[0].to(device) if method.needs_original else None
     data = unlearn_data(sources, method, job.seed, num_classes=spec.num_classes)
     try:
         report = method.unlearn(model, original, data, device)
