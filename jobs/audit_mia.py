@@ -7,10 +7,12 @@ target was. Per audited sample, Gaussians fitted to the "unlearned" and "never s
 target's score into a likelihood ratio (online), or a one-sided deviation from "never seen" (offline: no
 unlearning in the shadows, cheaper, blind to over-unlearning). The figures (AUC, TPR at low FPR, balanced
 accuracy, 95 % bootstrap intervals) compare the target's D_f with as many never-seen val samples; the entropy MIA
-of `unlearn run` is printed beside them. With --original and --gold the same attack must find the original
-attackable and a model retrained without D_f not: otherwise the output says the figures must not be trusted.
+of `unlearn run` is printed beside them, and the shadow trials (each shadow audited by the others) give the
+method's TPR at low FPR. With --original and --gold, the sanity anchors: the bank must find the original's D_f
+above never-seen data and the attack must not find a model retrained without D_f attackable; otherwise the output
+says the figures must not be trusted.
 
-Prints the figures and writes them to OUT/ulira.json (atomically).
+Prints the figures and writes them to OUT/ulira.json, every shadow score to OUT/ulira-scores.npz (atomically).
 """
 
 from __future__ import annotations
