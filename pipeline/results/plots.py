@@ -318,3 +318,51 @@ def forgetting_by_class(rows: dict[str, dict[int, float]], path: str, title: str
     axes.set_title(title or "Acc_f per class", fontsize=10)
     return _save(figure, path)
 
+
+
+# ---- U-LiRA: per-sample attack scores (issue 30) -------------------------------------------------------------
+
+HISTOGRAM_BINS = 30
+HISTOGRAM_COLUMNS = 4
+
+
+def score_histograms(panels: list[dict], path: str, title: str = "") -> str | None:
+    """One panel per method: histograms of the per-sample attack scores of its forgotten samples against its
+    never-seen ones (pooled over seeds, shared bins, as densities so unequal counts compare). Each panel dict has
+    "title", "xlabel", "forgotten" and "never_seen" (score arrays) and "untrusted" (a sanity anchor failed: the
+    panel is framed and titled in red, so it cannot be read without the warning)."""
+    panels = [panel for panel in panels if len(panel["forgotten"]) and len(panel["never_seen"])]
+    if not panels:
+        return None
+    columns = min(HISTOGRAM_COLUMNS, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(4.2 * columns, 3.3 * rows + 0.4), layout="constrained")
+    for index, panel in enumerate(panels):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        _score_panel(axes, panel)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return _save(figure, path)
+
+
+def _score_panel(axes, panel: dict) -> None:
+    forgotten = np.asarray(panel["forgotten"], dtype=float)
+    never_seen = np.asarray(panel["never_seen"], dtype=float)
+    both = np.concatenate([forgotten, never_seen])
+    low, high = float(both.min()), float(both.max())
+    bins = np.linspace(low, high if high > low else low + 1.0, HISTOGRAM_BINS + 1)
+    axes.hist(never_seen, bins=bins, density=True, alpha=0.55, color="tab:blue",
+              label=f"never seen ({len(never_seen)})")
+    axes.hist(forgotten, bins=bins, density=True, alpha=0.55, color="tab:red", label=f"forgotten ({len(forgotten)})")
+    axes.set_xlabel(panel["xlabel"], fontsize=8)
+    axes.set_ylabel("density", fontsize=8)
+    axes.tick_params(labelsize=7)
+    axes.legend(fontsize=7)
+    axes.grid(True, alpha=0.3)
+    if panel.get("untrusted"):
+        axes.set_title(panel["title"] + "\nUNTRUSTED: a sanity anchor failed", fontsize=9, color="red")
+        for spine in axes.spines.values():
+            spine.set_edgecolor("red")
+            spine.set_linewidth(2)
+    else:
+        axes.set_title(panel["title"], fontsize=9)

@@ -18,7 +18,8 @@ from pipeline import storage
 from pipeline.errors import DataError
 from pipeline.results import plots
 from pipeline.results.aggregate import TABLE_KINDS, record_values, summarize
-from pipeline.results.html import render_html
+from pipeline.results import exposure
+from pipeline.results.html import ULIRA_HEADING, html_ulira_section, render_html
 from pipeline.results.records import ResultRecord, load_records
 from pipeline.results.regression import compare, format_regressions
 from pipeline.results.tables import diffusion_markdown, diffusion_summary, is_diffusion, csv_text, markdown_table, markdown_time_tables
@@ -189,6 +190,62 @@ def _markdown(title: str, run_uris: list[str], generated: str, summaries, record
     return "\n".join(parts)
 
 
+# ---- U-LiRA: the per-example picture (issue 30) -------------------------------------------------------------
+
+def _group_words(group: tuple) -> str:
+    return " · ".join(str(part) for part in group)
+
+
+def _histogram_panels(exposures: list[exposure.MethodExposure]) -> list[dict]:
+    return [{"title": f"{e.method} ({e.variant}; seed{'s' if len(e.seeds) > 1 else ''} {', '.join(map(str, e.seeds))})",
+             "xlabel": exposure.score_label(e.variant), "forgotten": e.forgotten_scores,
+             "never_seen": e.never_seen_scores, "untrusted": bool(e.untrusted_seeds)} for e in exposures]
+
+
+def _histogram_caption(exposures: list[exposure.MethodExposure], group: tuple) -> str:
+    text = (f"Per-sample U-LiRA scores, one panel per method: its forgotten samples (red) against as many "
+            f"never-seen val samples (blue), pooled over seeds ({_group_words(group)}). Variant and score: "
+            f"{exposure.variants_text(exposures)}. A model that forgot looks "
+            "like never-seen data: the two histograms overlap.")
+    untrusted = [e.method for e in exposures if e.untrusted_seeds]
+    if untrusted:
+        text += (f" Red panels ({', '.join(untrusted)}): a sanity anchor failed in some seed; those histograms "
+                 "must not be trusted.")
+    return text
+
+
+def _ulira_histograms(exposures: list[exposure.MethodExposure], folder: str) -> dict[tuple, tuple[str, str]]:
+    """{group: (caption, local PNG path)}: the per-method score histograms of each group that has audits."""
+    written = {}
+    for index, group in enumerate(sorted({e.group for e in exposures})):
+        mine = [e for e in exposures if e.group == group]
+        path = plots.score_histograms(_histogram_panels(mine), os.path.join(folder, f"ulira_scores_{index}.png"),
+                                      title=f"U-LiRA per-sample scores ({_group_words(group)})")
+        if path:
+            written[group] = (_histogram_caption(mine, group), path)
+    return written
+
+
+def _ulira_markdown(exposures: list[exposure.MethodExposure], histograms: dict[tuple, tuple[str, str]],
+                    notes: list[str]) -> str:
+    """The per-example section of report.md (the membership table itself sits under Results)."""
+    parts = []
+    for group in sorted({e.group for e in exposures}):
+        mine = [e for e in exposures if e.group == group]
+        parts += [f"### {_group_words(group)}", "", *(f"- {exposure.exposure_sentence(e)}" for e in mine), "",
+                  "| " + " | ".join(exposure.EXPOSURE_HEADERS) + " |",
+                  "|---|---|---|---:|---|",
+                  *("| " + " | ".join(exposure.exposure_cells(e)) + " |" for e in mine), "",
+                  exposure.exposure_caption(mine), ""]
+        if group in histograms:
+            caption, path = histograms[group]
+            parts += [f"![{caption}]({os.path.basename(path)})", "", caption, ""]
+        parts += [f"**DO NOT TRUST** {e.method}, {warning}" for e in mine if e.untrusted_seeds for warning in e.warnings]
+    if notes:
+        parts += ["", "Audits not shown:", *(f"- {note}" for note in notes)]
+    return "\n".join(parts)
+
+
 DIFFUSION_GRID = "samples.png"  # written by the diffusion bench beside its records (pipeline/diffusion/bench.py)
 
 
@@ -236,21 +293,29 @@ def write_report(run_uris: list[str] | tuple[str, ...], out_uri: str | None = No
     title = title or f"Unlearning report: {', '.join(sorted({r.dataset for r in records}))}"
     generated = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
+    audits, audit_notes = exposure.load_audits(records)
+    exposures = exposure.method_exposures(audits, method_order)
     with tempfile.TemporaryDirectory(prefix="unlearn-report-") as folder:
         images = {**_method_plots(summaries, folder), **_unfolding_plots(records, folder),
                   **_sweep_plots(records, folder)}
         pngs = {caption: Path(path).read_bytes() for caption, path in images.items()}
         outputs: dict[str, bytes] = {os.path.basename(path): pngs[caption] for caption, path in images.items()}
+        histograms = _ulira_histograms(exposures, folder)
+        histogram_pngs = {group: (caption, Path(path).read_bytes()) for group, (caption, path) in histograms.items()}
+        outputs.update({os.path.basename(path): histogram_pngs[group][1] for group, (_, path) in histograms.items()})
     diffusion_sections = _diffusion_sections(diffusion, run_uris, images, pngs, outputs)
+    ulira_sections = ([(ULIRA_HEADING, _ulira_markdown(exposures, histograms, audit_notes))]
+                      if exposures or audit_notes else [])
     outputs["report.md"] = _markdown(title, run_uris, generated, summaries, records, regression_text,
-                                     images, diffusion_sections).encode("utf-8")
+                                     images, [*ulira_sections, *diffusion_sections]).encode("utf-8")
     outputs["report.csv"] = csv_text(summaries).encode("utf-8")
     sections = [("Sweeps", sweeps)] if (sweeps := _best_trials_table(records)) else []
     sections += diffusion_sections
     if regression_text is not None:
         sections.append(("Regressions against the previous run", regression_text))
-    outputs["report.html"] = render_html(title, run_uris, summaries, pngs, sections=sections,
-                                         generated=generated).encode("utf-8")
+    outputs["report.html"] = render_html(title, run_uris, summaries, pngs, sections=sections, generated=generated,
+                                         ulira=html_ulira_section(summaries, exposures, histogram_pngs,
+                                                                  audit_notes)).encode("utf-8")
     if regression_text is not None:
         outputs["regressions.txt"] = (regression_text + "\n").encode("utf-8")
 
