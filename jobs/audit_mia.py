@@ -13,6 +13,9 @@ above never-seen data and the attack must not find a model retrained without D_f
 says the figures must not be trusted.
 
 Prints the figures and writes them to OUT/ulira.json, every shadow score to OUT/ulira-scores.npz (atomically).
+With --mlflow, the audit is also one MLflow run (experiment = the dataset, tag kind=audit-mia): the figures as
+metrics (the bench's ulira_* names, the entropy MIA, the anchors' AUCs), the settings as params, both files as
+artifacts.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import os
 import sys
 
+from jobs.common import add_mlflow_flag, check_mlflow, track
 from pipeline import storage
 from pipeline.config import parse_overrides
 from pipeline.errors import ConfigError
@@ -63,6 +67,7 @@ def parser() -> argparse.ArgumentParser:
                    help="retries of a shadow task whose worker or node was lost, or whose storage kept failing")
     p.add_argument("--out", required=True, help="folder (or s3:// prefix) for ulira.json")
     p.add_argument("--verbose", action="store_true", help="also show Ray's own lines")
+    add_mlflow_flag(p)
     return p
 
 
@@ -109,7 +114,8 @@ def audit_spec(args: argparse.Namespace):
 
 
 def check_flags(args: argparse.Namespace) -> None:
-    """What the flags alone can refuse, before torch or Ray are imported."""
+    """What the flags alone can refuse, before the run layer or Ray are imported (and MLflow: only its presence
+    is checked here)."""
     from pipeline.metrics.ulira import check_even_shadows, check_fpr
 
     method_settings_from(args.method, args.set)
@@ -117,6 +123,31 @@ def check_flags(args: argparse.Namespace) -> None:
     for fpr in args.fpr:
         check_fpr(fpr)
     check_even_shadows(args.shadows)
+    check_mlflow(args.mlflow, absolute(args.out))
+
+
+def audit_record(result: dict):
+    """The audit as a result record, for MLflow only (the audit's own file is ulira.json): kind "eval" (it
+    evaluates a model; the MLflow tag says audit-mia), the bench's ulira_* metrics, the entropy MIA beside them,
+    each sanity anchor's AUC and whether it passed, the seconds of bank training and of the audit's tasks."""
+    from pipeline.results.records import ResultRecord, new_run_id
+    from pipeline.runs.audit_mia import record_metrics
+
+    anchors = {f"ulira_{role}_{key}": value for role, anchor in result["anchors"].items()
+               for key, value in (("auc", anchor["auc"]["value"]), ("passed", float(anchor["passed"])))}
+    metrics = {**record_metrics(result), **anchors, "mia": result["entropy_mia"]["mia"],
+               "mia_unseen": result["entropy_mia"]["mia_unseen"]}
+    bank, seconds = result["bank"], result["seconds"]
+    config = {"u_lira": {"variant": result["variant"], "shadows": bank["shadows_requested"], "bank": bank["uri"],
+                         "trained_now": len(bank["trained_now"]), "fprs": result["fprs"],
+                         "original": result["original"], "gold": result["gold"], "data": result["data"]},
+              result["method"]: result["settings"], "retrain": result["recipe"]}
+    return ResultRecord(run_id=new_run_id("audit-mia", result["method"], result["seed"]), kind="eval",
+                        method=result["method"], dataset=result["dataset"], model=result["model_name"],
+                        seed=result["seed"], forget_spec=result["forget"], config=config, metrics=metrics,
+                        phases={"total": seconds["total"], "shadow_training": seconds["shadow_training"],
+                                "audit_tasks": seconds["audit_tasks"]},
+                        checkpoint_uri=result["model"], notes="U-LiRA audit (unlearn audit-mia)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,9 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[storage.ENDPOINT_ENV] = args.s3_endpoint
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"
-    from pipeline.runs.audit_mia import audit
+    from pipeline.runs.audit_mia import RESULT_FILE, SCORES_FILE, audit
 
-    audit(audit_spec(args))
+    spec = audit_spec(args)
+    result = audit(spec)
+    track(args.mlflow, spec.out, [audit_record(result)],
+          [storage.join(spec.out, RESULT_FILE), storage.join(spec.out, SCORES_FILE)], tags={"kind": "audit-mia"})
     return 0
 
 
