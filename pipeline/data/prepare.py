@@ -190,20 +190,20 @@ def _completed_shards(out: str, fingerprint: str, shard_count: int) -> dict[int,
 
 
 def _sha256_of(uri: str) -> str | None:
-    """The file's sha256, streamed (shards are hundreds of MB); None when it does not exist."""
+    """The file's sha256, streamed (shards are hundreds of MB); None when it does not exist. Read through
+    storage.retrying, so a storage outage is a StorageUnavailableError (exit 75, rerun later), not bad data."""
+    if not storage.exists(uri):
+        return None
     fs, path = storage.resolve(uri)
-    digest = hashlib.sha256()
-    try:
+
+    def digest() -> str:
+        hashed = hashlib.sha256()
         with fs.open_input_stream(path) as stream:
             while chunk := stream.read(HASH_CHUNK_BYTES):
-                digest.update(chunk)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if "not found" in str(exc).lower() or "NoSuchKey" in str(exc):
-            return None
-        raise DataError(f"cannot read {uri}: {exc}") from exc
-    return digest.hexdigest()
+                hashed.update(chunk)
+        return hashed.hexdigest()
+
+    return storage.retrying("read", uri, digest)
 
 
 def _remove_stale_temp_files(out: str) -> None:

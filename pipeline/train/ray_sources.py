@@ -293,10 +293,14 @@ def warm_up_data_workers(limit: int = 64) -> list:
     method's set-up (model and checkpoint loading); the returned task refs say when it is done.
     """
     import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from pipeline import distributed
 
     if distributed.rank() != 0:
         return []
-    task = ray.remote(num_cpus=1)(_import_decode_path)
+    # Outside any placement group: inside a Tune trial the tasks were captured by the trial's group, whose CPUs
+    # the Train workers already hold, and `ray.get` on them waited forever (a stream-mode sweep hung).
+    task = ray.remote(num_cpus=1, scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))(
+        _import_decode_path)
     return [task.remote() for _ in range(min(limit, int(ray.available_resources().get("CPU", 0))))]
