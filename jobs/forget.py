@@ -51,7 +51,7 @@ from pipeline.methods import REGISTRY, create_method
 from pipeline.results.records import RECORDS_DIR, load_records, utc_now_iso
 from pipeline.runs.common import Phases, check_output_uri, versions
 from pipeline.runs.spec import SAFE_NAME, MethodRun, RunSpec
-from pipeline.runs.unlearn import unlearn
+from pipeline.runs.unlearn import method_settings, unlearn
 from pipeline.train.console import log
 from pipeline.train.runner import absolute
 
@@ -219,7 +219,9 @@ def forget(args: argparse.Namespace) -> dict:
         "data": {"uri": args.data, "dataset": meta.name, "counts": dict(splits.counts),
                  "version_before": version_before, "version_after": removed.version_after if removed else None,
                  "rows_removed": removed.rows_removed if removed else 0},
-        "method": {"name": args.method, "settings": after.config.get(args.method, {}), "seed": args.seed,
+        # Resolved here, not read from the run's config: there the key "original" names the original model's URI.
+        "method": {"name": args.method, "settings": method_settings(args.method, request_settings(args)),
+                   "seed": args.seed,
                    "workers": args.workers, "gpus": after.gpus, "epochs_run": after.config.get("epochs_run")},
         "metrics": {"input": _kept(before.metrics), "output": _kept(after.metrics) if after.status == "ok" else None},
         "gate": gate,
@@ -323,12 +325,16 @@ def check_flags(args: argparse.Namespace) -> None:
     check_mlflow(args.mlflow, args.out)
 
 
+def request_settings(args: argparse.Namespace) -> dict:
+    """The method's settings for a request: REQUEST_SETTINGS under --set."""
+    return {**REQUEST_SETTINGS.get(args.method, {}), **method_overrides(args.method, args.set)}
+
+
 def request_run(args: argparse.Namespace, model_uri: str, request_id: str, output_uri: str) -> RunSpec:
     """The input model evaluated as it is, then the method from it, in one fit; D_u = the val split."""
-    settings = {**REQUEST_SETTINGS.get(args.method, {}), **method_overrides(args.method, args.set)}
     return RunSpec(data=data_spec(args), original=model_uri, out=storage.join(absolute(args.out), RUNS_DIR, request_id),
                    runs=(MethodRun("original", {}, label="input", model_uri=model_uri),
-                         MethodRun(args.method, settings, model_out=output_uri)),
+                         MethodRun(args.method, request_settings(args), model_out=output_uri)),
                    forget=f"request:{request_id}", seed=args.seed, floor_draws=args.floor_draws, ray=ray_resources(args))
 
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from pipeline.deletion.gate import (ACCEPTED, FAILED, NO_POWER, NOT_MEASURED, NOT_VERIFIABLE, PASSED, REJECTED,
-                                    Evidence, GateThresholds, SampleScores, failed_checks, forgetting_checks,
-                                    gate_checks, permutation_test, unverifiable_reason, verdict_of)
+                                    Evidence, GateThresholds, SampleScores, checks_level, failed_checks,
+                                    forgetting_checks, gate_checks, permutation_test, smallest_p_value,
+                                    unverifiable_reason, verdict_of)
 from pipeline.errors import ConfigError
 
 CLASSES, PER_CLASS, MEMORY, NOISE = 10, 50, 5.0, 0.5
@@ -165,7 +166,8 @@ def test_one_id_with_a_bank_is_judged_per_sample():
     w = world(7, 1, shadows=16)
     verdict, checks = judged(evidence(w, scores(w, 0.0)))
     assert verdict == ACCEPTED and checks["per_sample"]["outcome"] == PASSED
-    assert checks["per_sample"]["limit"] == pytest.approx(0.05 / 3) and checks["per_sample"]["reference_samples"] == 500
+    # The class-matched checks cannot get below 2/51 on one sample: the bank's check gets all of alpha.
+    assert checks["per_sample"]["limit"] == 0.05 and checks["per_sample"]["reference_samples"] == 500
     assert checks["accuracy"]["outcome"] == NO_POWER
     ev = evidence(w, scores(w, 0.0))
     verdict, checks = judged(Evidence(ev.labels, ev.is_request, ev.before, ev.before, ev.shadow_phi,
@@ -185,6 +187,19 @@ def test_a_utility_drop_or_an_unmeasured_utility_figure_rejects():
     assert verdict == REJECTED and checks["acc_test"]["outcome"] == FAILED and checks["acc_test"]["limit"] == 0.70
     verdict, checks = judged(ev, {"acc_retain": None, "acc_test": 0.75})
     assert verdict == REJECTED and not checks["acc_retain"]["passed"]
+
+
+def test_alpha_goes_to_the_checks_the_request_sizes_let_reach_it():
+    strata = np.r_[3, np.repeat(np.arange(10), 50)]
+    one = np.arange(501) == 0
+    assert smallest_p_value(strata, one, ~one, 10_000) == pytest.approx(2 / 51)
+    assert smallest_p_value(np.zeros(501), one, ~one, 10_000) == pytest.approx(2 / 501)
+    thirty = np.arange(501) < 30
+    assert smallest_p_value(strata, thirty, ~thirty, 10_000) == pytest.approx(2 / 10_001)  # Monte Carlo's floor
+    assert smallest_p_value(strata, np.arange(501) == 0, np.zeros(501, bool), 10_000) == 1.0  # nothing to compare
+    assert checks_level({"accuracy": 2 / 51, "confidence": 2 / 51, "per_sample": 2 / 501}, 0.05) == 0.05
+    assert checks_level({"accuracy": 1e-4, "confidence": 1e-4, "per_sample": 1e-3}, 0.05) == pytest.approx(0.05 / 3)
+    assert checks_level({"accuracy": 2 / 51, "confidence": 2 / 51}, 0.05) == 0.025  # none can: all no power
 
 
 def test_verdict_rules_and_threshold_checks():

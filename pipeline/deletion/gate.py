@@ -15,9 +15,10 @@ evidence.py:
 The class-matched tests permute within classes (stratified), so a request concentrated in a few classes is
 compared with never-seen samples of those classes only, not with easier or harder classes it does not hold.
 
-Error rates. A model that never saw the samples fails a check with probability at most its level
-alpha / (forgetting checks run) (the permutation null is exact, up to Monte Carlo error), so it is rejected by a
-forgetting check with probability at most alpha (Bonferroni). A check has power on a request when it fails the
+Error rates. A model that never saw the samples fails a check with probability at most its level (the permutation
+null is exact, up to Monte Carlo error): alpha split evenly over the checks that can reach their share at all
+given the request's sizes (a 1-id request cannot be judged against the ~50 never-seen samples of its class), so it
+is rejected by a forgetting check with probability at most alpha (Bonferroni). A check has power on a request when it fails the
 *input* model, which trained on the samples, at the same level. A request on which no check has power is
 `not_verifiable`: the figures cannot show that the samples were forgotten, so it is never accepted. The
 unchanged model is therefore never accepted: wherever a check has power, its own p-value fails it.
@@ -29,6 +30,7 @@ could not be measured fails.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -211,25 +213,56 @@ def _figures(evidence: Evidence) -> dict:
     return figures
 
 
+def smallest_p_value(strata, is_request, is_reference, permutations: int) -> float:
+    """The smallest p-value a stratified permutation test of these sizes can give, whatever the figures: every
+    request sample the most extreme of its stratum, 2 / (the ways to draw them), and no less than Monte Carlo
+    resolves. Sizes only: it decides, before any figure is read, whether a check can reach its level at all."""
+    log_ways = 0.0
+    for stratum in np.unique(strata[is_request]):
+        n = int((is_request & (strata == stratum)).sum())
+        m = int((is_reference & (strata == stratum)).sum())
+        if m:
+            log_ways += math.lgamma(n + m + 1) - math.lgamma(n + 1) - math.lgamma(m + 1)
+    return max(2 * math.exp(-log_ways), 2 / (permutations + 1)) if log_ways else 1.0
+
+
+def checks_level(smallest: dict, alpha: float) -> float:
+    """alpha split evenly over the checks that can reach their share at all (Bonferroni over a family chosen by the
+    request's sizes alone, so the split stays valid): a 1-id request gives the bank's check all of alpha, since
+    the class-matched ones cannot get below 2 / (never-seen samples of the class + 1)."""
+    family = list(smallest)
+    while family:
+        level = alpha / len(family)
+        reachable = [name for name in family if smallest[name] <= level]
+        if reachable == family:
+            return level
+        family = reachable
+    return alpha / len(smallest)
+
+
 def forgetting_checks(evidence: Evidence, thresholds: GateThresholds, seed: int) -> list[dict]:
-    """Each forgetting check on the unlearned and on the input model, at level alpha / (checks run)."""
+    """Each forgetting check on the unlearned and on the input model, at the level checks_level gives them."""
     specs = [ACCURACY, CONFIDENCE] + ([PER_SAMPLE] if evidence.has_bank else [])
-    level = thresholds.alpha / len(specs)
     figures = _figures(evidence)
-    checks = []
-    for number, spec in enumerate(specs):
+    prepared = {}
+    for spec in specs:
         before, after, shown = figures[spec.name]
         scored = ~np.isnan(after) & ~np.isnan(before)  # a sample no shadow left out has no U-LiRA score
         strata = evidence.labels if spec.stratified else np.zeros(len(evidence.labels), dtype=np.int64)
+        prepared[spec.name] = (before[scored], after[scored], shown, strata[scored], evidence.is_request[scored],
+                               int((evidence.is_request & ~scored).sum()))
+    level = checks_level({name: smallest_p_value(strata, request, ~request, thresholds.permutations)
+                          for name, (_, _, _, strata, request, _) in prepared.items()}, thresholds.alpha)
+    checks = []
+    for number, spec in enumerate(specs):
+        before, after, shown, strata, request, unscored = prepared[spec.name]
 
         def test(values, salt: int) -> TestResult:
-            return permutation_test(values[scored], strata[scored], evidence.is_request[scored],
-                                    ~evidence.is_request[scored], thresholds.permutations, seed + salt, spec.rank,
-                                    shown=shown(values[scored]) if shown else None)
+            return permutation_test(values, strata, request, ~request, thresholds.permutations, seed + salt,
+                                    spec.rank, shown=shown(values) if shown else None)
 
         # The same draws for both models (same seed): their p-values differ by their figures alone.
-        checks.append(_forgetting_check(spec, test(after, number), test(before, number), level,
-                                        int((evidence.is_request & ~scored).sum())))
+        checks.append(_forgetting_check(spec, test(after, number), test(before, number), level, unscored))
     return checks
 
 
