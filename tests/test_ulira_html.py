@@ -95,7 +95,7 @@ def test_the_report_shows_exposed_samples_and_score_histograms_per_method(tmp_pa
     assert "must not be trusted" not in section and 'class="warning"' not in section
     assert not re.search(r"https?://", page)
     markdown = open(written["report.md"], encoding="utf-8").read()
-    assert "![Per-sample U-LiRA scores" in markdown and "(ulira_scores_0.png)" in markdown
+    assert "![U-LiRA per-sample scores](ulira_scores_0.png)" in markdown and "Per-sample U-LiRA scores, one" in markdown
     assert "| lotus | online | 0, 1 | 3 of 40 |" in markdown
 
 
@@ -133,6 +133,15 @@ def test_score_histograms_skip_empty_panels(tmp_path):
     assert plots.score_histograms([empty], str(tmp_path / "none.png")) is None
     one = {**empty, "forgotten": np.array([2.0, 2.0]), "never_seen": np.array([2.0]), "untrusted": True}
     assert_png(plots.score_histograms([one], str(tmp_path / "one.png")))  # equal scores: bins still have a width
+
+
+def test_scores_spanning_hundreds_get_an_asinh_axis_with_bins_even_on_it():
+    linear, asinh = plots._score_bins(np.array([-3.0, 0.0, 5.0])), plots._score_bins(np.array([-250.0, 0.0, 30.0]))
+    assert not linear[1] and np.allclose(np.diff(linear[0]), 8.0 / plots.HISTOGRAM_BINS)
+    edges, on_asinh = asinh
+    assert on_asinh and edges[0] == pytest.approx(-250.0) and edges[-1] == pytest.approx(30.0)
+    assert np.allclose(np.diff(np.arcsinh(edges)), np.diff(np.arcsinh(edges))[0])  # equal widths as drawn
+    assert (np.diff(edges) > 0).all()
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian: apt-get install chromium)")

@@ -239,7 +239,7 @@ def _ulira_markdown(exposures: list[exposure.MethodExposure], histograms: dict[t
                   exposure.exposure_caption(mine), ""]
         if group in histograms:
             caption, path = histograms[group]
-            parts += [f"![{caption}]({os.path.basename(path)})", "", caption, ""]
+            parts += [f"![U-LiRA per-sample scores]({os.path.basename(path)})", "", caption, ""]
         parts += [f"**DO NOT TRUST** {e.method}, {warning}" for e in mine if e.untrusted_seeds for warning in e.warnings]
     if notes:
         parts += ["", "Audits not shown:", *(f"- {note}" for note in notes)]
