@@ -1,9 +1,11 @@
 """`unlearn forget` and `unlearn audit` end to end through Ray on digits-hard, with the production model, the data,
-the request, the audit chain and its anchor all on S3 (moto on 127.0.0.1): a 30-sample request passes the gate
-with LoTUS, a destructive request is rejected and kept as evidence, the next request starts from the last accepted
-model, the chain verifies against its head and its anchor and names a changed byte, refused requests change
-nothing, an attacker holding the chain and the shard index but not the key recovers no id, and a fresh `unlearn
-train` on the same dataset never sees the forgotten samples."""
+the request, the audit chain and its anchor all on S3 (moto on 127.0.0.1): a 30-sample request retrained without
+its samples passes the gate, a destructive request is rejected and kept as evidence, the next request starts from
+the last accepted model, a 1-sample request without a shadow bank is recorded as not verifiable (exit 3, nothing
+released or removed), the chain verifies against its head and its anchor and names a changed byte, refused
+requests change nothing, an attacker holding the chain and the shard index but not the key recovers no id, and a
+fresh `unlearn train` on the same dataset never sees the forgotten samples. A request judged per sample with a
+shadow bank is tests/test_gate_bank.py's."""
 
 import hashlib
 import hmac
@@ -56,10 +58,10 @@ def training_ids(data_uri: str) -> list[str]:
                   if s == "train")
 
 
-def write_request(data_uri: str, uri: str, seed: int, exclude=()) -> list[str]:
-    """REQUEST_SIZE training ids drawn with `seed`, one per line, at `uri`."""
+def write_request(data_uri: str, uri: str, seed: int, exclude=(), size: int = REQUEST_SIZE) -> list[str]:
+    """`size` training ids drawn with `seed`, one per line, at `uri`."""
     train = [i for i in training_ids(data_uri) if i not in exclude]
-    ids = np.random.default_rng(seed).choice(train, size=REQUEST_SIZE, replace=False).tolist()
+    ids = np.random.default_rng(seed).choice(train, size=size, replace=False).tolist()
     storage.write_text(uri, "\n".join(ids) + "\n")
     return ids
 
@@ -82,9 +84,11 @@ def vouched_model(checkpoint: str, folder: str) -> str:
 
 @pytest.fixture(scope="module")
 def chain(ray_session, s3_server, original_checkpoint):
-    """Three requests in sequence on S3: r1 accepted on the production model; r2 with a destructive learning
-    rate, rejected; r3 asking r2's ids again, on the model r1 produced (a rejected request forgot nothing). Only
-    r1's verdict is the defaults' to earn; r2 and r3 run one epoch, enough for what their tests read."""
+    """Four requests in sequence on S3: r1 retrained without its 30 ids, accepted on the production model (LoTUS at
+    its request settings stays right on every requested sample, which the gate rejects: README "Deletion
+    requests"); r2 with a destructive learning rate, rejected; r3 asking r2's ids again, on the model r1 produced
+    (a rejected request forgot nothing); r4 one id, which no check can judge without a bank: not verifiable. r2-r4
+    run LoTUS for one epoch, enough for what their tests read."""
     import boto3
 
     from pipeline.data.converters import prepare
@@ -96,14 +100,16 @@ def chain(ray_session, s3_server, original_checkpoint):
     model = vouched_model(original_checkpoint, f"{root}/production")
     first = write_request(data, f"{root}/requests/r1.txt", seed=1)
     second = write_request(data, f"{root}/requests/r2.txt", seed=2, exclude=first)
+    write_request(data, f"{root}/requests/r4.txt", seed=4, exclude=first + second, size=1)
     model_sha = sha256_of(model)
     index_before = read_index(data, read_meta(data))  # the attacker's shard index: every training id, r1's included
     head = f"{chain_uri}/models/r1.pt"
     runs = {name: run_job(forget.main, request_argv(data, start, f"{root}/requests/{ids}", chain_uri, name, *extra))
             for name, start, ids, extra in (
-                ("r1", model, "r1.txt", ()),
+                ("r1", model, "r1.txt", ("--method", "retrain")),
                 ("r2", head, "r2.txt", ("--set", "lotus.lr=0.01", "--set", "lotus.epochs=1")),
-                ("r3", head, "r2.txt", ("--set", "lotus.epochs=1")))}
+                ("r3", head, "r2.txt", ("--set", "lotus.epochs=1")),
+                ("r4", head, "r4.txt", ("--set", "lotus.epochs=1")))}
     records = {entry.record()["request_id"]: entry for entry in read_chain(chain_uri)}
     return {"uri": chain_uri, "data": data, "model": model, "runs": runs, "records": records,
             "ids": (first, second), "model_sha": model_sha, "index_before": index_before}
@@ -125,7 +131,15 @@ def test_a_30_sample_request_passes_the_gate_and_its_samples_now_look_unseen(cha
     assert abs(after["confidence_forget"] - unseen) < abs(before["confidence_forget"] - unseen) / 2
     assert after["confidence_forget"] < before["confidence_forget"] - 0.1
     assert after["mia"] < before["mia"] - 0.3
-    assert after["acc_forget"] <= before["acc_forget"]
+    assert after["acc_forget"] < before["acc_forget"]
+    # The forgetting checks had power (they fail the input model, which trained on the samples) and found the
+    # retrained model's figures within chance of never-seen samples of the same classes.
+    checks = {check["check"]: check for check in record["gate"]["checks"]}
+    assert record["gate"]["verdict"] == "accepted" and record["gate"]["bank"] is None
+    assert {checks[name]["outcome"] for name in ("accuracy", "confidence")} == {"passed"}
+    assert all(checks[name]["input_p_value"] < checks[name]["limit"] <= checks[name]["p_value"]
+               for name in ("accuracy", "confidence"))
+    assert checks["accuracy"]["input_request_value"] == 1.0 > checks["accuracy"]["request_value"]
     # The input is untouched, the output is new, the record names both by sha256 and never names an id.
     assert sha256_of(chain["model"]) == chain["model_sha"] == record["input_model"]["sha256"]
     assert record["input_model"]["trusted_by"].startswith("training record train-original")
@@ -133,7 +147,7 @@ def test_a_30_sample_request_passes_the_gate_and_its_samples_now_look_unseen(cha
     assert sha256_of(record["output_model"]["uri"]) == record["output_model"]["sha256"]
     assert not any(sample_id in entry.data.decode() for sample_id in chain["ids"][0])
     assert "Accepted." in storage.read_text(f"{chain['uri']}/receipts/r1.html")
-    assert "ACCEPTED" in printed and "gate mia" in printed
+    assert "ACCEPTED" in printed and "gate accuracy" in printed
 
 
 def test_a_request_that_fails_the_gate_is_rejected_and_its_model_kept_as_evidence(chain):
@@ -157,6 +171,27 @@ def test_the_next_request_starts_from_the_last_accepted_model_and_keeps_forgotte
     assert third["data"]["counts"]["retain"] == first["data"]["counts"]["retain"] - REQUEST_SIZE
 
 
+def test_a_one_id_request_without_a_bank_is_not_verifiable_and_changes_nothing(chain, capsys):
+    """No check can tell one sample a model trained on from one it never saw: exit 3, the model kept under
+    unverified/ (not the chain's next input), no tombstone, nothing removed from the data; the audit lists it."""
+    status, printed = chain["runs"]["r4"]
+    assert status == 3, printed
+    entry = chain["records"]["r4"]
+    record = entry.record()
+    assert schema_errors(record) == [] and record["verdict"] == "not_verifiable" and not record["gate"]["passed"]
+    assert {check["outcome"] for check in record["gate"]["checks"] if check["kind"] == "forgetting"} == {"no_power"}
+    assert "input model, which trained on them, passes as well" in record["reason"]
+    assert record["output_model"]["uri"] == f"{chain['uri']}/unverified/r4.pt"
+    assert sha256_of(record["output_model"]["uri"]) == record["output_model"]["sha256"]
+    assert not storage.exists(f"{chain['uri']}/models/r4.pt")
+    assert record["forgotten_ids"] is None and record["data"]["rows_removed"] == 0
+    assert chain_state(chain["uri"]).head_model["request_id"] == "r1"
+    assert "NOT VERIFIABLE" in printed and "--bank" in printed
+    assert "Not verifiable." in storage.read_text(f"{chain['uri']}/receipts/r4.html")
+    assert run_main(audit.main, [chain["uri"], "--no-data-check"]) == 0
+    assert "1 request(s) not verifiable, still open: r4" in capsys.readouterr().out
+
+
 def flip_last_byte(uri: str) -> bytes:
     data = storage.read_bytes(uri)
     storage.write_bytes(uri, data[:-1] + bytes([data[-1] ^ 1]))
@@ -164,10 +199,10 @@ def flip_last_byte(uri: str) -> bytes:
 
 
 def test_audit_verifies_the_chain_and_names_a_changed_byte_in_a_record_or_a_model(chain, capsys):
-    head = chain["records"]["r3"].sha256
+    head = chain["records"]["r4"].sha256
     assert run_main(audit.main, [chain["uri"], "--expect-head", head, "--anchor", ANCHOR]) == 0
     printed = capsys.readouterr().out
-    assert "3 record(s), every link and file verified, and it ends at the expected head and the anchor" in printed
+    assert "4 record(s), every link and file verified, and it ends at the expected head and the anchor" in printed
     assert "the samples its 1 accepted request(s) removed are still gone from the data" in printed
     assert "rejected" in printed
     for changed, named in ((f"{chain['uri']}/chain/000001.json", "chain/000001.json: its content no longer matches"),
