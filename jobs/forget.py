@@ -472,8 +472,10 @@ def check_line(check: dict) -> str:
         return "—" if value is None else f"{value:.4g}"
 
     if check.get("kind") == FORGETTING:
+        needed = (f"at least {shown(check['limit'])}" if check["limit"] is not None else
+                  f"not counted: cannot reach its share of alpha on {check['samples']} sample(s)")
         return (f"{check['check']:<11} request {shown(check['request_value']):>7} vs never-seen "
-                f"{shown(check['reference_value']):>7}  p {shown(check['p_value'])} (at least {shown(check['limit'])}; "
+                f"{shown(check['reference_value']):>7}  p {shown(check['p_value'])} ({needed}; "
                 f"input model p {shown(check['input_p_value'])}) {check['outcome'].upper().replace('_', ' ')}")
     return (f"{check['check']:<11} {shown(check['measured']):>9}  ({check['direction']} {shown(check['limit'])}) "
             f"{'passed' if check['passed'] else 'FAILED'}")

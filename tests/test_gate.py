@@ -156,7 +156,8 @@ def test_one_id_without_a_bank_is_not_verifiable_whatever_the_model():
         assert verdict == NOT_VERIFIABLE
         assert {check["outcome"] for check in checks.values() if check["kind"] == "forgetting"} == {NO_POWER}
     reason = unverifiable_reason(list(checks.values()))
-    assert "the input model, which trained on them, passes as well" in reason and "accuracy: the input" in reason
+    assert "the input model, which trained on them, passes as well" in reason
+    assert "accuracy: cannot reach its share of alpha on 1 sample(s)" in reason
 
 
 def test_one_id_with_a_bank_is_judged_per_sample():
@@ -197,9 +198,24 @@ def test_alpha_goes_to_the_checks_the_request_sizes_let_reach_it():
     thirty = np.arange(501) < 30
     assert smallest_p_value(strata, thirty, ~thirty, 10_000) == pytest.approx(2 / 10_001)  # Monte Carlo's floor
     assert smallest_p_value(strata, np.arange(501) == 0, np.zeros(501, bool), 10_000) == 1.0  # nothing to compare
-    assert checks_level({"accuracy": 2 / 51, "confidence": 2 / 51, "per_sample": 2 / 501}, 0.05) == 0.05
-    assert checks_level({"accuracy": 1e-4, "confidence": 1e-4, "per_sample": 1e-3}, 0.05) == pytest.approx(0.05 / 3)
-    assert checks_level({"accuracy": 2 / 51, "confidence": 2 / 51}, 0.05) == 0.025  # none can: all no power
+    assert checks_level({"accuracy": 2 / 51, "confidence": 2 / 51, "per_sample": 2 / 501}, 0.05) == (
+        0.05, {"per_sample"})
+    level, counted = checks_level({"accuracy": 1e-4, "confidence": 1e-4, "per_sample": 1e-3}, 0.05)
+    assert level == pytest.approx(0.05 / 3) and len(counted) == 3
+    assert checks_level({"accuracy": 2 / 51, "confidence": 2 / 51}, 0.05) == (0.025, set())  # none can
+
+
+def test_a_check_that_cannot_reach_its_share_neither_fails_nor_counts():
+    """One id with a bank: alpha goes to the per-sample check alone, so the class-matched ones must not fail the
+    request at p = 2/51 < 0.05 either (that would test three checks at 0.05 each)."""
+    w = world(9, 1, shadows=16)
+    ev = evidence(w, scores(w, 0.0))
+    after = SampleScores(ev.after.phi + 20 * ev.is_request, ev.after.correct)  # the most confident of its class
+    checks = {c["check"]: c for c in forgetting_checks(Evidence(ev.labels, ev.is_request, ev.before, after,
+                                                                ev.shadow_phi, ev.shadow_never_seen), THRESHOLDS, 0)}
+    assert checks["confidence"]["p_value"] < 0.05 and checks["confidence"]["limit"] is None
+    assert checks["confidence"]["outcome"] == NO_POWER and not checks["confidence"]["has_power"]
+    assert checks["per_sample"]["limit"] == 0.05
 
 
 def test_verdict_rules_and_threshold_checks():

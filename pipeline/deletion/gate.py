@@ -226,18 +226,19 @@ def smallest_p_value(strata, is_request, is_reference, permutations: int) -> flo
     return max(2 * math.exp(-log_ways), 2 / (permutations + 1)) if log_ways else 1.0
 
 
-def checks_level(smallest: dict, alpha: float) -> float:
-    """alpha split evenly over the checks that can reach their share at all (Bonferroni over a family chosen by the
-    request's sizes alone, so the split stays valid): a 1-id request gives the bank's check all of alpha, since
-    the class-matched ones cannot get below 2 / (never-seen samples of the class + 1)."""
+def checks_level(smallest: dict, alpha: float) -> tuple[float, set]:
+    """(level, the checks that count): alpha split evenly over the checks that can reach their share at all
+    (Bonferroni over a family chosen by the request's sizes alone, so the split stays valid). A 1-id request gives
+    the bank's check all of alpha, since the class-matched ones cannot get below 2 / (never-seen samples of the
+    class + 1); the checks left out cannot fail the request, and say so."""
     family = list(smallest)
     while family:
         level = alpha / len(family)
         reachable = [name for name in family if smallest[name] <= level]
         if reachable == family:
-            return level
+            return level, set(family)
         family = reachable
-    return alpha / len(smallest)
+    return alpha / len(smallest), set()
 
 
 def forgetting_checks(evidence: Evidence, thresholds: GateThresholds, seed: int) -> list[dict]:
@@ -251,8 +252,8 @@ def forgetting_checks(evidence: Evidence, thresholds: GateThresholds, seed: int)
         strata = evidence.labels if spec.stratified else np.zeros(len(evidence.labels), dtype=np.int64)
         prepared[spec.name] = (before[scored], after[scored], shown, strata[scored], evidence.is_request[scored],
                                int((evidence.is_request & ~scored).sum()))
-    level = checks_level({name: smallest_p_value(strata, request, ~request, thresholds.permutations)
-                          for name, (_, _, _, strata, request, _) in prepared.items()}, thresholds.alpha)
+    level, counted = checks_level({name: smallest_p_value(strata, request, ~request, thresholds.permutations)
+                                   for name, (_, _, _, strata, request, _) in prepared.items()}, thresholds.alpha)
     checks = []
     for number, spec in enumerate(specs):
         before, after, shown, strata, request, unscored = prepared[spec.name]
@@ -262,21 +263,27 @@ def forgetting_checks(evidence: Evidence, thresholds: GateThresholds, seed: int)
                                     spec.rank, shown=shown(values) if shown else None)
 
         # The same draws for both models (same seed): their p-values differ by their figures alone.
-        checks.append(_forgetting_check(spec, test(after, number), test(before, number), level, unscored))
+        checks.append(_forgetting_check(spec, test(after, number), test(before, number),
+                                        level if spec.name in counted else None, unscored))
     return checks
 
 
-def _forgetting_check(spec: CheckSpec, after: TestResult, before: TestResult, level: float, unscored: int) -> dict:
+def _forgetting_check(spec: CheckSpec, after: TestResult, before: TestResult, level: float | None,
+                      unscored: int) -> dict:
+    """The check's record entry; `level` None: it cannot reach its share of alpha on a request this small, so it
+    neither fails the request nor has power."""
     if after.p_value is None or before.p_value is None:
         outcome = NOT_MEASURED
+    elif level is None:
+        outcome = NO_POWER
     elif after.p_value < level:
         outcome = FAILED
     else:
         outcome = PASSED if before.p_value < level else NO_POWER
+    has_power = level is not None and before.p_value is not None and before.p_value < level
     return {"check": spec.name, "kind": FORGETTING, "meaning": spec.meaning, "measured": after.p_value,
             "limit": level, "direction": "at least", "passed": outcome == PASSED, "outcome": outcome,
-            "p_value": after.p_value, "input_p_value": before.p_value, "has_power": bool(
-                before.p_value is not None and before.p_value < level), "shown": spec.shown,
+            "p_value": after.p_value, "input_p_value": before.p_value, "has_power": has_power, "shown": spec.shown,
             "request_value": after.request_mean, "reference_value": after.reference_mean,
             "input_request_value": before.request_mean, "input_reference_value": before.reference_mean,
             "samples": after.tested, "reference_samples": after.reference, "untested": after.untested + unscored}
@@ -331,8 +338,13 @@ def failed_checks(checks: list[dict]) -> list[str]:
 
 def unverifiable_reason(checks: list[dict]) -> str:
     """Why a request with no failed check is not verifiable, in one line."""
-    named = "; ".join(f"{c['check']}: the input model's p = {c['input_p_value']:.3g}, at most {c['limit']:.3g} needed"
-                      if c["input_p_value"] is not None else f"{c['check']}: not measured"
-                      for c in checks if c["kind"] == FORGETTING)
+    def why(check: dict) -> str:
+        if check["input_p_value"] is None:
+            return f"{check['check']}: not measured"
+        if check["limit"] is None:
+            return f"{check['check']}: cannot reach its share of alpha on {check['samples']} sample(s)"
+        return f"{check['check']}: the input model's p = {check['input_p_value']:.3g}, below {check['limit']:.3g} needed"
+
+    named = "; ".join(why(c) for c in checks if c["kind"] == FORGETTING)
     return ("no forgetting check can tell a model that trained on these samples from one that never saw them: the "
             f"input model, which trained on them, passes as well ({named})")

@@ -138,6 +138,12 @@ def _checks_intro(record: dict) -> str:
             "nothing either way (\"cannot tell\").</p>")
 
 
+def _required(check: dict) -> str:
+    if check["limit"] is None:
+        return "(not counted: too few samples to reach its share)"
+    return f"(≥ {_number(check['limit'], 4)})"
+
+
 def _checks_table(record: dict) -> str:
     rows = []
     for check in record["gate"]["checks"]:
@@ -145,7 +151,7 @@ def _checks_table(record: dict) -> str:
             rows.append(f"<tr><td>{escape(check['meaning'])}</td><td class=num>{_show(check, 'request_value')}</td>"
                         f"<td class=num>{_show(check, 'reference_value')}</td>"
                         f"<td class=num>{_show(check, 'input_request_value')}</td>"
-                        f"<td class=num>{_number(check['p_value'], 4)} (≥ {_number(check['limit'], 4)})</td>"
+                        f"<td class=num>{_number(check['p_value'], 4)} {_required(check)}</td>"
                         f"<td>{OUTCOME_WORDS[check['outcome']]}</td></tr>")
             continue
         mark = '<span class="ok">passed</span>' if check["passed"] else '<span class="fail">failed</span>'
