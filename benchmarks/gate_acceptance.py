@@ -321,7 +321,7 @@ def judge_all(setup_index, pool: dict, work: str, sizes, requests: int, models, 
                 verdicts = {}
                 for bank in bank_sizes:
                     checks = gate_checks(full.with_shadows(bank), before_utility, utility, thresholds,
-                                         FORGET_SEED + number)
+                                         FORGET_SEED + number, removed_share=size / len(train_rows))
                     verdicts[str(bank)] = {"verdict": verdict_of(checks), "checks": [_brief(c) for c in checks]}
                 judged.append({"size": size, "request": number, "model": model, "seconds": seconds,
                                "utility": utility, "before_utility": before_utility, "judgements": verdicts})
@@ -392,6 +392,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus", type=int, default=2, help="Ray tasks at once (one torch thread each)")
     p.add_argument("--alpha", type=float, default=defaults.alpha)
     p.add_argument("--max-acc-drop", type=float, default=defaults.max_acc_drop)
+    p.add_argument("--acc-drop-per-share", type=float, default=defaults.acc_drop_per_share)
     p.add_argument("--permutations", type=int, default=defaults.permutations)
     p.add_argument("--estimate", action="store_true", help="print the cost of what is left, run nothing")
     p.add_argument("--table-only", action="store_true", help="judge the stored scores again; train nothing")
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     bank_sizes = [int(k) for k in args.bank_sizes.split(",")]
     if max(bank_sizes) > args.shadows:
         raise SystemExit(f"--bank-sizes {args.bank_sizes} asks for more than --shadows {args.shadows}")
-    thresholds = GateThresholds(args.alpha, args.max_acc_drop, args.permutations)
+    thresholds = GateThresholds(args.alpha, args.max_acc_drop, args.acc_drop_per_share, args.permutations)
     thresholds.check()
     started = time.perf_counter()
     if not args.table_only:

@@ -100,6 +100,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-acc-drop", type=float, default=defaults.max_acc_drop,
                    help=f"gate: retain and test accuracy may fall this far below the input model's "
                         f"(default {defaults.max_acc_drop:g})")
+    p.add_argument("--acc-drop-per-share", type=float, default=defaults.acc_drop_per_share,
+                   help="gate: test accuracy may fall this much more per share of the training set the request "
+                        f"removes (default {defaults.acc_drop_per_share:g}: 0.3 x 0.1 = 0.03 more for a tenth)")
     p.add_argument("--bank", metavar="URI",
                    help="a U-LiRA shadow bank for this data and the model's training recipe (`unlearn audit-mia "
                         "--bank`, local or s3://): the gate then judges every requested sample against shadows that "
@@ -133,7 +136,8 @@ def absolute_paths(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def thresholds_of(args) -> GateThresholds:
-    thresholds = GateThresholds(alpha=args.alpha, max_acc_drop=args.max_acc_drop)
+    thresholds = GateThresholds(alpha=args.alpha, max_acc_drop=args.max_acc_drop,
+                                acc_drop_per_share=args.acc_drop_per_share)
     thresholds.check()
     return thresholds
 
@@ -199,8 +203,9 @@ def forget(args: argparse.Namespace) -> dict:
     before, after = unlearn(request_run(args, model["uri"], request_id, output_uri), splits=splits)
     phases.lap("unlearn")
 
+    counts = dict(splits.counts)
     verdict, reason, gate = judge(args, meta, index, checked.train, reference, model["uri"], output_uri, (before, after),
-                                  thresholds, bank)
+                                  thresholds, bank, counts["forget"] / (counts["forget"] + counts["retain"]))
     phases.lap("gate")
     passed = verdict == ACCEPTED
     output = place_output(args.out, request_id, after, verdict)
@@ -238,16 +243,17 @@ def forget(args: argparse.Namespace) -> dict:
 
 
 def judge(args, meta, index, request_ids, reference: tuple, input_uri: str, output_uri: str, runs, thresholds,
-          bank: BankUse | None) -> tuple[str, str | None, dict]:
+          bank: BankUse | None, removed_share: float) -> tuple[str, str | None, dict]:
     """(verdict, reason, the record's `gate`): the forgetting checks on the input and the unlearned model's
-    per-sample figures, and the utility checks on their Ray evaluation (`runs`: the two records)."""
+    per-sample figures, and the utility checks on their Ray evaluation (`runs`: the two records;
+    `removed_share`: the request's share of the training set)."""
     before, after = runs
     gate = {"passed": False, "verdict": REJECTED, "thresholds": thresholds.as_dict(), "checks": [],
             "reference": {"split": "val", "samples": len(reference)}, "bank": None}
     if after.status != "ok":
         return REJECTED, after.error, gate
     evidence, bank_summary = request_evidence(args, meta, index, request_ids, reference, input_uri, output_uri, bank)
-    checks = gate_checks(evidence, before.metrics, after.metrics, thresholds, args.seed)
+    checks = gate_checks(evidence, before.metrics, after.metrics, thresholds, args.seed, removed_share)
     verdict = verdict_of(checks)
     reason = {ACCEPTED: None, REJECTED: "; ".join(failed_checks(checks)),
               NOT_VERIFIABLE: unverifiable_reason(checks)}[verdict]

@@ -252,7 +252,7 @@ def gate_of(scenario: str) -> tuple[list[dict], int]:
     count = 1 if scenario == "one_id" else 30
     w = world(3, count)
     after = scores(w, 0.0, request_right=True if scenario == "right_on_all" else None)
-    return gate_checks(evidence(w, after), UTILITY, UTILITY, THRESHOLDS, seed=0), count
+    return gate_checks(evidence(w, after), UTILITY, UTILITY, THRESHOLDS, seed=0, removed_share=count / 800), count
 
 
 NEVER_SAW = "treats the requested samples like samples it never saw"

@@ -109,7 +109,7 @@ def evidence(w, after: SampleScores) -> Evidence:
 
 
 def judged(ev: Evidence, after_utility=UTILITY):
-    checks = gate_checks(ev, UTILITY, after_utility, THRESHOLDS, seed=0)
+    checks = gate_checks(ev, UTILITY, after_utility, THRESHOLDS, seed=0, removed_share=0.0)
     return verdict_of(checks), {c["check"]: c for c in checks}
 
 
@@ -186,6 +186,12 @@ def test_a_utility_drop_or_an_unmeasured_utility_figure_rejects():
     ev = evidence(w, scores(w, 0.0))
     verdict, checks = judged(ev, {"acc_retain": 1.0, "acc_test": 0.69})
     assert verdict == REJECTED and checks["acc_test"]["outcome"] == FAILED and checks["acc_test"]["limit"] == 0.70
+    # Removing a tenth of the training set allows 0.3 x 0.1 more test accuracy to go; not more retain accuracy.
+    checks = {c["check"]: c for c in gate_checks(ev, UTILITY, {"acc_retain": 0.94, "acc_test": 0.69}, THRESHOLDS, 0,
+                                                removed_share=0.1)}
+    assert checks["acc_test"]["limit"] == pytest.approx(0.67) and checks["acc_test"]["passed"]
+    assert not checks["acc_retain"]["passed"] and "of the training set the request removes" in checks["acc_test"][
+        "meaning"]
     verdict, checks = judged(ev, {"acc_retain": None, "acc_test": 0.75})
     assert verdict == REJECTED and not checks["acc_retain"]["passed"]
 
@@ -225,6 +231,6 @@ def test_verdict_rules_and_threshold_checks():
     assert verdict_of([{**forgetting, "outcome": NO_POWER}, {"kind": "utility", "outcome": PASSED}]) == NOT_VERIFIABLE
     assert verdict_of([forgetting, {"kind": "utility", "outcome": FAILED}]) == REJECTED
     for bad, message in (({"alpha": 1.5}, "--alpha"), ({"max_acc_drop": -0.1}, "--max-acc-drop"),
-                         ({"permutations": 10}, "permutations")):
+                         ({"permutations": 10}, "permutations"), ({"acc_drop_per_share": -1}, "per-share")):
         with pytest.raises(ConfigError, match=message):
             GateThresholds(**bad).check()

@@ -24,8 +24,10 @@ is rejected by a forgetting check with probability at most alpha (Bonferroni). A
 unchanged model is therefore never accepted: wherever a check has power, its own p-value fails it.
 benchmarks/gate_acceptance.py measures the rates on digits-hard.
 
-Utility: retain and test accuracy may fall at most `max_acc_drop` below the input model's. A utility figure that
-could not be measured fails.
+Utility: retain accuracy may fall at most `max_acc_drop` below the input model's, test accuracy that plus
+`acc_drop_per_share` times the share of the training set the request removes (a model retrained without 300 of
+digits-hard's 800 training samples loses up to 0.15 test accuracy: losing data costs accuracy). A utility figure
+that could not be measured fails.
 """
 
 from __future__ import annotations
@@ -50,11 +52,13 @@ PASSED, FAILED, NO_POWER, NOT_MEASURED = "passed", "failed", "no_power", "not_me
 @dataclass(frozen=True)
 class GateThresholds:
     """alpha: the chance that a model which never saw the samples is rejected by the forgetting checks (split
-    evenly between them); max_acc_drop: how far retain and test accuracy may fall below the input model's.
-    Defaults from benchmarks/gate_acceptance.py on digits-hard (README "Deletion requests")."""
+    evenly between them); max_acc_drop: how far retain and test accuracy may fall below the input model's, test
+    accuracy acc_drop_per_share more per share of the training set removed. Defaults from
+    benchmarks/gate_acceptance.py on digits-hard (README "Deletion requests")."""
 
     alpha: float = 0.05
     max_acc_drop: float = 0.05
+    acc_drop_per_share: float = 0.3
     permutations: int = 10_000  # Monte Carlo draws per test: p-values resolved to 1e-4
 
     def as_dict(self) -> dict:
@@ -65,6 +69,8 @@ class GateThresholds:
             raise ConfigError(f"--alpha must lie strictly between 0 and 1, not {self.alpha}")
         if self.max_acc_drop < 0:
             raise ConfigError(f"--max-acc-drop must be 0 or more, not {self.max_acc_drop}")
+        if self.acc_drop_per_share < 0:
+            raise ConfigError(f"--acc-drop-per-share must be 0 or more, not {self.acc_drop_per_share}")
         if self.permutations < 1000:
             raise ConfigError(f"the gate needs at least 1000 permutations per test, not {self.permutations}")
 
@@ -289,25 +295,32 @@ def _forgetting_check(spec: CheckSpec, after: TestResult, before: TestResult, le
             "samples": after.tested, "reference_samples": after.reference, "untested": after.untested + unscored}
 
 
-def utility_checks(before: dict, after: dict, thresholds: GateThresholds) -> list[dict]:
-    """Retain and test accuracy at most `max_acc_drop` below the input model's (Ray evaluation figures)."""
+def utility_checks(before: dict, after: dict, thresholds: GateThresholds, removed_share: float) -> list[dict]:
+    """Retain accuracy at most `max_acc_drop` below the input model's, test accuracy at most that plus
+    `acc_drop_per_share` x `removed_share` (the request's share of the training set) below (Ray evaluation)."""
+    test_drop = thresholds.max_acc_drop + thresholds.acc_drop_per_share * removed_share
     checks = []
-    for split, words in (("retain", "the samples it keeps"), ("test", "held-out test samples")):
+    for split, words, drop in (("retain", "the samples it keeps", thresholds.max_acc_drop),
+                               ("test", "held-out test samples", test_drop)):
         key = f"acc_{split}"
         measured, reference = after.get(key), before.get(key)
-        limit = None if reference is None else reference - thresholds.max_acc_drop
+        limit = None if reference is None else reference - drop
         passed = measured is not None and limit is not None and measured >= limit
+        why = (f" ({thresholds.max_acc_drop:g}, plus {thresholds.acc_drop_per_share:g} x the {removed_share:.1%} of "
+               "the training set the request removes)" if split == "test" and removed_share else "")
         checks.append({"check": key, "kind": UTILITY, "meaning": f"The model still classifies {words} as well as "
-                       f"before, within {thresholds.max_acc_drop:.2f}", "measured": measured, "limit": limit,
+                       f"before, within {drop:.3g}{why}", "measured": measured, "limit": limit,
                        "direction": "at least", "passed": passed, "outcome": PASSED if passed else FAILED,
                        "input_value": reference})
     return checks
 
 
-def gate_checks(evidence: Evidence, before: dict, after: dict, thresholds: GateThresholds, seed: int) -> list[dict]:
+def gate_checks(evidence: Evidence, before: dict, after: dict, thresholds: GateThresholds, seed: int,
+                removed_share: float) -> list[dict]:
     """Every check of a request: the forgetting checks on `evidence`, then the utility checks on the input and the
-    unlearned model's Ray-evaluation metrics `before` / `after`."""
-    return forgetting_checks(evidence, thresholds, seed) + utility_checks(before, after, thresholds)
+    unlearned model's Ray-evaluation metrics `before` / `after`; `removed_share`: the request's share of the
+    training set."""
+    return forgetting_checks(evidence, thresholds, seed) + utility_checks(before, after, thresholds, removed_share)
 
 
 def verdict_of(checks: list[dict]) -> str:
