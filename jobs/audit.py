@@ -16,7 +16,8 @@ import sys
 
 from jobs.common import add_endpoint_flag, apply_endpoint, run_main
 from pipeline.deletion.anchor import head_problems
-from pipeline.deletion.chain import adopt_head, anchored_problems, dataset_problems, removals_of, verify_chain
+from pipeline.deletion.chain import (ACCEPTED, adopt_head, anchored_problems, dataset_problems, removals_of,
+                                     verify_chain)
 from pipeline.deletion.gate import NOT_VERIFIABLE
 from pipeline.errors import ConfigError, DataError
 from pipeline.train.console import log
@@ -60,13 +61,31 @@ def history_lines(entries) -> list[str]:
 
 
 def open_requests(records: list[dict]) -> str | None:
-    """A line naming the not-verifiable requests: recorded, but nothing was forgotten or removed for them."""
-    unsettled = [str(r.get("request_id")) for r in records if r.get("verdict") == NOT_VERIFIABLE]
-    if not unsettled:
+    """A line on the not-verifiable requests: recorded, but nothing was forgotten or removed for them, unless a later
+    accepted request named the same ids (equal HMAC of the list under the same key: partial overlaps need the key)."""
+    def same_ids(record: dict) -> tuple:
+        return (record.get("request") or {}).get("ids_hmac"), (record.get("id_key") or {}).get("version")
+
+    settled, unsettled = [], []
+    for position, record in enumerate(records):
+        if record.get("verdict") != NOT_VERIFIABLE:
+            continue
+        later = next((r for r in records[position + 1:] if r.get("verdict") == ACCEPTED
+                      and same_ids(r) == same_ids(record)), None)
+        if later:
+            settled.append(f"{record.get('request_id')} (by {later.get('request_id')})")
+        else:
+            unsettled.append(str(record.get("request_id")))
+    if not settled and not unsettled:
         return None
-    return (f"{len(unsettled)} request(s) not verifiable, still open: {', '.join(unsettled)}. Their models were not "
-            "released and their samples are still in the data; ask again with `unlearn forget --bank` (a U-LiRA "
-            "shadow bank judges every sample) or as part of a larger request")
+    line = f"{len(settled) + len(unsettled)} request(s) not verifiable"
+    if settled:
+        line += f"; settled later by an accepted request for the same ids: {', '.join(settled)}"
+    if unsettled:
+        line += (f"; still open: {', '.join(unsettled)}. Their models were not released and their samples are still in "
+                 "the data: ask again with `unlearn forget --bank` (a U-LiRA shadow bank judges every sample) or as "
+                 "part of a larger request")
+    return line
 
 
 def readable_records(entries) -> list[dict]:
@@ -114,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         + ("" if args.no_data_check or not removals else
            f"; the samples its {len(removals)} accepted request(s) removed are still gone from the data")
         + f"; head record sha256 {entries[-1].sha256}")
-    if open_requests(records):
-        log(open_requests(records))
+    unverified = open_requests(records)
+    if unverified:
+        log(unverified)
     if not checked:
         log("note: without --expect-head or --anchor, removing the last records or re-sealing the chain after an "
             "edit cannot be detected; keep the head sha256 above elsewhere, or anchor the chain")

@@ -315,3 +315,18 @@ def test_the_receipt_renders_in_a_real_headless_browser(tmp_path, scenario, word
     with Image.open(shot) as image:
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert image.size == (1200, 1600) and colours is not None and len(colours) > 50  # drawn, not a blank page
+
+
+def test_the_audit_lists_not_verifiable_requests_as_open_until_the_same_ids_are_accepted():
+    from jobs.audit import open_requests
+
+    def record(request_id, verdict, ids_hmac, version="k1"):
+        return {"request_id": request_id, "verdict": verdict, "request": {"ids_hmac": ids_hmac},
+                "id_key": {"version": version}}
+
+    records = [record("r1", NOT_VERIFIABLE, "a"), record("r2", NOT_VERIFIABLE, "b"), record("r3", ACCEPTED, "a"),
+               record("r4", NOT_VERIFIABLE, "c"), record("r5", ACCEPTED, "c", version="k2")]
+    line = open_requests(records)
+    assert line.startswith("3 request(s) not verifiable") and "same ids: r1 (by r3)" in line
+    assert "still open: r2, r4." in line  # r5's list is digested under another key: not shown to be the same
+    assert open_requests([record("r1", ACCEPTED, "a"), record("r2", REJECTED, "b")]) is None

@@ -189,7 +189,7 @@ def test_a_one_id_request_without_a_bank_is_not_verifiable_and_changes_nothing(c
     assert "NOT VERIFIABLE" in printed and "--bank" in printed
     assert "Not verifiable." in storage.read_text(f"{chain['uri']}/receipts/r4.html")
     assert run_main(audit.main, [chain["uri"], "--no-data-check"]) == 0
-    assert "1 request(s) not verifiable, still open: r4" in capsys.readouterr().out
+    assert "1 request(s) not verifiable; still open: r4" in capsys.readouterr().out
 
 
 def flip_last_byte(uri: str) -> bytes:
