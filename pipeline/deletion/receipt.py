@@ -128,12 +128,23 @@ OUTCOME_WORDS = {PASSED: ('<span class="ok">no difference</span>'), FAILED: '<sp
                  '</span>'}
 
 
+def _what_was_done(method: dict, seconds) -> str:
+    run = f"seed {method['seed']}, {method['workers']} worker(s)"
+    if method["name"] == "retrain":
+        done = f"The model was retrained from scratch without the requested samples (method <b>retrain</b>, {run})"
+    else:
+        done = (f"The model was changed with the unlearning method <b>{escape(method['name'])}</b> ({run}), without "
+                "retraining from scratch,")
+    return f"{done} in {_number(seconds, 1)} seconds from start to verdict."
+
+
 def _checks_intro(record: dict) -> str:
     alpha = record["gate"]["thresholds"].get("alpha")
     level = (f" A model that truly never saw them differs by more than chance in at most {alpha:.0%} of requests; "
              "each check's share of that is its required p-value.") if alpha else ""
-    return ("<p>No retrained model is needed: the requested samples are compared, class by class, with samples the "
-            f"model never saw (the validation split).{escape(level)} A check counts only if it can tell the model "
+    bank = " and, with the shadow bank, sample by sample" if record["gate"].get("bank") else ""
+    return ("<p>No retrained model is needed: the requested samples are compared, class by class" + bank + ", with "
+            f"samples the model never saw (the validation split).{escape(level)} A check counts only if it can tell the model "
             "before unlearning, which trained on the samples, from one that never saw them; where it cannot, it says "
             "nothing either way (\"cannot tell\").</p>")
 
@@ -212,9 +223,7 @@ from the model below.{missing} The list itself is not stored; its fingerprint, k
 operator can tell which list it names, is <code>{escape(request['ids_hmac'])}</code>.</p>
 
 <h2>What was done</h2>
-<p>The model was changed with the unlearning method <b>{escape(method['name'])}</b> (seed {method['seed']},
-{method['workers']} worker(s)) in {_number(seconds, 1)} seconds from start to verdict, without retraining from
-scratch. The original file was not modified.</p>
+<p>{_what_was_done(method, seconds)} The original file was not modified.</p>
 <table>
 <tr><th>Model given</th><td><code>{escape(record['input_model']['uri'])}</code><br>sha256
 <code>{escape(record['input_model']['sha256'])}</code><br><span class="muted">trusted by:
