@@ -150,14 +150,18 @@ def test_forgotten_class_samples_are_gaussian_noise(original_metrics, safemax_me
 
 
 @pytest.mark.quality
-def test_early_steps_switch_changes_retention(digits, trained, evaluate, safemax_metrics):
+def test_early_steps_switch_is_used_and_both_settings_forget(digits, trained, evaluate, original_metrics,
+                                                             safemax_metrics):
+    """t_min changes what SAFEMax trains, and both settings forget and keep the other classes. Which keeps them
+    better is not asserted: with the tests' 30-epoch DDPM t >= 100 led by 34.1 vs 46.5 FID proxy before training
+    passes folded their short last batch, and by 25.0 vs 24.0 after, on two CPUs alike (docs/diffusion.md)."""
     model, _, _ = _unlearn(digits, trained, {"t_min": 0})
     all_steps = evaluate(model)
     print(f"t >= 100: retain {safemax_metrics['acc_retain_gen']:.3f} FID proxy {safemax_metrics['fid_proxy']:.1f}; "
           f"all t: retain {all_steps['acc_retain_gen']:.3f} FID proxy {all_steps['fid_proxy']:.1f}")
-    assert all_steps["acc_forget_gen"] <= CHANCE + FORGET_MARGIN  # it forgets too ...
-    assert safemax_metrics["fid_proxy"] <= all_steps["fid_proxy"] - 5  # ... but damages the other classes more
-    assert safemax_metrics["acc_retain_gen"] >= all_steps["acc_retain_gen"]
+    assert all_steps["acc_forget_gen"] <= CHANCE + FORGET_MARGIN
+    assert all_steps["acc_retain_gen"] >= original_metrics["acc_retain_gen"] - RETAIN_MARGIN
+    assert all_steps["fid_proxy"] != safemax_metrics["fid_proxy"]  # t_min reached the method
 
 
 def test_relearning_attack_reports_each_checkpoint(digits, trained):

@@ -170,7 +170,9 @@ def test_jsd_is_the_per_sample_mean_and_does_not_depend_on_forget_set_size():
         p_unlearned = torch.softmax(unlearned(forget.images).double(), dim=1).numpy()
         p_gold = torch.softmax(gold(forget.images).double(), dim=1).numpy()
     assert jsd["once"] == pytest.approx(scipy_js(p_unlearned, p_gold).mean(), rel=1e-9)
-    assert jsd["twice"] == pytest.approx(jsd["once"], rel=1e-12)
+    # A sum instead of a mean would double it; the copies share batches with other samples than the originals do,
+    # and float32 logits change in their last bits with the batch (the kernel depends on its shape).
+    assert jsd["twice"] == pytest.approx(jsd["once"], rel=1e-6)
     assert 0.01 < jsd["once"] < LN2  # the two models really differ, so the equality above says something
 
 

@@ -183,12 +183,13 @@ DIVERGING_LR = 1e6  # LoTUS's loss is NaN within the first epoch: the trial is r
 def paused_then_resumed_sweep(original_evaluated_once, digits_hard_uri, original_checkpoint, tmp_path_factory):
     """One 4-trial LoTUS sweep (grid over lr, ASHA) that every real-sweep test reads, since each Train fit costs
     10-20 s on 2 CPU cores: paused after its first trial, then resumed to the end. One of its learning rates
-    wrecks the model, so the same sweep also shows the feasibility rule at work."""
+    wrecks the model, so the same sweep also shows the feasibility rule at work. In stream mode: a trial's Train
+    worker starts its data warm-up tasks inside Tune's placement group, where they once waited forever."""
     out = tmp_path_factory.mktemp("lotus-sweep") / "run"
     argv = sweep_argv(digits_hard_uri, original_checkpoint, out, "--trials", "4", "--search", "grid",
                       "--scheduler", "asha", "--set", "lotus.alpha=8",
                       "--space", f"lotus.lr=grid:1e-4,3e-5,{DESTRUCTIVE_LR:g},{DIVERGING_LR:g}", "--pause-after", "1",
-                      *(["--mlflow"] if importlib.util.find_spec("mlflow") else []))
+                      "--data-mode", "stream", *(["--mlflow"] if importlib.util.find_spec("mlflow") else []))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         paused = sweep_job.sweep(sweep_job.parser().parse_args(argv))

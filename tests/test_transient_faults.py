@@ -302,8 +302,8 @@ def test_a_streamed_run_through_faults_and_an_outage_ends_as_one_without_them(ru
 
 def _sweep(proxy, data: str, out, original: str) -> list[dict]:
     """A 2-trial LoTUS sweep (one epoch per trial, one worker); its trials, by learning rate. Its data mode is the
-    default (memory for digits): each trial's driver reads the shards from S3. (With --data-mode stream, a trial's
-    Train worker sat 11 minutes, until killed, in loop.py's ray.get(warm_up_data_workers()), py-spy showed.)"""
+    default (memory for digits): each trial's driver reads the shards from S3. (tests/test_sweep.py runs its sweep in
+    stream mode, where a trial's Train worker once waited forever on its data warm-up.)"""
     unlearn_command("sweep", "--data", data, "--s3-endpoint", proxy.endpoint, "--original", original,
                     "--methods", "lotus", "--forget", FORGET_SPEC, "--seed", str(SEED), "--trials", "2",
                     "--search", "grid", "--scheduler", "fifo", "--space", "lotus.lr=grid:1e-4,3e-5",
