@@ -15,13 +15,13 @@ import argparse
 import sys
 
 from jobs.common import add_endpoint_flag, apply_endpoint, run_main
+from jobs.paths import absolute
 from pipeline.deletion.anchor import head_problems
 from pipeline.deletion.chain import (ACCEPTED, adopt_head, anchored_problems, dataset_problems, removals_of,
                                      verify_chain)
 from pipeline.deletion.gate import NOT_VERIFIABLE
 from pipeline.errors import ConfigError, DataError
 from pipeline.train.console import log
-from pipeline.train.runner import absolute
 
 
 def parser() -> argparse.ArgumentParser:
@@ -102,7 +102,7 @@ def readable_records(entries) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     apply_endpoint(args)
-    chain, anchor = absolute(args.chain), absolute(args.anchor) if args.anchor else None
+    chain, anchor = absolute(args.chain), absolute(args.anchor)
     if args.anchor_head and not anchor:
         raise ConfigError("--anchor-head needs --anchor: the anchor to add the head to")
     entries, problems = verify_chain(chain)

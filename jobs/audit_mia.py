@@ -25,6 +25,7 @@ import os
 import sys
 
 from jobs.common import add_mlflow_flag, check_mlflow, track
+from jobs.paths import absolute, absolute_spec
 from pipeline import storage
 from pipeline.config import parse_overrides
 from pipeline.errors import ConfigError
@@ -71,18 +72,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def absolute(uri: str | None) -> str | None:
-    """Local paths made absolute here, at the job's edge: Ray tasks run in other working directories."""
-    if uri is None or storage.is_s3(uri):
-        return uri
-    return os.path.abspath(uri)
-
-
-def absolute_forget(spec: str) -> str:
-    kind, sep, arg = spec.partition(":")
-    return f"ids:{absolute(arg)}" if kind == "ids" and sep and arg else spec
-
-
 def method_settings_from(method: str, pairs: list[str]) -> dict:
     if method not in REGISTRY:
         raise ConfigError(f"unknown method {method!r}; available: {', '.join(REGISTRY)}")
@@ -104,7 +93,7 @@ def audit_spec(args: argparse.Namespace):
     from pipeline.runs.spec import DataSpec
 
     return AuditSpec(data=DataSpec(uri=absolute(args.data), verify=not args.no_verify, s3_endpoint=args.s3_endpoint),
-                     model=absolute(args.model), forget=absolute_forget(args.forget), method=args.method,
+                     model=absolute(args.model), forget=absolute_spec(args.forget), method=args.method,
                      bank=absolute(args.bank), out=absolute(args.out), shadows=args.shadows, variant=args.variant,
                      settings=method_settings_from(args.method, args.set), recipe=recipe_from(args.recipe),
                      seed=args.seed, bank_seed=args.bank_seed, original=absolute(args.original),

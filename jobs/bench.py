@@ -30,6 +30,7 @@ import time
 import yaml
 
 from jobs.common import add_endpoint_flag, add_mlflow_flag, add_verbose_flag, apply_endpoint, check_mlflow, run_main, track
+from jobs.paths import absolute, absolute_spec
 from jobs.report import publish, regression_check
 from pipeline import storage
 from pipeline.config import deep_merge, load_yaml, parse_overrides, typed_values
@@ -146,6 +147,25 @@ def load_config(uri: str, overrides: list[str] = (), seeds: list[int] | None = N
     if methods:
         config["methods"] = [name for entry in methods for name in entry.split(",") if name]
     validate_config(config, uri)
+    return absolute_config(config)
+
+
+# The config's values that name local files or folders: made absolute from the folder the bench was started in, so
+# the Ray workers (which run elsewhere) and a rerun from another folder find the same ones. URIs stay as they are.
+CONFIG_PATHS = (("out",), ("models",), ("best_configs",), ("data", "uri"), ("model", "weights"),
+                ("original", "checkpoint"), ("original", "weights"), ("u_lira", "bank"))
+CONFIG_SPECS = (("forget",), ("data", "source"))  # ids:FILE, imagefolder:PATH
+
+
+def absolute_config(config: dict) -> dict:
+    """The config with every local path in it absolute (CONFIG_PATHS, and the paths inside CONFIG_SPECS)."""
+    for keys, make in [*((keys, absolute) for keys in CONFIG_PATHS), *((keys, absolute_spec) for keys in CONFIG_SPECS)]:
+        *parents, last = keys
+        section = config
+        for key in parents:
+            section = section[key]
+        if isinstance(section.get(last), str):
+            section[last] = make(section[last])
     return config
 
 
@@ -251,6 +271,8 @@ def check_prepared_from(data: dict, meta) -> None:
         return
     wanted = source_for(data["source"], int(data["seed"]), SyntheticSpec(**data["synthetic"])).describe()
     found = {key: meta.extra.get(key) for key in wanted}
+    if isinstance(found.get("source"), str):  # imagefolder:PATH recorded relative, before paths were made absolute
+        found["source"] = absolute_spec(found["source"])
     if found != wanted:
         differs = ", ".join(f"{key}: {found[key]} there, {wanted[key]} configured"
                             for key in wanted if found[key] != wanted[key])
@@ -267,10 +289,19 @@ def _reusable(folder: str, fingerprint: dict) -> dict | None:
     if not (storage.exists(storage.join(folder, "model.pt")) and storage.exists(info_uri)):
         return None
     info = json.loads(storage.read_text(info_uri))
-    if info["fingerprint"] != fingerprint:
+    if _with_absolute_paths(info["fingerprint"]) != fingerprint:
         raise ConfigError(f"{folder} holds a model made from other settings ({info['fingerprint']}); "
                           f"remove it or point `models` elsewhere (wanted {fingerprint})")
     return info
+
+
+def _with_absolute_paths(fingerprint):
+    """A stored fingerprint with the relative paths that models made before paths were made absolute recorded
+    (`data`, `weights`) read from the current folder, where such a bench ran: its models stay reusable."""
+    if isinstance(fingerprint, dict):
+        return {key: absolute(value) if key in ("data", "weights") and isinstance(value, str) else
+                _with_absolute_paths(value) for key, value in fingerprint.items()}
+    return fingerprint
 
 
 def data_fingerprint(data: str, fingerprint: dict) -> dict:
@@ -557,11 +588,11 @@ def main(argv: list[str] | None = None) -> int:
     if load_yaml(args.config).get("family", "classifier") == "diffusion":
         return diffusion_bench(args, argv)
     config = load_config(args.config, args.set, args.seeds, args.methods, args.best_configs)
-    run_uri = args.out or default_run_uri(config)
+    run_uri = absolute(args.out) or default_run_uri(config)
     log(f"bench {config['name'] or args.config}: {len(config['methods'])} method(s) x seeds {config['seeds']} "
         f"-> {run_uri}")
     check_mlflow(args.mlflow, run_uri)
-    return run_bench(config, run_uri, args.compare, mlflow=args.mlflow)
+    return run_bench(config, run_uri, [absolute(uri) for uri in args.compare], mlflow=args.mlflow)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import sys
 import tempfile
 
 from jobs.common import add_endpoint_flag, apply_endpoint, run_main
+from jobs.paths import absolute_args
 from pipeline import storage
 from pipeline.data.shards import read_meta
 from pipeline.errors import ConfigError
@@ -68,7 +69,7 @@ def table(results: dict[str, IngestResult]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = absolute_args(parser().parse_args(argv), paths=("data", "out"))
     if args.passes < 1 or args.workers < 1 or (args.processes is not None and args.processes < 0):
         raise ConfigError("--passes and --workers must be at least 1, --processes at least 0")
     apply_endpoint(args)

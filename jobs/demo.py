@@ -15,6 +15,7 @@ from pathlib import Path
 
 from jobs import bench
 from jobs.common import add_verbose_flag, apply_endpoint, run_main
+from jobs.paths import absolute_args
 from pipeline import storage
 from pipeline.train.console import log
 
@@ -43,7 +44,7 @@ def demo_config(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = absolute_args(parser().parse_args(argv), paths=("out", "config"))
     started = time.perf_counter()
     apply_endpoint(args)
     config = demo_config(args)

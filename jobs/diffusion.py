@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from jobs.common import add_data_flags, add_ray_flags, apply_endpoint, data_spec, ray_resources, run_main
+from jobs.paths import absolute, absolute_args, absolute_spec
 from pipeline.config import parse_overrides
 from pipeline.methods import DIFFUSION_REGISTRY
 
@@ -54,11 +55,17 @@ def diffusion_run(args: argparse.Namespace):
                         name=args.name, overwrite=args.overwrite, evaluation=evaluation, ray=ray_resources(args))
 
 
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line parsed, its local paths made absolute (the workers run in folders of their own)."""
+    return absolute_args(parser().parse_args(argv),
+                         paths=("data", "original", "classifier", "out", "inception_weights"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """`unlearn run --family diffusion ...` (all of its argv, `--family diffusion` included)."""
     from pipeline.diffusion.driver import run_diffusion
 
-    args = parser().parse_args(argv)
+    args = arguments(argv)
     apply_endpoint(args)
     run_diffusion(diffusion_run(args))
     return 0
@@ -84,14 +91,26 @@ def is_diffusion_config(config_uri: str) -> bool:
     return load_yaml(config_uri).get("family") == "diffusion"
 
 
+def absolute_bench_paths(config: dict) -> dict:
+    """The diffusion bench config with its local paths absolute: out, data.uri, data.source (imagefolder:PATH) and
+    evaluation.inception_weights, which the Ray workers read from folders of their own."""
+    config["out"] = absolute(config["out"])
+    config["data"]["uri"] = absolute(config["data"]["uri"])
+    config["data"]["source"] = absolute_spec(config["data"].get("source"))
+    evaluation = config.get("evaluation") or {}
+    if evaluation.get("inception_weights"):
+        evaluation["inception_weights"] = absolute(evaluation["inception_weights"])
+    return config
+
+
 def bench_main(argv: list[str] | None = None) -> int:
     """`unlearn bench --config CONFIG ...` for a config with `family: diffusion` (the same argv `unlearn bench` got)."""
     from jobs.report import publish
     from pipeline.diffusion.bench import load_bench_config, run_bench
 
     args, _ = bench_parser().parse_known_args(argv)
-    config = load_bench_config(args.config, args.set, args.seeds, args.workers)
-    publish([run_bench(config, args.out)], title=config.get("name"))
+    config = absolute_bench_paths(load_bench_config(args.config, args.set, args.seeds, args.workers))
+    publish([run_bench(config, absolute(args.out))], title=config.get("name"))
     return 0
 
 

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from jobs.common import add_data_flags, add_floor_flag, add_ray_flags, apply_endpoint, data_spec, ray_resources, run_main
+from jobs.paths import absolute_args
 from pipeline.runs.evaluate import evaluate
 from pipeline.runs.spec import EvalSpec
 
@@ -36,8 +37,14 @@ def eval_spec(args: argparse.Namespace) -> EvalSpec:
                     ray=ray_resources(args))
 
 
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line parsed, its local paths made absolute (the workers run in folders of their own)."""
+    return absolute_args(parser().parse_args(argv), paths=("data", "model", "original", "gold", "out"),
+                         specs=("forget",))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = arguments(argv)
     apply_endpoint(args)
     evaluate(eval_spec(args))
     return 0

@@ -32,6 +32,7 @@ import uuid
 
 from jobs.common import (add_data_flags, add_floor_flag, add_mlflow_flag, add_ray_flags, apply_endpoint, check_mlflow,
                          data_spec, method_overrides, ray_resources, run_main, track)
+from jobs.paths import absolute_args
 from pipeline import storage
 from pipeline.data import removal
 from pipeline.data.id_lists import check_training_ids, read_sample_ids
@@ -129,10 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 def absolute_paths(args: argparse.Namespace) -> argparse.Namespace:
     """Every local path typed, made absolute once: the workers run elsewhere, and the chain and the dataset name
     each other by URI (a relative path would name another place from another folder)."""
-    for name in ("data", "model", "ids", "out", "anchor", "bank"):
-        if getattr(args, name):
-            setattr(args, name, absolute(getattr(args, name)))
-    return args
+    return absolute_args(args, paths=("data", "model", "ids", "out", "anchor", "bank"))
 
 
 def thresholds_of(args) -> GateThresholds:

@@ -10,6 +10,7 @@ import sys
 import time
 
 from pipeline.data.converters import SyntheticSpec, prepare
+from jobs.paths import absolute_args
 from pipeline.errors import ConfigError
 
 # jobs.common is imported inside main: its imports (Ray Data, torch) take seconds, and prepare's worker
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.common import apply_endpoint
     from pipeline.train.console import log
 
-    args = parser().parse_args(argv)
+    args = absolute_args(parser().parse_args(argv), paths=("out",), specs=("source",))
     if args.procs is not None and args.procs < 1:
         raise ConfigError(f"--procs must be 1 or more, not {args.procs}")
     if args.shard_mb <= 0:

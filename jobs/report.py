@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from jobs.common import add_endpoint_flag, apply_endpoint, run_main
+from jobs.paths import absolute_args
 from pipeline.config import load_yaml
 from pipeline.errors import ConfigError
 from pipeline.results.aggregate import summarize
@@ -74,7 +75,7 @@ def publish(run_uris: list[str], out: str | None = None, previous_uris: list[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = absolute_args(parser().parse_args(argv), paths=("runs", "out", "compare", "bands"))
     apply_endpoint(args)
     bands = read_bands(args.bands)
     publish(args.runs, args.out, args.compare, bands, args.title)

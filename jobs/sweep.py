@@ -29,6 +29,7 @@ import yaml
 
 from jobs.common import (add_data_flags, add_endpoint_flag, add_mlflow_flag, add_ray_flags, apply_endpoint,
                          check_mlflow, data_spec, ray_resources, run_main)
+from jobs.paths import absolute_args
 from pipeline import storage
 from pipeline.errors import ConfigError
 from pipeline.methods import method_class
@@ -273,9 +274,8 @@ def sweep_tracking(uri: str, experiment: str, plan, run_uri: str) -> dict:
 def sweep(args: argparse.Namespace) -> SweepOutcome:
     """A new sweep under args.out."""
     apply_endpoint(args)
-    for key in ("out", "data", "original", "gold"):  # stored for --resume, which may run from another folder
-        if getattr(args, key):
-            setattr(args, key, absolute(getattr(args, key)))
+    # Stored for --resume, which may run from another folder; Tune and the trials' workers run elsewhere too.
+    absolute_args(args, paths=("out", "data", "original", "gold", "spaces"), specs=("forget",))
     if storage.exists(state_uri(args.out)):
         raise ConfigError(f"{args.out} already holds a sweep: continue it with --resume {args.out}, "
                           "or give a new --out")
@@ -287,7 +287,7 @@ def sweep(args: argparse.Namespace) -> SweepOutcome:
 def resume(run_uri: str, pause_after: int | None = None, s3_endpoint: str | None = None) -> SweepOutcome:
     """Continue the sweep stored at run_uri with the arguments it was started with."""
     apply_endpoint(argparse.Namespace(s3_endpoint=s3_endpoint))  # before reading the state from S3
-    state = load_state(run_uri)
+    state = load_state(absolute(run_uri))
     # Arguments added since the sweep started take their defaults.
     args = argparse.Namespace(**{"data_mode": "auto", "cache_mb": DEFAULT_CACHE_MB, **state["arguments"]})
     args.s3_endpoint = s3_endpoint or args.s3_endpoint

@@ -9,6 +9,7 @@ import sys
 
 from jobs.common import (add_data_flags, add_mlflow_flag, add_overwrite_flag, add_ray_flags, apply_endpoint,
                          check_mlflow, data_spec, ray_resources, run_main, track)
+from jobs.paths import absolute_args
 from pipeline.config import parse_overrides
 from pipeline.runs.spec import TrainSpec
 from pipeline.runs.train import train
@@ -46,8 +47,13 @@ def train_spec(args: argparse.Namespace) -> TrainSpec:
                      recipe=recipe, overwrite=args.overwrite, ray=ray_resources(args))
 
 
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line parsed, its local paths made absolute (the workers run in folders of their own)."""
+    return absolute_args(parser().parse_args(argv), paths=("data", "out", "weights"), specs=("forget",))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = arguments(argv)
     apply_endpoint(args)
     check_mlflow(args.mlflow, args.out)
     result = train(train_spec(args))

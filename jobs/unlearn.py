@@ -9,6 +9,7 @@ import sys
 
 from jobs.common import (add_data_flags, add_floor_flag, add_mlflow_flag, add_overwrite_flag, add_ray_flags,
                          apply_endpoint, check_mlflow, data_spec, method_overrides, ray_resources, run_main, track)
+from jobs.paths import absolute_args
 from pipeline.methods import REGISTRY
 from pipeline.runs.spec import MethodRun, RunSpec
 from pipeline.runs.unlearn import unlearn
@@ -58,13 +59,18 @@ def run_spec(args: argparse.Namespace) -> RunSpec:
                    floor_draws=args.floor_draws, ray=ray_resources(args))
 
 
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line parsed, its local paths made absolute (the workers run in folders of their own)."""
+    return absolute_args(parser().parse_args(argv), paths=("data", "original", "gold", "out"), specs=("forget",))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if family(argv) == "diffusion":
         from jobs import diffusion
 
         return diffusion.main(argv)
-    args = parser().parse_args(argv)
+    args = arguments(argv)
     apply_endpoint(args)
     check_mlflow(args.mlflow, args.out)
     track(args.mlflow, args.out, unlearn(run_spec(args)))

@@ -22,6 +22,7 @@ from collections import defaultdict
 import numpy as np
 
 from jobs.common import run_main
+from jobs.paths import absolute_args
 from pipeline import storage
 from pipeline.errors import DataError, UnlearnError
 from pipeline.results.records import load_records
@@ -157,7 +158,7 @@ def log_floors(floors: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = absolute_args(parser().parse_args(argv), paths=("run", "config", "out"))
     run_uris = args.run
     if args.config:
         from jobs import bench

@@ -272,6 +272,32 @@ def test_a_first_request_needs_a_model_something_vouches_for(digits_hard_uri, or
     assert not (tmp_path / "chain").exists()
 
 
+def test_a_request_typed_with_relative_paths_is_recorded_absolute_and_audits_from_any_folder(
+        ray_session, digits_hard_uri, original_checkpoint, tmp_path, monkeypatch, capsys):
+    """Issue 34: every path typed relative (data, model, ids, chain) from one folder; the request runs to its record
+    (a 1-id request: not verifiable, exit 3, so nothing is removed from the data), the record names absolute paths,
+    and `unlearn audit` verifies the chain from another folder."""
+    work = tmp_path / "work"
+    shutil.copytree(digits_hard_uri, work / "data")
+    vouched_model(original_checkpoint, str(work / "production"))
+    (work / "request.txt").write_text(training_ids(str(work / "data"))[0] + "\n")
+    monkeypatch.chdir(work)
+    argv = ["--data", "data", "--model", "production/model.pt", "--ids", "request.txt", "--out", "chains/production",
+            "--request-id", "rel", "--seed", str(SEED), "--max-failures", "0", "--set", "lotus.epochs=1",
+            "--floor-draws", "0", "--no-verify"]
+    status, printed = run_job(forget.main, argv)
+    assert status == 3, printed
+    record = read_chain(str(work / "chains/production"))[0].record()
+    assert record["data"]["uri"] == str(work / "data") and record["request"]["ids_file"] == str(work / "request.txt")
+    assert record["input_model"]["uri"] == str(work / "production/model.pt")
+    assert record["output_model"]["uri"] == str(work / "chains/production/unverified/rel.pt")
+    assert os.path.exists(record["output_model"]["uri"])
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert run_main(audit.main, ["work/chains/production"]) == 0, capsys.readouterr().err
+    assert "every link and file verified" in capsys.readouterr().out
+
+
 def test_an_attacker_with_the_chain_and_the_shard_index_but_no_key_recovers_no_id(chain):
     """Everything stored for the chain (records, tombstones, receipts, models, the Ray runs, the anchor) and every
     training id the dataset held: hashing each id with everything the chain holds finds none of the forgotten ids.
