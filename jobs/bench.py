@@ -8,7 +8,9 @@ ratio can be read off the table. Then report.md / report.csv / PNGs / report.htm
 the run URI, and the table, the LoTUS / retrain time ratio and the report path are printed.
 
 `--compare PREVIOUS_RUN_URI`: the nightly regression check. Every per-method mean that moved beyond the
-config's tolerance bands is printed with how far it moved, and the exit status is 1.
+config's tolerance bands is printed with how far it moved, and the exit status is 1. A previous run that holds no
+records (the first night, or one after a skipped night) is compared with nothing: said at the start and in the
+report, exit status 0.
 
 Rerunning with the same `--out` continues an interrupted run: (method, seed) rows that already have a
 record are not run again, so a rerun of a finished run only rebuilds the report (and the check).
@@ -31,7 +33,7 @@ import yaml
 
 from jobs.common import add_endpoint_flag, add_mlflow_flag, add_verbose_flag, apply_endpoint, check_mlflow, run_main, track
 from jobs.paths import absolute, absolute_spec
-from jobs.report import publish, regression_check
+from jobs.report import publish, regression_check, warn_without_records
 from pipeline import storage
 from pipeline.config import deep_merge, load_yaml, parse_overrides, typed_values
 from pipeline.data.converters import SyntheticSpec, prepare, source_for
@@ -592,7 +594,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"bench {config['name'] or args.config}: {len(config['methods'])} method(s) x seeds {config['seeds']} "
         f"-> {run_uri}")
     check_mlflow(args.mlflow, run_uri)
-    return run_bench(config, run_uri, [absolute(uri) for uri in args.compare], mlflow=args.mlflow)
+    compare_with = [absolute(uri) for uri in args.compare]
+    warn_without_records(compare_with)
+    return run_bench(config, run_uri, compare_with, mlflow=args.mlflow)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pipeline.config import load_yaml
 from pipeline.errors import ConfigError
 from pipeline.results.aggregate import summarize
 from pipeline.results.records import load_records
-from pipeline.results.regression import DEFAULT_BANDS, compare, format_regressions, validate_bands
+from pipeline.results.regression import DEFAULT_BANDS, compare_with_previous, nothing_to_compare, validate_bands
 from pipeline.results.report import write_report
 from pipeline.results.tables import diffusion_markdown, is_diffusion, markdown_table
 from pipeline.train.console import log
@@ -52,11 +52,21 @@ def read_bands(uri: str | None) -> dict:
 
 
 def regression_check(run_uris: list[str], previous_uris: list[str], bands: dict) -> bool:
-    """Print what moved beyond its band and by how much; True when anything regressed."""
-    regressions = compare(load_records(*run_uris), load_records(*previous_uris), bands)
+    """Print what moved beyond its band and by how much; True when anything regressed. Previous runs without
+    records (the first night, a skipped one) are said to be so, not an error."""
+    comparison = compare_with_previous(load_records(*run_uris), previous_uris, bands)
     log(f"== regression check against {', '.join(previous_uris)} ==")
-    log(format_regressions(regressions))
-    return any(regression.is_failure for regression in regressions)
+    log(comparison.text)
+    return comparison.regressed
+
+
+def warn_without_records(previous_uris: list[str]) -> None:
+    """Said before any compute: a --compare run without records is compared with nothing (a typo shows here)."""
+    from pipeline.results.records import has_records
+
+    missing = [uri for uri in previous_uris if not has_records(uri)]
+    if missing:
+        log(f"--compare: {nothing_to_compare(missing)} The report will say so.")
 
 
 def publish(run_uris: list[str], out: str | None = None, previous_uris: list[str] | None = None,
@@ -78,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = absolute_args(parser().parse_args(argv), paths=("runs", "out", "compare", "bands"))
     apply_endpoint(args)
     bands = read_bands(args.bands)
+    warn_without_records(args.compare)
     publish(args.runs, args.out, args.compare, bands, args.title)
     if args.compare and regression_check(args.runs, args.compare, bands):
         return EXIT_REGRESSED

@@ -185,6 +185,12 @@ def _parse_record(uri: str) -> ResultRecord:
     return ResultRecord.from_dict(values, source=uri)
 
 
+def has_records(run_uri: str) -> bool:
+    """Whether a run URI holds any result record (a missing S3 bucket is still an error, not "no records")."""
+    storage.ensure_bucket(run_uri)
+    return bool(storage.list_files(storage.join(run_uri, RECORDS_DIR), ".json"))
+
+
 def load_records(*run_uris: str) -> list[ResultRecord]:
     """Every record stored under the given run URIs, in run-URI then run_id order."""
     if not run_uris:

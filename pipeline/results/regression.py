@@ -25,7 +25,7 @@ from typing import Iterable
 
 from pipeline.errors import ConfigError
 from pipeline.results.aggregate import MethodSummary, summarize
-from pipeline.results.records import ResultRecord
+from pipeline.results.records import ResultRecord, has_records, load_records
 
 WORSE_WHEN = {
     "acc_forget": "either", "mia": "either",
@@ -161,6 +161,38 @@ def _describe(regression: Regression) -> str:
     relative_text = "" if relative is None or math.isinf(relative) else f", {relative:+.1%}"
     return (f"- {where} {regression.metric}: {_number(regression.previous)} → {_number(regression.current)} "
             f"({regression.change:+.4g}{relative_text}); band {regression.band}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """A run checked against previous runs: the text for the console and the report, and whether it regressed."""
+
+    text: str
+    regressed: bool
+    compared_with: tuple[str, ...]  # the previous runs that held records
+    without_records: tuple[str, ...]  # the ones that held none
+
+
+def nothing_to_compare(uris: Iterable[str]) -> str:
+    return (f"Nothing to compare with: no result records under {', '.join(uris)} (the first run, or the previous one "
+            "was skipped or stopped before recording anything). This run's records are the reference for the next.")
+
+
+def compare_with_previous(current_records: Iterable[ResultRecord], previous_uris: Iterable[str],
+                          bands: dict | None = None) -> Comparison:
+    """The regression check against the previous runs that hold records. A previous run with none is the first
+    night or one after a skipped night, not an error: after a night of GPU work the report must still be written,
+    so it is named in the text and left out, and with none left there is nothing to compare with (no regression)."""
+    previous_uris = list(previous_uris)
+    found = [uri for uri in previous_uris if has_records(uri)]
+    missing = tuple(uri for uri in previous_uris if uri not in found)
+    if not found:
+        return Comparison(nothing_to_compare(missing), False, (), missing)
+    regressions = compare(current_records, load_records(*found), bands)
+    text = format_regressions(regressions)
+    if missing:
+        text += f"\nNot compared: no result records under {', '.join(missing)}."
+    return Comparison(text, any(r.is_failure for r in regressions), tuple(found), missing)
 
 
 def format_regressions(regressions: list[Regression]) -> str:

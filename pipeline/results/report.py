@@ -21,7 +21,7 @@ from pipeline.results.aggregate import TABLE_KINDS, record_values, summarize
 from pipeline.results import exposure
 from pipeline.results.html import ULIRA_HEADING, html_ulira_section, render_html
 from pipeline.results.records import ResultRecord, load_records
-from pipeline.results.regression import compare, format_regressions
+from pipeline.results.regression import compare_with_previous
 from pipeline.results.tables import diffusion_markdown, diffusion_summary, is_diffusion, csv_text, markdown_table, markdown_time_tables
 
 DEFAULT_OUT_DIR = "report"
@@ -289,7 +289,7 @@ def write_report(run_uris: list[str] | tuple[str, ...], out_uri: str | None = No
                         "none unlearn/eval/bench or sweep-trial")
     regression_text = None
     if previous_uris:
-        regression_text = format_regressions(compare(records, load_records(*previous_uris), bands))
+        regression_text = compare_with_previous(records, previous_uris, bands).text
     title = title or f"Unlearning report: {', '.join(sorted({r.dataset for r in records}))}"
     generated = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
