@@ -125,6 +125,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--best-configs", help="a sweep's best configs YAML (overrides the config's best_configs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override any config value, e.g. --set settings.lotus.epochs=2 --set ray.workers=4")
+    p.add_argument("--cluster", metavar="FILE",
+                   help="the Ray cluster-launcher file the job runs on (cluster.yaml, local or s3://): a config whose "
+                        "ray section that cluster can never hold is refused before any work (docs/cluster.md)")
     add_endpoint_flag(p)
     add_verbose_flag(p)
     add_mlflow_flag(p)
@@ -544,6 +547,20 @@ def run_bench(config: dict, run_uri: str, compare_with: list[str] = (), mlflow: 
     return 0
 
 
+def check_cluster(ray: dict, config_uri: str, cluster_uri: str | None) -> None:
+    """With --cluster: refuse a worker group the launcher file's cluster can never start (the autoscaler would
+    wait for it all night), naming both numbers; say that it fits otherwise."""
+    if not cluster_uri:
+        return
+    from pipeline.cluster import check_fits
+
+    workers = int(ray["workers"])
+    room = check_fits(workers, bool(ray.get("gpus", False)), float(ray.get("cpus_per_worker", 1.0)),
+                      load_yaml(cluster_uri), config_uri, cluster_uri)
+    log(f"{config_uri}: {workers} Ray Train worker(s) fit {cluster_uri}, which holds up to {room.workers} "
+        f"({'; '.join(room.lines)})")
+
+
 def diffusion_bench(args: argparse.Namespace, argv: list[str]) -> int:
     """A `family: diffusion` config: the diffusion benchmark (jobs/diffusion.py, docs/diffusion.md)."""
     from jobs import diffusion
@@ -588,8 +605,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     apply_endpoint(args)
     if load_yaml(args.config).get("family", "classifier") == "diffusion":
+        from pipeline.diffusion.bench import load_bench_config
+
+        check_cluster(load_bench_config(args.config, args.set, args.seeds)["ray"], args.config, args.cluster)
         return diffusion_bench(args, argv)
     config = load_config(args.config, args.set, args.seeds, args.methods, args.best_configs)
+    check_cluster(config["ray"], args.config, args.cluster)
     run_uri = absolute(args.out) or default_run_uri(config)
     log(f"bench {config['name'] or args.config}: {len(config['methods'])} method(s) x seeds {config['seeds']} "
         f"-> {run_uri}")
