@@ -14,7 +14,7 @@ from pipeline.runs.common import use_endpoint
 from pipeline.runs.spec import DEFAULT_CACHE_MB, DataSpec, RayResources
 from pipeline.storage import ENDPOINT_ENV
 from pipeline.train.console import VERBOSE_ENV, log
-from pipeline.train.datasets import DATA_MODES
+from pipeline.train.data_modes import DATA_MODES
 
 
 def add_endpoint_flag(parser: argparse.ArgumentParser, extra: str = "") -> None:

@@ -7,12 +7,40 @@ reduce across workers through `pipeline.distributed`.
     record_metrics = summarize(result, seed)
 """
 
-from pipeline.metrics.accumulate import PairStats, SplitStats, sample_keys, softmax_entropy
-from pipeline.metrics.divergence import RetrainFreeJsd, js_divergence, kl_divergence, retrain_free_jsd
-from pipeline.metrics.evaluate import EvalPlan, EvalResult, default_plan, evaluate
-from pipeline.metrics.mia import mia_member_rate
-from pipeline.metrics.summary import avg_gap, model_metrics, summarize
+import sys
+import types
 
-__all__ = ["EvalPlan", "EvalResult", "PairStats", "RetrainFreeJsd", "SplitStats", "avg_gap", "default_plan",
-           "evaluate", "js_divergence", "kl_divergence", "mia_member_rate", "model_metrics", "retrain_free_jsd",
-           "sample_keys", "softmax_entropy", "summarize"]
+# Names are loaded from their submodule on first use (PEP 562): `from pipeline.metrics import ulira`, which the
+# deletion gate and the command line's flag checks need, must not pull in torch through `accumulate`.
+_SOURCES = {
+    "PairStats": "accumulate", "SplitStats": "accumulate", "sample_keys": "accumulate", "softmax_entropy": "accumulate",
+    "RetrainFreeJsd": "divergence", "js_divergence": "divergence", "kl_divergence": "divergence",
+    "retrain_free_jsd": "divergence",
+    "EvalPlan": "evaluate", "EvalResult": "evaluate", "default_plan": "evaluate", "evaluate": "evaluate",
+    "mia_member_rate": "mia",
+    "avg_gap": "summary", "model_metrics": "summary", "summarize": "summary",
+}
+
+__all__ = sorted(_SOURCES)
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value) -> None:
+        # Importing a submodule binds it to its name here; `evaluate` names both a submodule and the function this
+        # package exports, and the function must win whichever is imported first (as when this file was eager).
+        if name in _SOURCES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str):
+    if name not in _SOURCES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{_SOURCES[name]}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value

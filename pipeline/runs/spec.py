@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pipeline.errors import ConfigError
-from pipeline.train.datasets import DATA_MODES
-from pipeline.train.ray_sources import DEFAULT_CACHE_MB
+from pipeline.train.data_modes import DATA_MODES, DEFAULT_CACHE_MB
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # names of files under an output URI
 

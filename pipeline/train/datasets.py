@@ -24,6 +24,7 @@ from pipeline.data.images import decode_batch
 from pipeline.data.shards import DatasetMeta, open_shard, read_shard_part, read_table, shard_uris
 from pipeline.data.splits import STORED_SPLITS, Splits
 from pipeline.methods.harness import retain_subset_mask
+from pipeline.train.data_modes import DATA_MODES, IN_MEMORY_LIMIT_BYTES  # noqa: F401  (defined torch-free)
 
 
 @dataclass(frozen=True)
@@ -268,11 +269,6 @@ def _row_group_datasource_class():
             return tasks
 
     return _RowGroupDatasource
-
-
-# Decoded data below this is read once by the driver and held in Ray's object store (see plan_sets).
-IN_MEMORY_LIMIT_BYTES = 256 * 1024**2
-DATA_MODES = ("auto", "memory", "stream")
 
 
 def decoded_bytes(meta: DatasetMeta, image_size: int) -> int:

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from pipeline.data.sources import concat, fold_short_last
+from pipeline.train.data_modes import DEFAULT_CACHE_MB  # noqa: F401  (defined torch-free)
 
 # Rows are shuffled within windows of consecutive units of at least this many rows (a streamed pass cannot
 # shuffle a whole set). 2,048 digits are 2 MB, but 2,048 decoded 224 px images are 300 MB per worker, so the
 # window is capped in bytes too.
 SHUFFLE_WINDOW_ROWS = 2048
 SHUFFLE_WINDOW_BYTES = 64 * 1024**2
-DEFAULT_CACHE_MB = 4096
 
 
 def shuffle_window_rows(row_bytes: int | None) -> int:
