@@ -12,7 +12,6 @@ import sys
 
 from jobs.common import add_data_flags, add_floor_flag, add_ray_flags, apply_endpoint, data_spec, ray_resources, run_main
 from jobs.paths import absolute_args
-from pipeline.runs.evaluate import evaluate
 from pipeline.runs.spec import EvalSpec
 
 
@@ -46,7 +45,11 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = arguments(argv)
     apply_endpoint(args)
-    evaluate(eval_spec(args))
+    spec = eval_spec(args)
+    spec.check()  # flag errors first: the evaluation code below imports torch and Ray, seconds on a small machine
+    from pipeline.runs.evaluate import evaluate
+
+    evaluate(spec)
     return 0
 
 

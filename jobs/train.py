@@ -12,7 +12,6 @@ from jobs.common import (add_data_flags, add_mlflow_flag, add_overwrite_flag, ad
 from jobs.paths import absolute_args
 from pipeline.config import parse_overrides
 from pipeline.runs.spec import TrainSpec
-from pipeline.runs.train import train
 
 
 def parser() -> argparse.ArgumentParser:
@@ -56,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     args = arguments(argv)
     apply_endpoint(args)
     check_mlflow(args.mlflow, args.out)
-    result = train(train_spec(args))
+    spec = train_spec(args)
+    spec.check()  # flag errors first: the training code below imports torch and Ray, seconds on a small machine
+    from pipeline.runs.train import train
+
+    result = train(spec)
     track(args.mlflow, args.out, [result["record"]])
     return 0
 

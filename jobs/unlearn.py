@@ -12,7 +12,6 @@ from jobs.common import (add_data_flags, add_floor_flag, add_mlflow_flag, add_ov
 from jobs.paths import absolute_args
 from pipeline.methods import REGISTRY
 from pipeline.runs.spec import MethodRun, RunSpec
-from pipeline.runs.unlearn import unlearn
 
 
 def parser() -> argparse.ArgumentParser:
@@ -73,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     args = arguments(argv)
     apply_endpoint(args)
     check_mlflow(args.mlflow, args.out)
-    track(args.mlflow, args.out, unlearn(run_spec(args)))
+    spec = run_spec(args)
+    spec.check()  # flag errors first: the run's code below imports torch and Ray, seconds on a small machine
+    from pipeline.runs.unlearn import unlearn
+
+    track(args.mlflow, args.out, unlearn(spec))
     return 0
 
 

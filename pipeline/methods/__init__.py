@@ -45,9 +45,14 @@ EXTENSIONS = {
 }
 
 
-def method_class(name: str):
+def check_method_name(name: str) -> None:
+    """A name the registry knows; checked from the names alone, so a typo is reported before torch loads."""
     if name not in REGISTRY:
         raise ConfigError(f"unknown method {name!r}; available: {', '.join(REGISTRY)}")
+
+
+def method_class(name: str):
+    check_method_name(name)
     module_name, class_name = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pipeline.errors import ConfigError
+from pipeline.methods import check_method_name
 from pipeline.train.data_modes import DATA_MODES, DEFAULT_CACHE_MB
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # names of files under an output URI
@@ -102,6 +103,8 @@ class RunSpec:
     def check(self) -> None:
         if not self.runs:
             raise ConfigError("a run needs at least one method")
+        for run in self.runs:
+            check_method_name(run.method)
         self.data.check()
         self.ray.check()
         check_name(self.name, "--name")
