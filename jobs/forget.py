@@ -32,7 +32,7 @@ import uuid
 
 from jobs.common import (add_data_flags, add_floor_flag, add_mlflow_flag, add_ray_flags, apply_endpoint, check_mlflow,
                          data_spec, method_overrides, ray_resources, run_main, track)
-from jobs.paths import absolute_args
+from jobs.paths import absolute, absolute_args
 from pipeline import storage
 from pipeline.data import removal
 from pipeline.data.id_lists import check_training_ids, read_sample_ids
@@ -48,13 +48,11 @@ from pipeline.deletion.gate import (FORGETTING, NOT_VERIFIABLE, GateThresholds, 
 from pipeline.deletion.keys import ALGORITHM, keyring
 from pipeline.deletion.receipt import render_receipt
 from pipeline.errors import ConfigError, DataError
-from pipeline.methods import REGISTRY, create_method
+from pipeline.methods import REGISTRY, check_method_name, create_method
 from pipeline.results.records import RECORDS_DIR, load_records, utc_now_iso
 from pipeline.runs.common import Phases, check_output_uri, versions
 from pipeline.runs.spec import SAFE_NAME, MethodRun, RunSpec
-from pipeline.runs.unlearn import method_settings, unlearn
 from pipeline.train.console import log
-from pipeline.train.runner import absolute
 
 METRICS_KEPT = ("acc_forget", "acc_retain", "acc_test", "acc_unseen", "mia", "mia_unseen", "rf_jsd", "rf_jsd_e4",
                 "rf_jsd_floor_e4", "rf_jsd_floor_std_e4", "confidence_forget", "confidence_retain",
@@ -197,6 +195,9 @@ def forget(args: argparse.Namespace) -> dict:
     log(f"request {request_id}: {len(checked.train)} training sample(s) to forget from {model['uri']} "
         f"(validated in {phases.seconds['validate']:.2f} s)")
 
+    # The run's code loads torch and Ray (seconds): only once the flags and the request have been checked.
+    from pipeline.runs.unlearn import method_settings, unlearn
+
     output_uri = location(args.out, MODELS_DIR, request_id, ".pt")
     before, after = unlearn(request_run(args, model["uri"], request_id, output_uri), splits=splits)
     phases.lap("unlearn")
@@ -323,6 +324,7 @@ def settle_dataset(chain_uri: str, data_uri: str, state: ChainState) -> None:
 
 def check_flags(args: argparse.Namespace) -> None:
     """The run's flags, checked before the request is even read."""
+    check_method_name(args.method)
     data_spec(args).check()
     ray_resources(args).check()
     check_output_uri(args.out)
