@@ -8,11 +8,16 @@ import sys
 
 from jobs.common import run_main
 from pipeline.methods import DIFFUSION_REGISTRY, EXTENSIONS, METHOD_NOTES, REGISTRY, create_diffusion_method, method_class
-from pipeline.methods.base import UnlearningMethod
+
+
+def parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog="unlearn methods", description=__doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="unlearn methods", description=__doc__).parse_args(argv)
+    parser().parse_args(argv)
+    from pipeline.methods.base import UnlearningMethod  # torch: after --help and flag errors, which need none
+
     for name in REGISTRY:
         cls = method_class(name)
         settings = {**UnlearningMethod.defaults, **cls.defaults}

@@ -23,28 +23,29 @@ import dataclasses
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import yaml
 
 from jobs.common import (add_data_flags, add_endpoint_flag, add_mlflow_flag, add_ray_flags, apply_endpoint,
                          check_mlflow, data_spec, ray_resources, run_main)
-from jobs.paths import absolute_args
+from jobs.paths import absolute, absolute_args
 from pipeline import storage
 from pipeline.errors import ConfigError
-from pipeline.methods import method_class
-from pipeline.results.records import rebuild_parquet
+from pipeline.methods import check_method_name
 from pipeline.runs.common import open_dataset
-from pipeline.runs.evaluate import evaluate
 from pipeline.runs.spec import DEFAULT_CACHE_MB, DataSpec, EvalSpec, MethodRun, RunSpec
-from pipeline.runs.unlearn import method_settings
 from pipeline.train.console import log
-from pipeline.train.runner import absolute, init_ray
-from tuning.callbacks import PauseAfter
-from tuning.objective import FeasibilityRule
-from tuning.outputs import best_settings, write_best_configs, write_heatmap, write_table
 from tuning.spaces import SPACES_DIR, constants, epoch_budget, grid_points, method_space, tuned_keys
-from tuning.tuner import MethodPlan, default_concurrency, run_experiment, trial_rows, trials_frame
+
+if TYPE_CHECKING:  # names in annotations only
+    import pandas as pd
+
+    from tuning.objective import FeasibilityRule
+    from tuning.tuner import MethodPlan
+
+# Ray Tune, torch and pandas (the tuner, the trials' runs, the outputs) are imported inside the functions that use
+# them: `unlearn sweep --help` and a flag error then answer at once instead of after seconds of imports.
 
 STATE_NAME = "sweep.yaml"
 ORIGINAL_DIR = "original"
@@ -122,12 +123,14 @@ def method_names(text: str) -> list[str]:
     if not names:
         raise ConfigError("--methods names no method")
     for name in names:
-        method_class(name)  # an unknown name fails here with the list of methods
+        check_method_name(name)  # an unknown name fails here with the list of methods
     return names
 
 
 def resolved_space(method: str, args: argparse.Namespace) -> dict:
     """The method's space with overrides, its keys checked against the method's settings."""
+    from pipeline.runs.unlearn import method_settings
+
     space = method_space(method, args.spaces, args.space, args.set)
     method_settings(method, {**constants(space), **grid_points(space, 1)[0]})  # unknown keys fail here
     return space
@@ -160,6 +163,8 @@ def verified_data(args: argparse.Namespace) -> DataSpec:
 
 def evaluate_original(args: argparse.Namespace) -> dict:
     """Evaluate the original once per sweep: the reference for the feasibility rule."""
+    from pipeline.runs.evaluate import evaluate
+
     spec = EvalSpec(data=verified_data(args), model=args.original, out=storage.join(args.out, ORIGINAL_DIR),
                     forget=args.forget, seed=args.seed, label="original", ray=ray_resources(args))
     record = evaluate(spec)
@@ -180,6 +185,9 @@ def trial_context(args: argparse.Namespace, method: str, rule: FeasibilityRule) 
 
 
 def method_plans(args: argparse.Namespace, spaces: dict, rule: FeasibilityRule) -> list[MethodPlan]:
+    from pipeline.runs.unlearn import method_settings
+    from tuning.tuner import MethodPlan, default_concurrency
+
     concurrency = args.max_concurrent or default_concurrency(args.workers, args.cpus_per_worker, args.gpus)
     return [MethodPlan(method=method, space=space, trials=args.trials, search=args.search, scheduler=args.scheduler,
                        epochs=epoch_budget(space, int(method_settings(method).get("epochs", 1))),
@@ -201,6 +209,12 @@ def summary_line(method: str, frame: pd.DataFrame, best: dict | None) -> str:
 
 
 def write_outputs(plans: list[MethodPlan], run_uri: str) -> SweepOutcome:
+    import pandas as pd
+
+    from pipeline.results.records import rebuild_parquet
+    from tuning.outputs import best_settings, write_best_configs, write_heatmap, write_table
+    from tuning.tuner import trial_rows, trials_frame
+
     frames = {plan.method: trials_frame(trial_rows(plan, run_uri)) for plan in plans}
     table = pd.concat(frames.values(), ignore_index=True)
     written = write_table(table, run_uri)
@@ -223,6 +237,11 @@ def write_outputs(plans: list[MethodPlan], run_uri: str) -> SweepOutcome:
 
 def run_sweep(args: argparse.Namespace, state: dict, pause_after: int | None = None) -> SweepOutcome:
     """Run (or continue) every method's experiment in turn, then write the outputs."""
+    from pipeline.train.runner import init_ray
+    from tuning.callbacks import PauseAfter
+    from tuning.objective import FeasibilityRule
+    from tuning.tuner import run_experiment
+
     started = time.perf_counter()
     run_uri = absolute(args.out)  # Tune and the trials' workers need an absolute local path
     tracking = check_mlflow(getattr(args, "mlflow", None), run_uri)
