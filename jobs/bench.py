@@ -67,7 +67,9 @@ data:
   synthetic: {}                    # synthetic and synthetic-imagenet: {classes: 10, size: null,
                                    #   train_per_class: 20, val_per_class: 5, test_per_class: 5}; size is the
                                    #   stored square size for synthetic (null: 64), the model-input crop of
-                                   #   the ~500x375 JPEGs for synthetic-imagenet (null: 224)
+                                   #   the ~500x375 JPEGs for synthetic-imagenet (null: 224), the model input
+                                   #   of imagefolder (null: the images' own size when they share one square
+                                   #   size, else 224 by the ImageNet transform; docs/own-data.md)
   verify: true                     # sha256 the shards once at the start (the jobs then skip it)
 model:
   name: cnn                        # cnn | timm name | vit_b_16 | resnet50 | torchvision:NAME
@@ -265,6 +267,9 @@ def ensure_data(config: dict) -> str:
     meta = prepare(data["source"], data["uri"], seed=int(data["seed"]), synthetic=SyntheticSpec(**data["synthetic"]),
                    progress=log)
     log(f"prepared {meta.name}: {meta.counts}")
+    from jobs.prepare import input_line
+
+    log(input_line(meta))
     return data["uri"]
 
 

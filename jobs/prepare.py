@@ -32,11 +32,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--procs", type=int, default=None,
                    help="worker processes building shards (default: one per CPU)")
     add_endpoint_flag(p)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="the model's input size: the stored size for synthetic (default 64), the crop for "
+                        "synthetic-imagenet (default 224); for imagefolder: images sharing one square size keep "
+                        "it by default (resized whole to this size when given, never cropped), images of several "
+                        "sizes take the ImageNet transform at this size (default 224)")
     g = p.add_argument_group("synthetic and synthetic-imagenet")
     g.add_argument("--classes", type=int, default=10)
-    g.add_argument("--image-size", type=int, default=None,
-                   help="input-size hint: the stored size for synthetic (default 64), the crop for "
-                        "synthetic-imagenet (default 224)")
     g.add_argument("--train-per-class", type=int, default=20)
     g.add_argument("--val-per-class", type=int, default=5)
     g.add_argument("--test-per-class", type=int, default=5)
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--procs must be 1 or more, not {args.procs}")
     if args.shard_mb <= 0:
         raise ConfigError(f"--shard-mb must be positive, not {args.shard_mb}")
+    if args.image_size is not None and args.image_size < 1:
+        raise ConfigError(f"--image-size must be 1 or more, not {args.image_size}")
     apply_endpoint(args)
     synthetic = SyntheticSpec(args.classes, args.image_size, args.train_per_class, args.val_per_class,
                               args.test_per_class)
@@ -61,7 +65,35 @@ def main(argv: list[str] | None = None) -> int:
     log(f"prepared {meta.name} at {args.out}: {meta.counts} in {len(meta.shards)} shard(s), "
         f"{meta.num_classes} classes, input {meta.height}x{meta.width}x{meta.channels} by {meta.resize} "
         f"({time.perf_counter() - started:.1f} s in all)")
+    log(input_line(meta))
+    warning = other_sizes(args.out, meta)
+    if warning:
+        log(warning)
     return 0
+
+
+def other_sizes(uri: str, meta) -> str | None:
+    """The size was chosen from a probe of the images; with their own size kept (squash), say how many stored
+    images have another size: they are resized whole to it, their aspect changed (every row stores its size)."""
+    if meta.resize != "squash" or not str(meta.extra.get("source", "")).startswith("imagefolder:"):
+        return None
+    from pipeline.data.shards import read_table
+
+    table = read_table(uri, meta, ["sample_id", "width", "height"]).to_pylist()
+    odd = [row for row in table if (row["width"], row["height"]) != (meta.width, meta.height)]
+    if not odd:
+        return None
+    first = odd[0]
+    return (f"WARNING: {len(odd)} of {len(table)} images are not {meta.width}x{meta.height} (e.g. {first['sample_id']}, "
+            f"{first['width']}x{first['height']}): the model sees them resized whole to {meta.width}x{meta.height}, "
+            f"their aspect changed. Make them one size, or prepare again with --overwrite after removing them")
+
+def input_line(meta) -> str:
+    """The input size and normalisation the training jobs will use, and why (ImageFolder: the probe's choice)."""
+    how = {"squash": "whole images, no crop", "shorter_side_crop": "shorter side resized, centre crop"}[meta.resize]
+    reason = meta.extra.get("input_choice")
+    return (f"model input {meta.height}x{meta.width}, {meta.channels} channel(s), {how}; normalisation mean "
+            f"{meta.mean} std {meta.std}" + (f" ({reason})" if reason else ""))
 
 
 if __name__ == "__main__":

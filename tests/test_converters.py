@@ -71,7 +71,8 @@ def test_imagefolder_converter(tmp_path):
     index = read_index(str(tmp_path / "shards"), meta)
     assert "train/dog/3.jpg" in index.column("sample_id").to_pylist()
     sources, _ = load_sources(str(tmp_path / "shards"))
-    assert sources["train"].images.shape[1:] == (3, 224, 224)  # the ImageNet eval transform's input
+    # every image is 12x12: their own size, whole (tests/test_imagefolder_size.py; several sizes take 224 below)
+    assert sources["train"].images.shape[1:] == (3, 12, 12) and meta.resize == "squash"
 
 
 def test_imagefolder_keeps_each_file_byte_for_byte_at_its_own_size(tmp_path):

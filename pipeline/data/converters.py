@@ -315,22 +315,64 @@ class SyntheticImagenetSource(Source):
 
 # ---------------------------------------------------------------- imagefolder
 
-CHANNEL_PROBE_IMAGES = 16
+PROBE_IMAGES = 16  # training images, spread over the folder, whose headers (and pixels) decide channels and size
 GREY_MODES = ("1", "L", "LA", "I;16")
+DEFAULT_CROP = 224  # the ImageNet eval transform's input, for images of several sizes
+
+
+class InputChoice(NamedTuple):
+    """How an ImageFolder's images reach the model: size, resize mode, normalisation, and why (printed by prepare)."""
+    size: int
+    resize: str
+    mean: list[float]
+    std: list[float]
+    reason: str
+
+
+def choose_input(sizes: list[tuple[int, int]], pixels: list[np.ndarray], image_size: int | None) -> InputChoice:
+    """Images that all share one square size keep it, whole (no crop): they are the user's images, and a 32 px
+    image upscaled to 224 costs 49x the pixels for nothing (issue 34). Their normalisation is measured on the
+    probed pixels: such data is not ImageNet. Images of several sizes (or not square) take the ImageNet eval
+    transform that pretrained weights expect: shorter side to size / 0.875, centre crop, ImageNet mean and std.
+    `image_size` (prepare --image-size) sets the input size either way; a shared square size is resized whole to it.
+
+    sizes: (width, height) of each probed image; pixels: the same images as float [H, W, C] arrays in [0, 1]."""
+    shared = sorted(set(sizes))
+    count = len(sizes)
+    if len(shared) == 1 and shared[0][0] == shared[0][1]:
+        own = shared[0][0]
+        size = image_size or own
+        values = np.concatenate([p.reshape(-1, p.shape[-1]) for p in pixels])
+        mean = [round(float(v), 4) for v in values.mean(axis=0)]
+        std = [round(max(float(v), 1 / 255), 4) for v in values.std(axis=0)]  # a flat probe must not divide by 0
+        how = "kept, no resize or crop" if size == own else f"each resized whole to {size} px as asked, no crop"
+        return InputChoice(size, "squash", mean, std,
+                           f"all {count} probed images are {own}x{own}: their own size, {how}; normalisation "
+                           f"measured on their pixels")
+    channels = pixels[0].shape[-1] if pixels else 3
+    size = image_size or DEFAULT_CROP
+    found = "of several sizes" if len(shared) > 1 else f"{shared[0][0]}x{shared[0][1]}, not square"
+    return InputChoice(size, "shorter_side_crop", IMAGENET_MEAN[:channels], IMAGENET_STD[:channels],
+                       f"the {count} probed images are {found}: the ImageNet eval transform (shorter side to "
+                       f"{int(size / 0.875)} px, centre crop {size}) and ImageNet's normalisation, as pretrained "
+                       f"weights expect{'' if image_size else '; --image-size sets another size'}")
 
 
 @dataclass(frozen=True)
 class ImageFolderSource(Source):
     """`root/train/<class>/*`, `root/val/<class>/*`; val is split in halves (D_u, D_test) by a seeded hash.
 
-    Images are stored byte for byte as found (never re-encoded), at whatever size they have; the model's
-    input comes from the ImageNet eval transform (`shorter_side_crop`, hint 224)."""
+    Images are stored byte for byte as found (never re-encoded), at whatever size they have; how they reach the
+    model is chosen from a probe of the training images (choose_input): their own size when they share one
+    square size, else the ImageNet eval transform. `image_size` (prepare --image-size) sets the input size."""
     root: str
     seed: int
+    image_size: int | None = None
     read_threads: int = 8  # file reads overlap: S3 latency, not bandwidth, bounds one reader
 
     def describe(self) -> dict:
-        return {"source": f"imagefolder:{self.root}", "seed": self.seed}
+        asked = {"image_size": self.image_size} if self.image_size else {}  # absent: datasets from before match
+        return {"source": f"imagefolder:{self.root}", "seed": self.seed, **asked}
 
     def _images_under(self, split: str) -> list[str]:
         return [f for f in storage.list_files(storage.join(self.root, split)) if f.lower().endswith(IMAGE_SUFFIXES)]
@@ -345,21 +387,27 @@ class ImageFolderSource(Source):
         unknown = sorted({_class_of(f) for f in val_files} - set(label_of))
         if unknown:
             raise DataError(f"imagefolder {self.root}: val has classes missing from train: {unknown[:10]}")
-        channels = self._probe_channels([train_files[i] for i in spread(CHANNEL_PROBE_IMAGES, len(train_files))])
+        channels, choice = self._probe([train_files[i] for i in spread(PROBE_IMAGES, len(train_files))])
         meta = DatasetMeta(name=os.path.basename(str(self.root).rstrip("/")) or "imagefolder",
-                           num_classes=len(class_names), class_names=class_names, height=224, width=224,
-                           channels=channels, encoding="source", mean=IMAGENET_MEAN[:channels],
-                           std=IMAGENET_STD[:channels], resize="shorter_side_crop")
+                           num_classes=len(class_names), class_names=class_names, height=choice.size,
+                           width=choice.size, channels=channels, encoding="source", mean=choice.mean, std=choice.std,
+                           resize=choice.resize, extra={"input_choice": choice.reason})
         rows = [PlannedRow(_relative_id(uri), label_of[_class_of(uri)], "train", uri) for uri in train_files]
         for uri in val_files:
             split = "val" if hash_unit(self.seed, "val-half", _relative_id(uri)) < 0.5 else "test"
             rows.append(PlannedRow(_relative_id(uri), label_of[_class_of(uri)], split, uri))
         return in_seeded_order(meta, rows, self.seed)  # listed in sorted path order: class by class
 
-    def _probe_channels(self, uris: list[str]) -> int:
-        """1 when every probed image is greyscale, else 3 (colour images decode to RGB, greys are repeated)."""
-        modes = [image_header(data, _relative_id(uri))[1] for uri, data in zip(uris, self.images(uris))]
-        return 1 if all(mode in GREY_MODES for mode in modes) else 3
+    def _probe(self, uris: list[str]) -> tuple[int, InputChoice]:
+        """Channels (1 when every probed image is greyscale, else 3: colour images decode to RGB, greys are
+        repeated) and the input choice, from the probed images' headers and pixels."""
+        images = self.images(uris)
+        headers = [image_header(data, _relative_id(uri)) for uri, data in zip(uris, images)]
+        channels = 1 if all(mode in GREY_MODES for _, mode in headers) else 3
+        pixels = [_pixels(data, channels) for data in images]
+        if self.image_size is not None and self.image_size < 1:
+            raise DataError(f"--image-size must be 1 or more, not {self.image_size}")
+        return channels, choose_input([size for size, _ in headers], pixels, self.image_size)
 
     def image(self, uri: str) -> bytes:
         return storage.read_bytes(uri)
@@ -367,6 +415,13 @@ class ImageFolderSource(Source):
     def images(self, uris: list[str]) -> list[bytes]:
         with ThreadPoolExecutor(max_workers=self.read_threads) as pool:
             return list(pool.map(storage.read_bytes, uris))
+
+
+def _pixels(data: bytes, channels: int) -> np.ndarray:
+    """An image as float [H, W, channels] in [0, 1], its colour mode converted as the decoder does."""
+    with Image.open(io.BytesIO(data)) as image:
+        converted = image.convert("L" if channels == 1 else "RGB")
+        return np.asarray(converted, dtype=np.float32).reshape(converted.size[1], converted.size[0], channels) / 255
 
 
 def _class_of(uri: str) -> str:
@@ -391,7 +446,7 @@ def source_for(source: str, seed: int = 0, synthetic: SyntheticSpec | None = Non
     if source == "synthetic-imagenet":
         return SyntheticImagenetSource(seed, replace(spec, size=spec.size or 224))
     if source.startswith("imagefolder:"):
-        return ImageFolderSource(source.split(":", 1)[1], seed)
+        return ImageFolderSource(source.split(":", 1)[1], seed, image_size=spec.size)
     raise DataError(f"unknown source {source!r}: use {SOURCES}")
 
 
