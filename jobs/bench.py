@@ -45,8 +45,6 @@ from pipeline.results.records import ResultRecord, load_records
 from pipeline.results.regression import DEFAULT_BANDS, validate_bands
 from pipeline.runs.identity import RerunRefused, with_data_removals
 from pipeline.runs.spec import DataSpec, MethodRun, RayResources, RunSpec, TrainSpec
-from pipeline.runs.train import train, training_recipe
-from pipeline.runs.unlearn import unlearn
 from pipeline.train.console import log
 
 # The one definition of the config's keys and defaults: parsed into DEFAULTS, shown by --help.
@@ -355,6 +353,8 @@ def train_model(spec: TrainSpec) -> dict:
     """Train a model of the bench (resuming the folder's unfinished training run of the same settings, or
     taking its finished one when made.json went missing), refusing a folder whose training run has other
     settings: a stale gold model would skew every JSD and Avg Gap."""
+    from pipeline.runs.train import train  # torch and Ray: after the config and flags were checked
+
     try:
         return train(spec)
     except RerunRefused as exc:
@@ -407,11 +407,15 @@ def run_methods(config: dict, data: str, original: str, gold: str | None, gold_i
                    forget=config["forget"], seed=seed, gold=gold, floor_draws=config["floor_draws"],
                    ray=ray_resources(config))
     log(f"== seed {seed}: {', '.join(rows)} in one Ray Train fit ==")
+    from pipeline.runs.unlearn import unlearn  # torch and Ray: after the config and flags were checked
+
     return unlearn(spec, record_kind="unlearn")
 
 
 def retrain_row(config: dict, gold: str, gold_info: dict) -> MethodRun:
     """The gold model as a method run: unchanged (`original` from it), recorded as `retrain` with its training time."""
+    from pipeline.runs.train import training_recipe
+
     seconds = gold_info["train_seconds"]
 
     def finalize(record: ResultRecord) -> ResultRecord:
