@@ -21,9 +21,9 @@ from pipeline import storage
 from pipeline.data.shards import read_meta
 from pipeline.errors import ConfigError
 from pipeline.train.console import log
-from pipeline.train.datasets import DataPlan, ReadAndDecode, RowSelector, Selection, SetPlan, read_layout, read_units
-from pipeline.train.ingest import IngestResult, MemorySampler, PassTiming, cpu_count, dataloader_passes, ray_worker_loop
-from pipeline.train.runner import init_ray, run_trainer
+
+# The readers and the Ray path (torch, Ray) are imported inside the functions that use them, after the flags
+# are checked: `--help` and a flag error answer at once.
 
 
 def parser() -> argparse.ArgumentParser:
@@ -42,13 +42,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def measure_dataloader(decode: ReadAndDecode, processes: int, passes: int) -> IngestResult:
+def measure_dataloader(decode, processes: int, passes: int):
+    from pipeline.train.ingest import IngestResult, MemorySampler, dataloader_passes
+
     with MemorySampler(ray_processes=False) as memory:
         timings = dataloader_passes(decode, processes, passes)
     return memory.into(IngestResult(timings))
 
 
-def measure_ray(units, meta, image_size: int, args) -> IngestResult:
+def measure_ray(units, meta, image_size: int, args):
+    from pipeline.train.datasets import DataPlan, SetPlan
+    from pipeline.train.ingest import IngestResult, MemorySampler, PassTiming, ray_worker_loop
+    from pipeline.train.runner import init_ray, run_trainer
+
     init_ray(args.workers)
     plan = DataPlan({"train": SetPlan(tuple(units))}, meta.channels, image_size, meta.resize)
     config = {"passes": args.passes, "shuffle": not args.no_shuffle, "seed": 0, "data_plan": plan}
@@ -57,7 +63,7 @@ def measure_ray(units, meta, image_size: int, args) -> IngestResult:
     return memory.into(IngestResult([PassTiming(t["images"], t["seconds"]) for t in timings]))
 
 
-def table(results: dict[str, IngestResult]) -> list[str]:
+def table(results: dict) -> list[str]:
     lines = [f"{'path':<12}{'pass 1 img/s':>14}{'later img/s':>13}{'driver MB':>11}{'workers MB':>12}"
              f"{'store MB':>10}{'spilled MB':>12}"]
     for name, r in results.items():
@@ -73,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.passes < 1 or args.workers < 1 or (args.processes is not None and args.processes < 0):
         raise ConfigError("--passes and --workers must be at least 1, --processes at least 0")
     apply_endpoint(args)
+    from pipeline.train.datasets import ReadAndDecode, RowSelector, Selection, read_layout, read_units
+    from pipeline.train.ingest import cpu_count
+
     meta = read_meta(args.data)
     image_size = args.image_size or meta.height
     layout = read_layout(args.data, meta)
