@@ -15,12 +15,10 @@ from jobs.common import add_endpoint_flag, apply_endpoint, run_main
 from jobs.paths import absolute_args
 from pipeline.config import load_yaml
 from pipeline.errors import ConfigError
-from pipeline.results.aggregate import summarize
-from pipeline.results.records import load_records
-from pipeline.results.regression import DEFAULT_BANDS, compare_with_previous, nothing_to_compare, validate_bands
-from pipeline.results.report import write_report
-from pipeline.results.tables import diffusion_markdown, is_diffusion, markdown_table
 from pipeline.train.console import log
+
+# pipeline.results (pandas, matplotlib) is imported inside the functions below, after the flags are parsed:
+# `unlearn report --help` and a flag error answer at once.
 
 EXIT_REGRESSED = 1
 
@@ -41,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
 
 def read_bands(uri: str | None) -> dict:
     """Bands from a YAML file: either the mapping itself or a bench config's `bands:` section."""
+    from pipeline.results.regression import DEFAULT_BANDS, validate_bands
+
     if uri is None:
         return DEFAULT_BANDS
     body = load_yaml(uri)
@@ -54,6 +54,9 @@ def read_bands(uri: str | None) -> dict:
 def regression_check(run_uris: list[str], previous_uris: list[str], bands: dict) -> bool:
     """Print what moved beyond its band and by how much; True when anything regressed. Previous runs without
     records (the first night, a skipped one) are said to be so, not an error."""
+    from pipeline.results.records import load_records
+    from pipeline.results.regression import compare_with_previous
+
     comparison = compare_with_previous(load_records(*run_uris), previous_uris, bands)
     log(f"== regression check against {', '.join(previous_uris)} ==")
     log(comparison.text)
@@ -63,6 +66,7 @@ def regression_check(run_uris: list[str], previous_uris: list[str], bands: dict)
 def warn_without_records(previous_uris: list[str]) -> None:
     """Said before any compute: a --compare run without records is compared with nothing (a typo shows here)."""
     from pipeline.results.records import has_records
+    from pipeline.results.regression import nothing_to_compare
 
     missing = [uri for uri in previous_uris if not has_records(uri)]
     if missing:
@@ -72,6 +76,11 @@ def warn_without_records(previous_uris: list[str]) -> None:
 def publish(run_uris: list[str], out: str | None = None, previous_uris: list[str] | None = None,
             bands: dict | None = None, title: str | None = None, method_order: list[str] | None = None) -> dict:
     """Write the report, print its table and the path of report.html; return {file name: URI}."""
+    from pipeline.results.aggregate import summarize
+    from pipeline.results.records import load_records
+    from pipeline.results.report import write_report
+    from pipeline.results.tables import diffusion_markdown, is_diffusion, markdown_table
+
     written = write_report(run_uris, out, title=title, previous_uris=previous_uris or (), bands=bands,
                            method_order=method_order)
     records = load_records(*run_uris)
