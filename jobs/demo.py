@@ -17,6 +17,7 @@ from jobs import bench
 from jobs.common import add_verbose_flag, apply_endpoint, run_main
 from jobs.paths import absolute_args
 from pipeline import storage
+from pipeline.runs.spec import RayResources
 from pipeline.train.console import log
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -45,6 +46,7 @@ def demo_config(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = absolute_args(parser().parse_args(argv), paths=("out", "config"))
+    RayResources(workers=args.workers).check()  # before the data and the models, which take minutes
     started = time.perf_counter()
     apply_endpoint(args)
     config = demo_config(args)

@@ -24,7 +24,7 @@ import numpy as np
 from jobs.common import run_main
 from jobs.paths import absolute_args
 from pipeline import storage
-from pipeline.errors import DataError, UnlearnError
+from pipeline.errors import ConfigError, DataError, UnlearnError
 from pipeline.results.records import load_records
 from pipeline.train.console import log
 
@@ -159,6 +159,8 @@ def log_floors(floors: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = absolute_args(parser().parse_args(argv), paths=("run", "config", "out"))
+    if args.floor_draws < 0:  # before the benchmark --config runs, or the records are read
+        raise ConfigError(f"--floor-draws must be 0 or more (0: skip the floor), not {args.floor_draws}")
     run_uris = args.run
     if args.config:
         from jobs import bench
