@@ -147,18 +147,26 @@ def _command(words: list[str]) -> tuple[str, ...] | None:
     return None
 
 
+def _argvs(words: list[str], depth: int = 0):
+    """The command lines in a list of shell words, including those quoted for another shell (`ray exec ... "CMD"`)."""
+    for segment in _segments(words):
+        argv = _command(segment)
+        if argv is not None:
+            yield argv
+        elif depth < 2:
+            for word in segment:
+                if " " in word and ("unlearn" in word or "jobs." in word):
+                    yield from _argvs(_words(word) or [], depth + 1)
+
+
 def commands() -> list[Command]:
     found = []
     for path in DOCS:
         for line, text, inline in _logical_lines(path):
             if "unlearn" not in text and "jobs." not in text:
                 continue
-            words = _words(text)
-            if not words:
-                continue
-            for segment in _segments(words):
-                argv = _command(segment)
-                if argv is None or len(argv) < 2 or PLACEHOLDER.fullmatch(argv[1]):
+            for argv in _argvs(_words(text) or []):
+                if len(argv) < 2 or PLACEHOLDER.fullmatch(argv[1]):
                     continue  # `unlearn` alone, or a pattern such as `unlearn COMMAND`: not a command line
                 found.append(Command(str(path.relative_to(ROOT)), line, text.split("  # " + EXPECT_ERROR)[0],
                                      argv, fragment=inline or "..." in argv, expect_error=EXPECT_ERROR in text))
@@ -251,7 +259,7 @@ def test_the_checker_catches_what_it_should(tmp_path):
     """The checker itself: a wrong flag, a wrong module, a bad value and a missing argument fail; help passes."""
 
     def check(text, inline=False):
-        argv = next(argv for argv in map(_command, _segments(_words(text))) if argv)
+        argv = next(_argvs(_words(text)))
         return parse_error(Command("x.md", 1, text, argv, fragment=inline, expect_error=False))
 
     assert "unrecognized arguments: --no-such-flag" in check("unlearn prepare --source digits --out d --no-such-flag")
@@ -263,6 +271,8 @@ def test_the_checker_catches_what_it_should(tmp_path):
     assert check("RAY_ADDRESS=auto ray job submit --working-dir . -- python -m jobs.bench --config c.yaml") is None
     assert check("cd /srv/unlearn && .venv/bin/unlearn methods >> log 2>&1") is None
     assert "unknown command 'frobnicate'" in check("unlearn frobnicate")
+    assert "unrecognized arguments: --nope" in check(  # quoted for the head node's shell
+        'ray exec cluster.yaml "cd /home/ray/unlearn && ray job submit -- python -m jobs.bench --config c --nope"')
 
 
 def test_commands_are_found_in_blocks_and_wrapped_inline_code(tmp_path):
