@@ -364,16 +364,12 @@ def train_model(spec: TrainSpec) -> dict:
 
 def wrap_weights(config: dict, data: str, weights: str, uri: str) -> None:
     """A weights file that already is the trained model, as a project checkpoint (spec + state dict)."""
-    from pipeline.models import ModelSpec, build_model, load_weights, save_checkpoint
+    from pipeline.models import checkpoint_from_weights, spec_for_data
 
-    meta, model = read_meta(data), config["model"]
-    spec = ModelSpec(name=model["name"], num_classes=meta.num_classes, channels=meta.channels,
-                     image_size=int(model["image_size"] or meta.height),
-                     mean=list(model["mean"] or meta.mean or [0.5]), std=list(model["std"] or meta.std or [0.25]))
+    model = config["model"]
+    spec = spec_for_data(model["name"], read_meta(data), model["image_size"], model["mean"], model["std"])
     log(f"== original model: {weights} as {spec.name} ({spec.num_classes} classes, {spec.image_size} px) ==")
-    network = build_model(spec)
-    load_weights(network, weights)
-    save_checkpoint(network, spec, uri, extra={"weights": weights})
+    checkpoint_from_weights(spec, weights, uri)
 
 
 def ensure_gold(config: dict, data: str, models: str, seed: int) -> tuple[str, dict]:

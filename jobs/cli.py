@@ -12,6 +12,7 @@ COMMANDS = {
     "run": ("jobs.unlearn", "unlearn a forget set with LoTUS or a baseline through Ray Train, then evaluate"),
     "forget": ("jobs.forget", "honour a deletion request: unlearn named samples, gate the result, record it"),
     "ids": ("jobs.ids", "list the sample ids (by split, class, name pattern) to put in a deletion request"),
+    "convert-weights": ("jobs.convert_weights", "turn a raw state dict (torchvision, timm) into the checkpoint run and forget take"),
     "audit": ("jobs.audit", "verify a model's audit chain of deletion requests and print its history"),
     "eval": ("jobs.evaluate", "evaluate a model: accuracies, MIA, JSD, RF-JSD, Avg Gap"),
     "audit-mia": ("jobs.audit_mia", "audit an unlearned model with U-LiRA (per-example attack, shadow models on Ray)"),

@@ -113,10 +113,13 @@ def build_model(spec: ModelSpec) -> Classifier:
 
 
 def read_checkpoint(uri: str) -> dict:
-    """A torch file's contents, read with weights_only=True; a clear DataError for a file that is not one."""
+    """A torch file's contents, read with weights_only=True (a .safetensors file, as timm's hub files are, by
+    safetensors); a clear DataError for a file that is not one."""
     data = storage.read_bytes(uri)
     if not data:
         raise DataError(f"cannot load weights from {uri}: the file is empty")
+    if uri.lower().endswith(".safetensors"):
+        return _read_safetensors(uri, data)
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises anything from IndexError to UnpicklingError on a file that is not its own
@@ -125,16 +128,67 @@ def read_checkpoint(uri: str) -> dict:
                         f"{first_sentence})") from exc
 
 
+def _read_safetensors(uri: str, data: bytes) -> dict:
+    try:
+        from safetensors.torch import load
+    except ImportError as exc:  # timm depends on it, so it is there wherever timm is
+        raise DataError(f"cannot load {uri}: reading .safetensors needs the safetensors package") from exc
+    try:
+        return load(data)
+    except Exception as exc:  # safetensors raises its own SafetensorError (and others) on a damaged header
+        raise DataError(f"cannot load weights from {uri}: not a safetensors file ({exc})") from exc
+
+
+# Where training scripts keep the model's weights beside optimizer state, epochs and the like (timm's train.py and
+# many others: `state_dict`; others `model` or `model_state_dict`).
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+
+
+def plain_state_dict(state, uri: str) -> dict:
+    """The backbone state dict a weights file holds: the file itself (torchvision's and timm's release files), or
+    the dict under a training script's key (WRAPPER_KEYS), with the `module.` prefix DDP adds removed."""
+    if not isinstance(state, dict):
+        raise DataError(f"{uri} holds a {type(state).__name__}, not a state dict (name -> tensor)")
+    if not all(isinstance(value, torch.Tensor) for value in state.values()):
+        nested = [key for key in WRAPPER_KEYS if isinstance(state.get(key), dict)]
+        if not nested:
+            raise DataError(f"{uri} is not a state dict (name -> tensor) and has none under "
+                            f"{', '.join(WRAPPER_KEYS)}; its keys: {', '.join(map(str, list(state)[:10]))}")
+        state = state[nested[0]]
+    if state and all(str(key).startswith("module.") for key in state):
+        state = {key[len("module."):]: value for key, value in state.items()}
+    return state
+
+
 def load_weights(model: Classifier, uri: str) -> None:
-    """Load a project checkpoint or a plain backbone state dict (e.g. torchvision's official ImageNet weights)."""
+    """Load a project checkpoint or a plain backbone state dict (e.g. torchvision's official ImageNet weights,
+    timm's .safetensors, a training script's file with the weights under `state_dict`)."""
     state = read_checkpoint(uri)
     if isinstance(state, dict) and "state_dict" in state and "spec" in state:
         model.load_state_dict(state["state_dict"])
         return
     try:
-        model.backbone.load_state_dict(state)
+        model.backbone.load_state_dict(plain_state_dict(state, uri))
     except RuntimeError as exc:
         raise DataError(f"weights in {uri} do not fit this model: {str(exc)[:500]}") from exc
+
+
+def spec_for_data(name: str, meta, image_size: int | None = None, mean: list[float] | None = None,
+                  std: list[float] | None = None) -> ModelSpec:
+    """The ModelSpec of model `name` for a dataset's meta (classes, channels, input size and normalisation), each
+    overridable; the normalisation a training run on that data would give it."""
+    return ModelSpec(name=name, num_classes=meta.num_classes, channels=meta.channels,
+                     image_size=int(image_size or meta.height), mean=list(mean or meta.mean or [0.5]),
+                     std=list(std or meta.std or [0.25]))
+
+
+def checkpoint_from_weights(spec: ModelSpec, weights: str, out: str) -> str:
+    """A raw weights file (a backbone's state dict: torchvision's vit_b_16 ImageNet file, timm's) written as the
+    checkpoint `run`, `forget` and `eval` take: the model `spec` describes with every weight loaded (any missing,
+    unexpected or misshapen key is a DataError), written atomically with its spec. Returns the file's sha256."""
+    network = build_model(spec)
+    load_weights(network, weights)
+    return save_checkpoint(network, spec, out, extra={"weights": weights})
 
 
 def write_checkpoint(model: nn.Module, uri: str, **fields) -> str:
