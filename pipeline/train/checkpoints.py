@@ -1,6 +1,7 @@
 """Per-epoch Ray Train checkpoints: `model.pt` (a project checkpoint, usable as is) + `state.pt` (epoch, optimizer,
-every worker's method state: random generators and the like; the epochs' history so far), and the attempt log
-that tells which checkpoint each start of a run's workers went on from."""
+every worker's method state: random generators and the like; the epochs' history so far), the attempt log
+that tells which checkpoint each start of a run's workers went on from, and the finished runs of a multi-run fit
+(several methods in one worker group), which a restarted worker group does not run again."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pipeline.models import ModelSpec, save_checkpoint
 
 MODEL_FILE, STATE_FILE = "model.pt", "state.pt"
 ATTEMPTS_DIR = "attempts"  # under the run folder: one entry per start of the worker group
+FINISHED_DIR = "finished"  # under a multi-run fit's folder: the result of each run it finished
 
 
 def write_epoch_checkpoint(directory: str, model, spec: ModelSpec, epoch: int, optimizer,
@@ -55,3 +57,29 @@ def note_attempt(run_folder: str, resumed_after_epoch: int | None) -> None:
     now = dt.datetime.now(dt.timezone.utc)
     entry = {"time": now.isoformat(timespec="seconds"), "resumed_after_epoch": resumed_after_epoch}
     storage.write_text(storage.join(run_folder, ATTEMPTS_DIR, event_name(now)), json.dumps(entry))
+
+
+def finished_run_uri(run_folder: str, position: int, method: str) -> str:
+    return storage.join(run_folder, FINISHED_DIR, f"{position:03d}-{method}.json")
+
+
+def keep_finished_run(run_folder: str, position: int, method: str, result: dict) -> None:
+    """Rank 0, once a run of a multi-run fit is done (its model saved): its result, so that a worker group restarted
+    after a lost node goes on with the next run instead of the fit's first (issue 34). Written atomically."""
+    storage.write_text(finished_run_uri(run_folder, position, method),
+                       json.dumps(result, default=lambda value: value.item() if hasattr(value, "item") else str(value)))
+
+
+def read_finished_run(run_folder: str, position: int, method: str, model_out: str | None) -> dict | None:
+    """The kept result of that run, or None: not finished, or the model it saved is gone or changed (run it again)."""
+    uri = finished_run_uri(run_folder, position, method)
+    if not storage.exists(uri):
+        return None
+    result = json.loads(storage.read_text(uri))
+    expected = result.get("checkpoint_sha256")
+    if model_out and expected:
+        import hashlib
+
+        if not storage.exists(model_out) or hashlib.sha256(storage.read_bytes(model_out)).hexdigest() != expected:
+            return None
+    return result

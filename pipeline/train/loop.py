@@ -20,7 +20,8 @@ from pipeline.distributed import unwrap
 from pipeline.methods.accuracy import count_correct
 from pipeline.methods.base import UnlearnData
 from pipeline.models import ModelSpec, build_model, load_checkpoint, load_weights, save_checkpoint
-from pipeline.train.checkpoints import note_attempt, read_resume_state, write_epoch_checkpoint
+from pipeline.train.checkpoints import (keep_finished_run, note_attempt, read_finished_run, read_resume_state,
+                                        write_epoch_checkpoint)
 from pipeline.train.console import quiet_worker_reports
 from pipeline.train.ray_sources import DEFAULT_CACHE_MB, InputStats, worker_sources, warm_up_data_workers
 
@@ -169,7 +170,8 @@ def worker_loop(config: dict):
 
     With `config["runs"]` (a list of per-run settings: method, method_config, roles, model_out), the
     runs go one after another in the same worker group, each from the starting model: a benchmark
-    pays Ray's start-up once, not once per method. Such runs keep no epoch checkpoints.
+    pays Ray's start-up once, not once per method. Such runs keep no epoch checkpoints, but each finished run is
+    kept: a worker group restarted after a lost node goes on with the run that was in progress.
     """
     import ray
     import ray.train.torch
@@ -185,7 +187,27 @@ def worker_loop(config: dict):
     evaluator = WorkerEvaluator(sources, device)
     if "runs" not in config:
         return _run_one(config, sources, stats, device, evaluator, checkpointing=True)
-    return [_run_or_fail({**config, **run}, sources, stats, device, evaluator) for run in config["runs"]]
+    return [_kept_or_run(config, position, run, sources, stats, device, evaluator)
+            for position, run in enumerate(config["runs"])]
+
+
+def _kept_or_run(config: dict, position: int, run: dict, sources: dict, stats: InputStats, device,
+                 evaluator: WorkerEvaluator) -> dict:
+    """A run of a multi-run fit: its result kept by an earlier attempt of this fit (the worker group restarted after
+    a lost node), or run now and kept. Every rank takes the kept result only if every rank found it: the ranks' runs
+    pair up in collectives, so they must all run, or all skip, the same runs."""
+    import ray.train
+
+    folder = config.get("run_folder")
+    kept = read_finished_run(folder, position, run["method"], run.get("model_out")) if folder else None
+    found = distributed.all_reduce_sum(torch.tensor([1.0 if kept is not None else 0.0], device=device))
+    if int(found.item()) == distributed.world_size():
+        print(f"[{run['method']}] finished before the worker group restarted: kept, not run again")
+        return kept
+    result = _run_or_fail({**config, **run}, sources, stats, device, evaluator)
+    if folder and ray.train.get_context().get_world_rank() == 0:
+        keep_finished_run(folder, position, run["method"], result)
+    return result
 
 
 def _run_or_fail(config: dict, sources: dict, stats: InputStats, device, evaluator: WorkerEvaluator) -> dict:
