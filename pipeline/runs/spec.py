@@ -85,7 +85,8 @@ class RunSpec:
     """An unlearning run: `runs` one after another in one Ray Train fit (one start-up), a record each.
 
     A single run keeps per-epoch checkpoints and resumes (under `name`, default METHOD-sSEED); several in
-    one fit do not.
+    one fit keep no epoch checkpoints, but each run the fit finished is kept: a worker group restarted after a
+    lost node goes on with the run in progress (pipeline/train/loop.py).
     """
 
     data: DataSpec
