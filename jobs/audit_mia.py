@@ -32,6 +32,7 @@ from pipeline.errors import ConfigError
 from pipeline.methods import REGISTRY
 from pipeline.metrics.ulira import BOOTSTRAP_RESAMPLES, DEFAULT_FPRS, VARIANTS
 from pipeline.train.console import VERBOSE_ENV
+from pipeline.train.ray_address import add_address_flag, use_address
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
                    help="retries of a shadow task whose worker or node was lost, or whose storage kept failing")
     p.add_argument("--out", required=True, help="folder (or s3:// prefix) for ulira.json")
     p.add_argument("--verbose", action="store_true", help="also show Ray's own lines")
+    add_address_flag(p)
     add_mlflow_flag(p)
     return p
 
@@ -146,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[storage.ENDPOINT_ENV] = args.s3_endpoint
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"
+    use_address(args.address)
     from pipeline.runs.audit_mia import RESULT_FILE, SCORES_FILE, audit
 
     spec = audit_spec(args)

@@ -46,6 +46,7 @@ from pipeline.results.regression import DEFAULT_BANDS, validate_bands
 from pipeline.runs.identity import RerunRefused, with_data_removals
 from pipeline.runs.spec import DataSpec, MethodRun, RayResources, RunSpec, TrainSpec
 from pipeline.train.console import log
+from pipeline.train.ray_address import add_address_flag
 
 # The one definition of the config's keys and defaults: parsed into DEFAULTS, shown by --help.
 CONFIG_SCHEMA = """\
@@ -129,6 +130,7 @@ def parser() -> argparse.ArgumentParser:
                    help="the Ray cluster-launcher file the job runs on (cluster.yaml, local or s3://): a config whose "
                         "ray section that cluster can never hold is refused before any work (docs/cluster.md)")
     add_endpoint_flag(p)
+    add_address_flag(p)
     add_verbose_flag(p)
     add_mlflow_flag(p)
     return p

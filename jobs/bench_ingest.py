@@ -21,6 +21,7 @@ from pipeline import storage
 from pipeline.data.shards import read_meta
 from pipeline.errors import ConfigError
 from pipeline.train.console import log
+from pipeline.train.ray_address import add_address_flag
 
 # The readers and the Ray path (torch, Ray) are imported inside the functions that use them, after the flags
 # are checked: `--help` and a flag error answer at once.
@@ -39,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-shuffle", action="store_true", help="read in file order (training shuffles)")
     p.add_argument("--skip-dataloader", action="store_true", help="measure the Ray path only")
     p.add_argument("--out", help="also write the figures as JSON to this URI")
+    add_address_flag(p)
     return p
 
 

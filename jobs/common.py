@@ -15,6 +15,7 @@ from pipeline.runs.spec import DEFAULT_CACHE_MB, DataSpec, RayResources
 from pipeline.storage import ENDPOINT_ENV
 from pipeline.train.console import VERBOSE_ENV, log
 from pipeline.train.data_modes import DATA_MODES
+from pipeline.train.ray_address import add_address_flag, use_address
 
 
 def add_endpoint_flag(parser: argparse.ArgumentParser, extra: str = "") -> None:
@@ -41,6 +42,7 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-failures", type=int, default=1,
                         help="worker-group restarts before giving up (each resumes from the last epoch checkpoint)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU convnets)")
+    add_address_flag(parser)
     add_verbose_flag(parser)
 
 
@@ -93,8 +95,10 @@ def add_floor_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_endpoint(args: argparse.Namespace) -> None:
-    """Export --s3-endpoint and --verbose before Ray starts, so every Ray process inherits them (RAY_NOTES §1)."""
+    """Export --s3-endpoint, --address and --verbose before Ray starts, so every Ray process inherits them
+    (RAY_NOTES §1)."""
     use_endpoint(getattr(args, "s3_endpoint", None))
+    use_address(getattr(args, "address", None))
     if getattr(args, "verbose", False):
         os.environ[VERBOSE_ENV] = "1"
 

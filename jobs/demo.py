@@ -19,6 +19,7 @@ from jobs.paths import absolute_args
 from pipeline import storage
 from pipeline.runs.spec import RayResources
 from pipeline.train.console import log
+from pipeline.train.ray_address import add_address_flag
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -30,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     p.add_argument("--methods", nargs="+", help="only these methods (default: every method in the config)")
     p.add_argument("--config", default=str(DEMO_CONFIG), help="the demo's benchmark config")
+    add_address_flag(p)
     add_verbose_flag(p)
     return p
 

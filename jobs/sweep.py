@@ -36,6 +36,7 @@ from pipeline.methods import check_method_name
 from pipeline.runs.common import open_dataset
 from pipeline.runs.spec import DEFAULT_CACHE_MB, DataSpec, EvalSpec, MethodRun, RunSpec
 from pipeline.train.console import log
+from pipeline.train.ray_address import add_address_flag
 from tuning.spaces import SPACES_DIR, constants, epoch_budget, grid_points, method_space, tuned_keys
 
 if TYPE_CHECKING:  # names in annotations only
@@ -50,7 +51,7 @@ if TYPE_CHECKING:  # names in annotations only
 STATE_NAME = "sweep.yaml"
 ORIGINAL_DIR = "original"
 # Not part of a sweep's identity: how this session runs, not what the sweep is.
-SESSION_ARGUMENTS = ("resume", "pause_after")
+SESSION_ARGUMENTS = ("resume", "pause_after", "address")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -91,6 +92,7 @@ def resume_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", required=True, metavar="RUN_URI", help="the sweep's --out")
     p.add_argument("--pause-after", type=int, help="stop this session after N trials end")
     add_endpoint_flag(p, ", if it changed since the sweep started")
+    add_address_flag(p)
     return p
 
 
@@ -303,9 +305,12 @@ def sweep(args: argparse.Namespace) -> SweepOutcome:
     return run_sweep(args, state, args.pause_after)
 
 
-def resume(run_uri: str, pause_after: int | None = None, s3_endpoint: str | None = None) -> SweepOutcome:
-    """Continue the sweep stored at run_uri with the arguments it was started with."""
-    apply_endpoint(argparse.Namespace(s3_endpoint=s3_endpoint))  # before reading the state from S3
+def resume(run_uri: str, pause_after: int | None = None, s3_endpoint: str | None = None,
+           address: str | None = None) -> SweepOutcome:
+    """Continue the sweep stored at run_uri with the arguments it was started with (the Ray it runs on is this
+    session's: --address, else RAY_ADDRESS, else local)."""
+    # before reading the state from S3
+    apply_endpoint(argparse.Namespace(s3_endpoint=s3_endpoint, address=address))
     state = load_state(absolute(run_uri))
     # Arguments added since the sweep started take their defaults.
     args = argparse.Namespace(**{"data_mode": "auto", "cache_mb": DEFAULT_CACHE_MB, **state["arguments"]})
@@ -319,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(arg == "--resume" or arg.startswith("--resume=") for arg in argv):
         args = resume_parser().parse_args(argv)
-        resume(args.resume, args.pause_after, args.s3_endpoint)
+        resume(args.resume, args.pause_after, args.s3_endpoint, args.address)
     else:
         sweep(parser().parse_args(argv))
     return 0

@@ -12,14 +12,16 @@ import re
 import pyarrow.fs as pafs
 
 from pipeline import storage
-from pipeline.errors import StorageUnavailableError, UnlearnError
+from pipeline.errors import ConfigError, StorageUnavailableError, UnlearnError
 from pipeline.train.checkpoints import ATTEMPTS_DIR, event_name
-from pipeline.train.console import verbose
+from pipeline.train.console import log, verbose
 from pipeline.train.loop import worker_loop
+from pipeline.train.ray_address import ADDRESS_ENV, choose, started_line
 
 
 def init_ray(num_workers: int = 1, cpus_per_worker: float = 1.0) -> None:
-    """Attach to a cluster (RAY_ADDRESS, or inside `ray job submit`) or start a local one with spare CPUs.
+    """Join the Ray that --address / RAY_ADDRESS names (`ray job submit` sets it) or start a local one with spare
+    CPUs (pipeline/train/ray_address.py), and say which in one line.
 
     A local Ray needs logical CPUs beyond the Train workers' or Ray Data's read
     tasks never get scheduled (RAY_NOTES §6); logical CPUs may exceed cores.
@@ -33,8 +35,13 @@ def init_ray(num_workers: int = 1, cpus_per_worker: float = 1.0) -> None:
 
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+    choice = choose()
+    if choice.address is not None:
+        os.environ[ADDRESS_ENV] = choice.address  # `auto` resolved: processes started from here join the same Ray
+        try:
+            ray.init(address=choice.address, log_to_driver=True)
+        except ConnectionError as exc:
+            raise ConfigError(f"cannot reach the Ray at {choice.address} ({choice.source}): {exc}") from exc
     else:
         # Train V2 routes workers' prints through its logger and also prints them, so every progress
         # line would appear twice on a local console.
@@ -52,6 +59,7 @@ def init_ray(num_workers: int = 1, cpus_per_worker: float = 1.0) -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    log(started_line(choice, ray.cluster_resources(), len(ray.nodes())))
 
 
 def run_trainer(loop_config: dict, run_uri: str, name: str, workers: int = 1, use_gpu: bool = False,
