@@ -59,8 +59,8 @@ METRICS_KEPT = ("acc_forget", "acc_retain", "acc_test", "acc_unseen", "mia", "mi
                 "confidence_test", "confidence_unseen")
 # A request's D_f is tiny next to D_r, so LoTUS's benchmark subset (30 % of D_r, chosen for 10 % forget sets) is
 # nearly all the model trains on and it drifts toward it: on digits-hard, 30-sample requests lost 0.05-0.07 test
-# accuracy with it (lr 5e-5, 3 epochs or no BatchNorm refresh did not help) and 0.02-0.05 with all of D_r, whose
-# forgetting then passed the gate in 5 epochs as in 10 (README "Deletion requests"). --set overrides these.
+# accuracy with it (lr 5e-5, 3 epochs or no BatchNorm refresh did not help) and 0.02-0.05 with all of D_r, in 5
+# epochs as in 10 (docs/deletion.md, "LoTUS's request settings"). --set overrides these.
 REQUEST_SETTINGS = {"lotus": {"retain_fraction": 1.0, "epochs": 5}}
 UNVERIFIED_DIR = "unverified"  # the model of a not-verifiable request: kept, never the chain's current model
 

@@ -85,8 +85,8 @@ def vouched_model(checkpoint: str, folder: str) -> str:
 @pytest.fixture(scope="module")
 def chain(ray_session, s3_server, original_checkpoint):
     """Four requests in sequence on S3: r1 retrained without its 30 ids, accepted on the production model (LoTUS at
-    its request settings stays right on every requested sample, which the gate rejects: README "Deletion
-    requests"); r2 with a destructive learning rate, rejected; r3 asking r2's ids again, on the model r1 produced
+    its request settings stays right on every requested sample, which the gate rejects: docs/deletion.md);
+    r2 with a destructive learning rate, rejected; r3 asking r2's ids again, on the model r1 produced
     (a rejected request forgot nothing); r4 one id, which no check can judge without a bank: not verifiable. r2-r4
     run LoTUS for one epoch, enough for what their tests read."""
     import boto3
@@ -126,7 +126,7 @@ def test_a_30_sample_request_passes_the_gate_and_its_samples_now_look_unseen(cha
     before, after = record["metrics"]["input"], record["metrics"]["output"]
     # Confidence on the forgotten samples falls toward the level of samples the model never saw, and so does the
     # attack's member rate. LoTUS softens the predictions without flipping them: on 30 memorised samples the
-    # accuracy stays at or near 1.0 (README "Deletion requests"), so it may only not rise.
+    # accuracy stays at or near 1.0 (docs/deletion.md), so it may only not rise.
     unseen = after["confidence_unseen"]
     assert abs(after["confidence_forget"] - unseen) < abs(before["confidence_forget"] - unseen) / 2
     assert after["confidence_forget"] < before["confidence_forget"] - 0.1

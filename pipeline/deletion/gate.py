@@ -54,7 +54,7 @@ class GateThresholds:
     """alpha: the chance that a model which never saw the samples is rejected by the forgetting checks (split
     evenly between them); max_acc_drop: how far retain and test accuracy may fall below the input model's, test
     accuracy acc_drop_per_share more per share of the training set removed. Defaults from
-    benchmarks/gate_acceptance.py on digits-hard (README "Deletion requests")."""
+    benchmarks/gate_acceptance.py on digits-hard (docs/deletion.md, "Measured")."""
 
     alpha: float = 0.05
     max_acc_drop: float = 0.05

@@ -32,13 +32,13 @@ METHOD_NOTES = {
     "jit": "does not forget memorised samples on digits-hard (property of the published method)",
 }
 
-# Settings of the shared loop that no paper has: `unlearn methods` prints them, the README gives the figures.
+# Settings of the shared loop that no paper has: `unlearn methods` prints them, docs/methods.md gives the figures.
 EXTENSIONS = {
     "batchnorm_refresh_batches": (
         "after every epoch, re-estimate BatchNorm's running statistics from up to this many batches of the "
         "method's training set (default 50; retrain 0; jit carries the original's statistics over by the change "
         "its D_f batches show). LoTUS on digits-hard with it: 10 epochs, test -0.09..-0.07 at random 10 %; "
-        "without it: early stop after 2 epochs at test 0.27-0.41 (README). 0 = the papers' exact loop"),
+        "without it: early stop after 2 epochs at test 0.27-0.41 (docs/methods.md). 0 = the papers' exact loop"),
     "scrub.class_lr": (
         "the learning rate SCRUB uses when whole classes are forgotten (default 1e-3; the paper has one lr, and "
         "5e-3, which forgets a random 10 % here, collapsed a forgotten class)"),

@@ -39,7 +39,7 @@ class Scrub(UnlearningMethod):
     # on one class collapse the model (Acc_r -0.58..-0.45, other classes' test -0.48..-0.33 on three originals;
     # 4e-3: -0.25..-0.12); at 1e-3 the class is forgotten (0.00) and the other classes' test accuracy moves
     # -0.02..+0.00 (5e-4 and 2e-3: the same forgetting at -0.02..-0.01 and -0.03..-0.02).
-    # A random 30 % collapses at every rate tried (README; tests/methods/test_defaults.py).
+    # A random 30 % collapses at every rate tried (docs/methods.md; tests/methods/test_defaults.py).
     defaults = {"epochs": 5, "msteps": 2, "lr": 5e-3, "class_lr": 1e-3, "batch_size": 64, "forget_batch_size": 32,
                 "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "temperature": 4.0,
                 "alpha": 0.001, "gamma": 0.99,

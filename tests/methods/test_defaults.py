@@ -85,12 +85,12 @@ MARGINS = {
         R10: Margin(test_drop=0.11, retain_drop=0.03, flipped=4, confidence=0.85),  # flipped 8-18, conf 0.60-0.77, test -0.07..-0.01, retain -0.01..+0.00
         # SCRUB's max-steps on 239 memorised samples collapse the model at every rate tried (lr 5e-3: Acc_r
         # -0.90..-0.87, test -0.70..-0.63; 4e-3, 2e-3, 1e-3, 5e-4 and msteps 1 too: test -0.66..-0.14). Kept as a
-        # strict expected failure (below) and flagged by the benchmark; the README says so.
+        # strict expected failure (below) and flagged by the benchmark; docs/methods.md says so.
         R30: Margin(test_drop=0.10, retain_drop=0.05),  # flipped 207-221, conf 0.10-0.11, test -0.67..-0.61, retain -0.91..-0.72
         CLASS: Margin(test_drop=0.08, flipped=60, confidence=0.05),  # flipped 81, conf 0.00, test -0.04..+0.02
     },
     "lotus": {
-        # lr 1e-4 (the paper's): see the README for 3e-4. On a random set LoTUS makes D_f look unseen (true-class
+        # lr 1e-4 (the paper's): see docs/methods.md for 3e-4. On a random set LoTUS makes D_f look unseen (true-class
         # confidence near the original's unseen level, 0.62-0.73) rather than flipping its argmax.
         R10: Margin(test_drop=0.16, retain_drop=0.04, confidence=0.87),  # flipped 0-5, conf 0.62-0.73, test -0.13..-0.08, retain -0.02..-0.00
         R30: Margin(test_drop=0.20, retain_drop=0.05, confidence=0.85),  # flipped 1-12, conf 0.60-0.70, test -0.16..-0.12, retain -0.03..-0.01
@@ -99,7 +99,7 @@ MARGINS = {
 }
 
 
-KNOWN_FAILURES = {("scrub", R30): "SCRUB's defaults collapse the model at a random 30 % (README)"}
+KNOWN_FAILURES = {("scrub", R30): "SCRUB's defaults collapse the model at a random 30 % (docs/methods.md)"}
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # as measured (tests/methods/conftest.py)
