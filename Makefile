@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-other-cpu bench constraints clean
+.PHONY: setup demo test test-other-cpu bench constraints clean mlflow-ui
 
 # Every version pip installs comes from constraints.txt, the versions the tests' quality margins were measured
 # with: without it a fresh install takes whatever numpy, pillow, scipy or timm is newest that day.
@@ -39,6 +39,19 @@ constraints:
 	.venv-constraints/bin/pip install -q -e '.[test]'
 	.venv-constraints/bin/pip freeze --exclude-editable > constraints.txt
 	rm -rf .venv-constraints
+
+# MLflow's web UI for the runs --mlflow logged: `make mlflow-ui STORE=runs/demo/mlflow.db` (then http://127.0.0.1:5000; PORT=...).
+# The [mlflow] extra installs mlflow-skinny, which has no UI (`mlflow ui` answers "landing page (index.html) not
+# found"), and full mlflow 3.18 needs cryptography<51, which constraints.txt (51.0.1) rules out: so the UI gets a venv
+# of its own, at the client's version, which reads the same store schema. docs/cli.md
+MLFLOW_UI_VENV ?= .venv-mlflow-ui
+STORE ?= runs/demo/mlflow.db
+PORT ?= 5000
+mlflow-ui:
+	test -f $(STORE) || { echo "no MLflow store at $(STORE): give STORE=OUT/mlflow.db of a run made with --mlflow"; exit 2; }
+	test -x $(MLFLOW_UI_VENV)/bin/mlflow || { $(PYTHON) -m venv $(MLFLOW_UI_VENV) && $(MLFLOW_UI_VENV)/bin/pip install -q \
+		"mlflow==$$(sed -n 's/^mlflow-skinny==//p' constraints.txt)"; }
+	$(MLFLOW_UI_VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(STORE)) --host 127.0.0.1 --port $(PORT)
 
 bench: $(STAMP)
 	$(VENV)/bin/unlearn bench --config configs/digits.yaml
