@@ -28,6 +28,7 @@ import datetime as dt
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -40,13 +41,13 @@ from pipeline.data.converters import SyntheticSpec, prepare, source_for
 from pipeline.data.shards import META_FILE, read_meta, verify_checksums
 from pipeline.errors import ConfigError, DataError
 from pipeline.methods import REGISTRY
-from pipeline.results.aggregate import summarize
-from pipeline.results.records import ResultRecord, load_records
-from pipeline.results.regression import DEFAULT_BANDS, validate_bands
 from pipeline.runs.identity import RerunRefused, with_data_removals
 from pipeline.runs.spec import DataSpec, MethodRun, RayResources, RunSpec, TrainSpec
 from pipeline.train.console import log
 from pipeline.train.ray_address import add_address_flag
+
+if TYPE_CHECKING:  # in annotations only: pipeline.results loads pandas, imported where records are read
+    from pipeline.results.records import ResultRecord
 
 # The one definition of the config's keys and defaults: parsed into DEFAULTS, shown by --help.
 CONFIG_SCHEMA = """\
@@ -209,6 +210,8 @@ def validate_config(config: dict, uri: str) -> None:
         raise ConfigError(f"{uri}: seeds must be a non-empty list of distinct integers, not {config['seeds']}")
     if config["original"]["checkpoint"] and config["original"]["weights"]:
         raise ConfigError(f"{uri}: give original.checkpoint or original.weights, not both")
+    from pipeline.results.regression import DEFAULT_BANDS, validate_bands  # pandas: after --help and flag errors
+
     validate_bands(config["bands"] or DEFAULT_BANDS)
     validate_ulira(config["u_lira"], uri)
 
@@ -506,6 +509,8 @@ def rows_done(run_uri: str) -> set[tuple[str, int]]:
     """(method, seed) pairs already recorded under the run URI (an interrupted run being continued)."""
     if not storage.list_files(storage.join(run_uri, "records"), ".json"):
         return set()
+    from pipeline.results.records import load_records
+
     return {(record.method, record.seed) for record in load_records(run_uri)}
 
 
@@ -539,6 +544,9 @@ def run_bench(config: dict, run_uri: str, compare_with: list[str] = (), mlflow: 
                 run_seed(config, data, original, models, seed, missing, run_uri)
             else:
                 log(f"== seed {seed}: every row already recorded under {run_uri} ==")
+    from pipeline.results.records import load_records
+    from pipeline.results.regression import DEFAULT_BANDS
+
     bands = config["bands"] or DEFAULT_BANDS
     written = publish([run_uri], previous_uris=list(compare_with), bands=bands,
                       title=config["name"], method_order=config["methods"])
@@ -581,6 +589,8 @@ def diffusion_bench(args: argparse.Namespace, argv: list[str]) -> int:
 
 def time_ratio_line(records: list[ResultRecord], methods: list[str]) -> str:
     """LoTUS's mean unlearning time over retrain's (the gold model's training time), per table."""
+    from pipeline.results.aggregate import summarize
+
     summaries = summarize(records, method_order=methods)
     lines = []
     for summary in summaries:

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 
 from pipeline import storage
 from pipeline.errors import ConfigError, DataError
-from pipeline.results.records import utc_now_iso
 
 
 @dataclass(frozen=True)
@@ -36,6 +35,8 @@ class AnchorEntry:
 
 
 def new_entry(chain_uri: str, sequence: int, record_sha256: str, request_id: str) -> AnchorEntry:
+    from pipeline.results.records import utc_now_iso  # here: records loads pandas, which `unlearn audit --help` needs not
+
     return AnchorEntry(chain_uri, sequence, record_sha256, request_id, utc_now_iso())
 
 
