@@ -89,6 +89,12 @@ def test_the_flag_is_exported_before_ray_starts_and_named_as_the_source(monkeypa
     assert started_line(choose(), {"CPU": 2.0}, 1).endswith("(2 CPUs, 0 GPUs; --address local)")
 
 
+def test_a_job_that_ray_job_submit_started_says_so():
+    environ = {"RAY_ADDRESS": "10.0.0.5:6379", "RAY_JOB_CONFIG_JSON_ENV_VAR": '{"runtime_env": {}}'}
+    assert started_line(choose(environ), {"CPU": 64.0, "GPU": 8.0}, 3) == \
+        "Ray: joined the cluster at 10.0.0.5:6379 (RAY_ADDRESS from ray job submit): 64 CPUs, 8 GPUs on 3 node(s)"
+
+
 def test_a_wrong_ray_address_in_the_environment_is_named(monkeypatch):
     with pytest.raises(ConfigError, match="RAY_ADDRESS: 'head' is not local, auto"):
         choose({"RAY_ADDRESS": "head"})

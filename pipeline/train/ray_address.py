@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pipeline.errors import ConfigError
 
 ADDRESS_ENV = "RAY_ADDRESS"
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set in the driver of a job that `ray job submit` started
 LOCAL, AUTO = "local", "auto"
 # HOST:PORT, or ray://HOST:PORT; HOST a name, IPv4, or [IPv6].
 ADDRESS = re.compile(r"^(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
@@ -64,7 +65,7 @@ class RayChoice:
     """The Ray a job will use: `address` to join (None: start a local one) and where that came from."""
 
     address: str | None
-    source: str  # "--address", "RAY_ADDRESS" or "default"
+    source: str  # "--address", "RAY_ADDRESS", "RAY_ADDRESS from ray job submit" or "default"
     asked: str = LOCAL  # the value as given: local, auto or an address
     node_ray: str | None = None  # a live Ray `ray start` started on this node, if any (said when not joined)
 
@@ -99,8 +100,11 @@ def choose(environ=os.environ) -> RayChoice:
     given = environ.get(ADDRESS_ENV, "").strip()
     if not given:
         source = "default"
+    elif environ.get(_SOURCE_ENV) == "--address":
+        source = "--address"
     else:
-        source = "--address" if environ.get(_SOURCE_ENV) == "--address" else ADDRESS_ENV
+        # A `ray job submit` driver: the job supervisor sets RAY_ADDRESS to the cluster's GCS beside its job config.
+        source = f"{ADDRESS_ENV} from ray job submit" if environ.get(JOB_CONFIG_ENV) else ADDRESS_ENV
     flag = "--address" if source == "--address" else ADDRESS_ENV
     if given:
         try:
