@@ -120,8 +120,9 @@ def test_thirty_ids_a_model_that_never_saw_them_is_accepted_the_unchanged_one_re
     verdict, checks = judged(evidence(w, scores(w, 0.0)))
     assert verdict == ACCEPTED, checks
     assert checks["accuracy"]["outcome"] == checks["confidence"]["outcome"] == PASSED
-    assert checks["accuracy"]["limit"] == pytest.approx(0.025)  # alpha split over the two forgetting checks
-    assert checks["accuracy"]["input_p_value"] < 0.025 and checks["accuracy"]["has_power"]
+    half = THRESHOLDS.alpha / 2  # alpha split over the two forgetting checks
+    assert checks["accuracy"]["limit"] == pytest.approx(half)
+    assert checks["accuracy"]["input_p_value"] < half and checks["accuracy"]["has_power"]
     ev = evidence(w, scores(w, 0.0))
     verdict, checks = judged(Evidence(ev.labels, ev.is_request, ev.before, ev.before))
     assert verdict == REJECTED and checks["confidence"]["outcome"] == FAILED
@@ -168,7 +169,7 @@ def test_one_id_with_a_bank_is_judged_per_sample():
     verdict, checks = judged(evidence(w, scores(w, 0.0)))
     assert verdict == ACCEPTED and checks["per_sample"]["outcome"] == PASSED
     # The class-matched checks cannot get below 2/51 on one sample: the bank's check gets all of alpha.
-    assert checks["per_sample"]["limit"] == 0.05 and checks["per_sample"]["reference_samples"] == 500
+    assert checks["per_sample"]["limit"] == THRESHOLDS.alpha and checks["per_sample"]["reference_samples"] == 500
     assert checks["accuracy"]["outcome"] == NO_POWER
     ev = evidence(w, scores(w, 0.0))
     verdict, checks = judged(Evidence(ev.labels, ev.is_request, ev.before, ev.before, ev.shadow_phi,
@@ -213,15 +214,17 @@ def test_alpha_goes_to_the_checks_the_request_sizes_let_reach_it():
 
 def test_a_check_that_cannot_reach_its_share_neither_fails_nor_counts():
     """One id with a bank: alpha goes to the per-sample check alone, so the class-matched ones must not fail the
-    request at p = 2/51 < 0.05 either (that would test three checks at 0.05 each)."""
+    request at p = 2/51 < alpha either (that would test three checks at alpha each). alpha 0.05, so that p would
+    fail the class-matched check if it counted."""
+    thresholds = GateThresholds(alpha=0.05, permutations=2000)
     w = world(9, 1, shadows=16)
     ev = evidence(w, scores(w, 0.0))
     after = SampleScores(ev.after.phi + 20 * ev.is_request, ev.after.correct)  # the most confident of its class
     checks = {c["check"]: c for c in forgetting_checks(Evidence(ev.labels, ev.is_request, ev.before, after,
-                                                                ev.shadow_phi, ev.shadow_never_seen), THRESHOLDS, 0)}
-    assert checks["confidence"]["p_value"] < 0.05 and checks["confidence"]["limit"] is None
+                                                                ev.shadow_phi, ev.shadow_never_seen), thresholds, 0)}
+    assert checks["confidence"]["p_value"] < thresholds.alpha and checks["confidence"]["limit"] is None
     assert checks["confidence"]["outcome"] == NO_POWER and not checks["confidence"]["has_power"]
-    assert checks["per_sample"]["limit"] == 0.05
+    assert checks["per_sample"]["limit"] == thresholds.alpha
 
 
 def test_verdict_rules_and_threshold_checks():

@@ -56,7 +56,11 @@ class GateThresholds:
     accuracy acc_drop_per_share more per share of the training set removed. Defaults from
     benchmarks/gate_acceptance.py on digits-hard (docs/deletion.md, "Measured")."""
 
-    alpha: float = 0.05
+    # 0.02: over 20 requests each of 1, 30 and 300 ids, a model retrained without them was accepted in 19-20 of 20
+    # wherever a check had power (0.05: 18 of 20 for 30 ids with a 16-shadow bank), and 13 of 20 one-id requests
+    # stayed verifiable with the bank (0.01: none, since digits-hard's 497 never-seen samples cannot resolve it);
+    # the unchanged model was never accepted at any of the three.
+    alpha: float = 0.02
     max_acc_drop: float = 0.05
     acc_drop_per_share: float = 0.3
     permutations: int = 10_000  # Monte Carlo draws per test: p-values resolved to 1e-4
