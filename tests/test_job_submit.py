@@ -143,3 +143,6 @@ def test_ray_job_submit_runs_a_tiny_bench_to_success(ray_head, digits_hard_uri, 
     assert {record.method for record in load_records(str(run))} == {"original", "finetune"}
     assert (run / "report" / "report.html").stat().st_size > 0
     assert re.search(r"^\| finetune( ⚠)? \|", logs, re.M) and str(run / "report" / "report.html") in logs
+    # The driver joined the cluster the job server runs on, and said so (issue 34: docs/cli.md).
+    assert re.search(r"^Ray: joined the cluster at \S+ \(RAY_ADDRESS from ray job submit\): 4 CPUs, 0 GPUs on 1 node",
+                     logs, re.M), logs[:3000]
