@@ -46,6 +46,8 @@ FORGET = "random:0.1"
 ORIGINAL_SEED = 3407  # configs/digits.yaml: original.seed
 CPU = torch.device("cpu")
 GOAL = 0.5
+# The project's LoTUS as it was before issue 35's speed work: NCHW tensors, the BatchNorm refresh as an extra pass.
+BEFORE = {"channels_last": False, "batchnorm_refresh_from": "pass"}
 
 
 # ---- data and models (made once under --work) -------------------------------------------------------------------
@@ -66,19 +68,37 @@ def prepare_data(work: str) -> str:
     return uri
 
 
-def trained(path: str, spec, train_source, seed: int):
+def build(spec, model: str):
+    """The project's `cnn`, or (`cnn-nobn`) the same 4 conv blocks without BatchNorm (biased convolutions instead),
+    as the public code's own small CNN has none."""
+    from torch import nn
+
+    from pipeline.models import build_model
+
+    built = build_model(spec)
+    if model == "cnn-nobn":
+        features = built.backbone.features
+        for index, layer in enumerate(features):
+            if isinstance(layer, nn.Conv2d):
+                features[index] = nn.Conv2d(layer.in_channels, layer.out_channels, 3, padding=1, bias=True)
+            elif isinstance(layer, nn.BatchNorm2d):
+                features[index] = nn.Identity()
+    return built
+
+
+def trained(path: str, spec, model_name: str, train_source, seed: int):
     """`retrain` (the original recipe: Adam 1e-3, 15 epochs, batch 64) with `seed` on `train_source`, cached."""
     from pipeline.methods import create_method
     from pipeline.methods.base import UnlearnData
-    from pipeline.models import build_model, load_checkpoint, save_checkpoint
 
+    model = build(spec, model_name)
     if not os.path.exists(path):
         torch.manual_seed(seed)
-        model = build_model(spec)
         create_method("retrain", seed=seed, log=None).unlearn(
             model, None, UnlearnData(forget=train_source, retain=train_source), CPU)
-        save_checkpoint(model, spec, path)
-    return load_checkpoint(path)[0].eval()
+        torch.save(model.state_dict(), path)
+    model.load_state_dict(torch.load(path))
+    return model.eval()
 
 
 # ---- the reference loop -----------------------------------------------------------------------------------------
@@ -276,11 +296,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/lotus-reference")
     parser.add_argument("--seeds", default="3407,13,12")
+    parser.add_argument("--model", choices=("cnn", "cnn-nobn"), default="cnn",
+                        help="cnn: the bench's model; cnn-nobn: the same without BatchNorm (as the public code's CNN)")
     parser.add_argument("--rounds", type=int, default=3, help="timed calls of each side per seed, alternating")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (both sides)")
     parser.add_argument("--reference-workers", type=int, default=0, help="the reference DataLoader's processes")
     parser.add_argument("--set", action="append", help="lotus.KEY=VALUE for the project's side")
     parser.add_argument("--split", action="store_true", help="time the project's phases instead")
+    parser.add_argument("--before", action="store_true",
+                        help="a third side: the project's LoTUS with the settings it had before issue 35 (BEFORE)")
     parser.add_argument("--json", help="append one JSON line with every figure")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -295,8 +319,8 @@ def main(argv=None) -> int:
     config = parse_sets(args.set)
     seeds = [int(s) for s in args.seeds.split(",")]
     everything, _ = load_sources(data)
-    original = trained(os.path.join(args.work, f"original-{ORIGINAL_SEED}.pt"), spec, everything["train"],
-                       ORIGINAL_SEED)
+    original = trained(os.path.join(args.work, f"{args.model}-original-{ORIGINAL_SEED}.pt"), spec, args.model,
+                       everything["train"], ORIGINAL_SEED)
     pay_one_time_import_costs()
     rows = []
     if args.split:
@@ -304,56 +328,71 @@ def main(argv=None) -> int:
         for seed in seeds:
             sources, _ = load_sources(data, spec=FORGET, seed=seed)
             for _ in range(args.rounds):
-                total, clock = project_split(copy.deepcopy(original), original, sources, seed, config)
+                total, clock = project_split(copy.deepcopy(original), original, sources, seed,
+                                             {**config, **(BEFORE if args.before else {})})
                 totals.append(total)
                 clocks.append(clock)
         print_split(totals, clocks)
         return 0
     for seed in seeds:
         sources, _ = load_sources(data, spec=FORGET, seed=seed)
-        gold = trained(os.path.join(args.work, f"gold-{seed}.pt"), spec, sources["retain"], seed)
-        times = {"project": [], "reference": []}
+        gold = trained(os.path.join(args.work, f"{args.model}-gold-{seed}.pt"), spec, args.model, sources["retain"],
+                       seed)
+        sides = ["project", "reference"] + (["before"] if args.before else [])
+        times = {side: [] for side in sides}
         figures = {}
         for round_ in range(args.rounds):
-            order = ("project", "reference") if round_ % 2 == 0 else ("reference", "project")
+            order = sides[round_ % len(sides):] + sides[:round_ % len(sides)]  # each side first in turn
             for side in order:
                 model = copy.deepcopy(original)
                 started = time.perf_counter()
                 if side == "project":
                     epochs = project_call(model, original, sources, seed, config)
+                elif side == "before":
+                    epochs = project_call(model, original, sources, seed, {**config, **BEFORE})
                 else:
                     epochs = reference_call(model, original, sources, seed, config, args.reference_workers)
                 times[side].append(time.perf_counter() - started)
                 if round_ == 0:  # each round gives the same model (same seed): measure it once
                     figures[side] = {**quality(model, original, gold, sources, seed), "epochs": epochs}
-        row = {"seed": seed, "config": config, "threads": args.threads,
-               "project_s": times["project"], "reference_s": times["reference"],
+        row = {"seed": seed, "config": config, "threads": args.threads, "model": args.model,
+               **{f"{side}_s": times[side] for side in sides},
                "ratio": statistics.median(times["project"]) / statistics.median(times["reference"]),
-               "project": figures["project"], "reference": figures["reference"]}
+               "ratio_per_epoch": (statistics.median(times["project"]) / figures["project"]["epochs"])
+               / (statistics.median(times["reference"]) / figures["reference"]["epochs"]),
+               **{side: figures[side] for side in sides}}
         rows.append(row)
-        print(f"seed {seed}: project {' '.join(f'{t:.3f}' for t in times['project'])} s | reference "
-              f"{' '.join(f'{t:.3f}' for t in times['reference'])} s | ratio (medians) {row['ratio']:.2f} | "
+        print(f"seed {seed}: " + " | ".join(f"{side} {' '.join(f'{t:.3f}' for t in times[side])} s" for side in sides)
+              + f" | project / reference (medians) {row['ratio']:.2f}, per epoch run {row['ratio_per_epoch']:.2f} | "
               + " | ".join(f"{side}: Avg Gap {f['avg_gap']:.4f} RF-JSD {f['rf_jsd_e4']:.2f} acc_f "
                            f"{f['acc_forget']:.3f} test {f['acc_test']:.3f} MIA {f['mia']:.3f} epochs {f['epochs']}"
                            for side, f in figures.items()), flush=True)
-    project = statistics.mean(statistics.median(r["project_s"]) for r in rows)
-    reference = statistics.mean(statistics.median(r["reference_s"]) for r in rows)
-    print(f"\n| seeds {args.seeds} ({args.rounds} rounds, {args.threads} thread(s)) | project s/call | reference "
-          f"s/call | project / reference | Avg Gap project / reference | RF-JSD x1e4 project / reference |")
-    print("|---|---:|---:|---:|---|---|")
+    sides = ["project", "reference"] + (["before"] if args.before else [])
+    seconds = {side: statistics.mean(statistics.median(r[f"{side}_s"]) for r in rows) for side in sides}
+    mean = {side: {key: statistics.mean(r[side][key] for r in rows) for key in ("avg_gap", "rf_jsd_e4", "epochs")}
+            for side in sides}
+    ratio = seconds["project"] / seconds["reference"]
+    print(f"\n{args.model}, seeds {args.seeds}, {args.rounds} rounds, {args.threads} torch thread(s); s/call = median "
+          f"of the rounds; Avg Gap and RF-JSD (x1e4) of each seed's model")
+    print("| seed | " + " | ".join(f"{side} s/call" for side in sides) + " | project / reference | per epoch run | "
+          + " | ".join(f"{side} Avg Gap / RF-JSD / epochs" for side in sides) + " |")
+    print("|---|" + "---:|" * (len(sides) + 2) + "---|" * len(sides))
     for r in rows:
-        print(f"| seed {r['seed']} | {statistics.median(r['project_s']):.3f} | {statistics.median(r['reference_s']):.3f} "
-              f"| {r['ratio']:.2f} | {r['project']['avg_gap']:.4f} / {r['reference']['avg_gap']:.4f} | "
-              f"{r['project']['rf_jsd_e4']:.2f} / {r['reference']['rf_jsd_e4']:.2f} |")
-    mean = {side: {key: statistics.mean(r[side][key] for r in rows) for key in ("avg_gap", "rf_jsd_e4")}
-            for side in ("project", "reference")}
-    print(f"| mean | {project:.3f} | {reference:.3f} | {project / reference:.2f} "
-          f"({'PASS' if project / reference <= GOAL else 'MISS'}: goal <= {GOAL}) | {mean['project']['avg_gap']:.4f} / "
-          f"{mean['reference']['avg_gap']:.4f} | {mean['project']['rf_jsd_e4']:.2f} / "
-          f"{mean['reference']['rf_jsd_e4']:.2f} |")
+        print(f"| {r['seed']} | " + " | ".join(f"{statistics.median(r[f'{side}_s']):.3f}" for side in sides)
+              + f" | {r['ratio']:.2f} | {r['ratio_per_epoch']:.2f} | "
+              + " | ".join(f"{r[side]['avg_gap']:.4f} / {r[side]['rf_jsd_e4']:.1f} / {r[side]['epochs']}"
+                           for side in sides) + " |")
+    per_epoch = statistics.mean(r["ratio_per_epoch"] for r in rows)
+    print(f"| mean | " + " | ".join(f"{seconds[side]:.3f}" for side in sides)
+          + f" | {ratio:.2f} ({'PASS' if ratio <= GOAL else 'MISS'}: goal <= {GOAL}) | {per_epoch:.2f} | "
+          + " | ".join(f"{mean[side]['avg_gap']:.4f} / {mean[side]['rf_jsd_e4']:.1f} / {mean[side]['epochs']:.1f}"
+                       for side in sides) + " |")
+    if args.before:
+        print(f"project / before: {seconds['project'] / seconds['before']:.2f}")
     if args.json:
         with open(args.json, "a") as handle:
-            handle.write(json.dumps({"rows": rows, "ratio": project / reference, "mean": mean}) + "\n")
+            handle.write(json.dumps({"rows": rows, "ratio": ratio, "ratio_per_epoch": per_epoch, "seconds": seconds,
+                                     "mean": mean}) + "\n")
     return 0
 
 

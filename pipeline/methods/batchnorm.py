@@ -2,6 +2,9 @@
 
 Both run torch's own `update_bn` over a capped, seeded number of batches; what it adds here is exact
 pooling across workers (each worker sees its own shard) and, for the moments, leaving the model as it was.
+`StepStatistics` gets the refresh without the extra pass: the running statistics become the plain average
+of the epoch's own training batches, the mechanism `update_bn` uses, read off the forward passes the epoch
+makes anyway.
 """
 
 from __future__ import annotations
@@ -87,3 +90,40 @@ def refresh_batchnorm_statistics(model: nn.Module, source, device: torch.device,
         norm.running_mean.copy_(mean)
         norm.running_var.copy_(var)
     return seen
+
+
+class StepStatistics:
+    """An epoch's training forwards as the BatchNorm refresh: running statistics = their average over the epoch.
+
+    `start()` (before the epoch's first step) resets every BatchNorm's running statistics and sets momentum None,
+    so train-mode forwards keep a cumulative average over batches, exactly what `update_bn` does over its extra
+    pass; `finish()` (after the last step) restores the momentum. The difference from the refresh pass: each
+    batch's statistics are those of the weights it was computed with (one optimizer step old on average), not
+    of the epoch's final weights. One process only: under DDP every forward broadcasts rank 0's buffers, so
+    per-worker averages cannot be kept; the shared loop falls back to the refresh pass there. An epoch without a
+    training forward keeps the statistics it started with.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.norms = batchnorm_layers(model)
+        self.saved: list = []
+
+    def start(self) -> "StepStatistics":
+        self.saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum)
+                      for m in self.norms]
+        for norm in self.norms:
+            norm.reset_running_stats()
+            norm.momentum = None
+        return self
+
+    @torch.no_grad()
+    def finish(self) -> int:
+        """Restore the momenta; return how many training forwards the statistics average (0: the old ones kept)."""
+        forwards = int(self.norms[0].num_batches_tracked) if self.norms else 0
+        for norm, (mean, var, tracked, momentum) in zip(self.norms, self.saved):
+            norm.momentum = momentum
+            if forwards == 0:
+                norm.running_mean.copy_(mean)
+                norm.running_var.copy_(var)
+                norm.num_batches_tracked.copy_(tracked)
+        return forwards

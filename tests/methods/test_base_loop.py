@@ -113,3 +113,68 @@ def test_a_healthy_run_passes_the_finiteness_check(original_model):
         next(original_model.parameters())[0] = float("nan")
     with pytest.raises(Exception, match="non-finite values in 1 of"):
         method.check_finite(original_model, 0, 0.5)
+
+
+def test_lotus_runs_in_channels_last_and_gives_the_model_back_as_it_came(digits_hard, original_model):
+    """`channels_last` (LoTUS's default, for speed): student and teacher in that layout during the run, the caller's
+    model handed back in its own; the same weights as the NCHW run within what 2 AdamW steps of lr 1e-4 can move
+    (the layouts' kernels sum in another order, and Adam's normalised step turns a tiny gradient difference into
+    up to a step's size)."""
+    sources = digits_hard[0]
+    runs = {}
+    for layout in (True, False):
+        model, original = copy.deepcopy(original_model), copy.deepcopy(original_model)
+        torch.manual_seed(SEED)
+        method = create_method("lotus", {"epochs": 1, "channels_last": layout}, seed=SEED, log=None)
+        seen = []
+        method.prepare = lambda model, data, device, prepare=method.prepare: (
+            seen.append(model.backbone.features[4].weight.is_contiguous(memory_format=torch.channels_last)),
+            prepare(model, data, device))[1]
+        method.unlearn(model, original, unlearn_data(sources, method, SEED), CPU)
+        assert seen == [layout]
+        assert method.teacher.backbone.features[4].weight.is_contiguous(memory_format=torch.channels_last) == layout
+        assert all(tensor.is_contiguous() for tensor in model.state_dict().values())
+        assert original.backbone.features[4].weight.is_contiguous()  # the caller's original is never touched
+        runs[layout] = model.state_dict()
+    for name, tensor in runs[True].items():
+        assert torch.allclose(tensor.float(), runs[False][name].float(), rtol=0, atol=4e-4), name
+
+
+def test_step_statistics_average_the_epoch_s_training_batches_and_restore_the_momentum():
+    from torch import nn
+
+    from pipeline.methods.batchnorm import StepStatistics
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 1), nn.BatchNorm2d(3)).train()
+    norm = model[1]
+    norm.running_mean.fill_(7.0)
+    batches = [torch.rand(8, 1, 4, 4) * 3 + 1, torch.rand(12, 1, 4, 4)]
+    statistics = StepStatistics(model).start()
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+        features = [model[0](batch) for batch in batches]
+    assert statistics.finish() == 2 and norm.momentum == 0.1
+    # update_bn's rule: the plain average over batches of each batch's mean and unbiased variance.
+    assert torch.allclose(norm.running_mean, sum(f.mean(dim=(0, 2, 3)) for f in features) / 2, atol=1e-5)
+    assert torch.allclose(norm.running_var, sum(f.var(dim=(0, 2, 3)) for f in features) / 2, rtol=1e-4)
+    # An epoch without a training forward keeps the statistics it started with.
+    before = norm.running_mean.clone()
+    assert StepStatistics(model).start().finish() == 0
+    assert torch.equal(norm.running_mean, before) and norm.momentum == 0.1
+
+
+def test_lotus_with_step_statistics_makes_no_refresh_pass(digits_hard, original_model, monkeypatch):
+    from pipeline.methods import base
+
+    sources = digits_hard[0]
+    passes = []
+    monkeypatch.setattr(base, "refresh_batchnorm_statistics", lambda *args, **kwargs: passes.append(1))
+    for refresh_from, expected in (("steps", 0), ("pass", 2)):
+        passes.clear()
+        method = create_method("lotus", {"epochs": 2, "batchnorm_refresh_from": refresh_from}, seed=SEED, log=None)
+        method.unlearn(copy.deepcopy(original_model), original_model, unlearn_data(sources, method, SEED), CPU)
+        assert len(passes) == expected
+        norm = method.teacher.backbone.features[1]
+        assert norm.momentum == 0.1
