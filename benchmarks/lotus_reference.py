@@ -1,7 +1,7 @@
 """LoTUS side by side: this project's method against the reference implementation's loop, same run.
 
     python -m benchmarks.lotus_reference [--work DIR] [--seeds 3407,13,12] [--rounds 3] [--threads 1]
-        [--set lotus.KEY=VALUE ...] [--split] [--json OUT]
+        [--model cnn|cnn-nobn] [--before] [--set lotus.KEY=VALUE ...] [--split] [--json OUT]
 
 The reference side is the public LoTUS code's loop (github cspartalis/LoTUS, src/unlearning_methods/lotus_class.py)
 written again here from the paper and that code's behaviour, plain PyTorch, no Ray:
@@ -22,6 +22,12 @@ process and cached under --work, then `--rounds` rounds alternate (project, refe
 timing each whole call (copying nothing: both sides start from their own copy of the original, made outside
 the clock). It prints per-call seconds, the ratio project / reference (goal <= 0.5), and each side's Avg Gap and
 RF-JSD (x 1e4) from pipeline.metrics, the gold model's metrics as the target.
+
+`--model cnn` is the bench's model. On it the reference loop, which has no BatchNorm refresh, early-stops after 2-3
+epochs with a collapsed model, so its call is short; the per-epoch ratio is printed beside the per-call one.
+`--model cnn-nobn` is the same CNN without BatchNorm (the public code's CNN has none): both loops run all epochs.
+`--before` adds a third side, the project's LoTUS with the settings it had before issue 35 (`BEFORE`).
+Results: docs/performance.md, "LoTUS against its reference".
 
 `--split` instead times the project's LoTUS phase by phase (prepare = acc_u, per-epoch acc_f, teacher passes,
 training steps, BatchNorm refresh, the finiteness check, the rest of the loop) and prints the table.
