@@ -24,6 +24,7 @@ so Ray Train's `--max-failures` restarts the workers from their last checkpoint.
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
 import os
 import posixpath
@@ -169,6 +170,11 @@ def read_bytes(uri: str) -> bytes:
             return stream.read()
 
     return retrying("read", uri, read)
+
+
+def file_sha256(uri: str) -> str:
+    """The sha256 of a file's bytes (models and records: read whole)."""
+    return hashlib.sha256(read_bytes(uri)).hexdigest()
 
 
 def write_temp_beside(path: str, data: bytes) -> str:

@@ -28,6 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipeline import storage
+from pipeline.storage import file_sha256  # noqa: F401 (the chain's callers take it from here)
 from pipeline.data import removal
 from pipeline.data.shards import DatasetMeta, META_FILE
 from pipeline.deletion.anchor import anchor_problems, append_anchor, new_entry, read_anchor
@@ -44,10 +45,6 @@ ACCEPTED, REJECTED = "accepted", "rejected"
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def file_sha256(uri: str) -> str:
-    return sha256_hex(storage.read_bytes(uri))
 
 
 def record_name(sequence: int) -> str:

@@ -78,8 +78,6 @@ def read_finished_run(run_folder: str, position: int, method: str, model_out: st
     result = json.loads(storage.read_text(uri))
     expected = result.get("checkpoint_sha256")
     if model_out and expected:
-        import hashlib
-
-        if not storage.exists(model_out) or hashlib.sha256(storage.read_bytes(model_out)).hexdigest() != expected:
+        if not storage.exists(model_out) or storage.file_sha256(model_out) != expected:
             return None
     return result
