@@ -622,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     apply_endpoint(args)
     if load_yaml(args.config).get("family", "classifier") == "diffusion":
-        from pipeline.diffusion.bench import load_bench_config
+        from jobs.diffusion import load_bench_config
 
         check_cluster(load_bench_config(args.config, args.set, args.seeds)["ray"], args.config, args.cluster)
         return diffusion_bench(args, argv)

@@ -183,7 +183,7 @@ def test_the_time_ratio_says_which_retrain_times_come_from_reused_gold_models():
 @pytest.mark.parametrize("name", sorted(path.name for path in (ROOT / "configs").glob("*.yaml")))
 def test_every_shipped_benchmark_config_loads_and_validates(name):
     from pipeline.config import load_yaml
-    from pipeline.diffusion.bench import load_bench_config
+    from jobs.diffusion import load_bench_config
 
     uri = str(ROOT / "configs" / name)
     diffusion = load_yaml(uri).get("family") == "diffusion"  # `unlearn bench` hands these to jobs/diffusion.py

@@ -18,7 +18,7 @@ CLUSTER = yaml.safe_load((ROOT / "cluster.yaml").read_text())
 
 
 def shipped_ray_sections():
-    from pipeline.diffusion.bench import load_bench_config
+    from jobs.diffusion import load_bench_config
 
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         diffusion = yaml.safe_load(path.read_text()).get("family") == "diffusion"

@@ -31,9 +31,10 @@ TRAIN_EPOCHS = 30
 
 def _code_key() -> str:
     digest = hashlib.sha256()
-    for rel in ("pipeline/diffusion/model.py", "pipeline/diffusion/process.py", "pipeline/diffusion/training.py",
-                "pipeline/diffusion/data.py", "pipeline/diffusion/classifier.py", "pipeline/methods/base.py",
-                "pipeline/data/converters.py", "pipeline/models/__init__.py"):
+    for rel in ("pipeline/models/diffusion.py", "pipeline/models/diffusion_process.py",
+                "pipeline/methods/diffusion_training.py", "pipeline/models/diffusion_data.py",
+                "pipeline/models/diffusion_classifier.py", "pipeline/methods/base.py", "pipeline/data/converters.py",
+                "pipeline/models/__init__.py"):
         digest.update((ROOT / rel).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -48,7 +49,7 @@ def threads():
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     from pipeline.data.converters import prepare
-    from pipeline.diffusion.data import load_diffusion_sources
+    from pipeline.models.diffusion_data import load_diffusion_sources
 
     uri = str(tmp_path_factory.mktemp("digits"))
     prepare("digits", uri, seed=0)
@@ -58,10 +59,10 @@ def digits(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(digits, threads, request):
     """(original DDPM checkpoint, classifier checkpoint): trained once, cached while their code is unchanged."""
-    from pipeline.diffusion.classifier import classifier_spec, train_classifier
-    from pipeline.diffusion.model import DiffusionSpec, save_diffusion_checkpoint
-    from pipeline.diffusion.run import train_ddpm
+    from pipeline.methods.diffusion_training import train_classifier, train_ddpm
     from pipeline.models import save_checkpoint
+    from pipeline.models.diffusion import DiffusionSpec, save_diffusion_checkpoint
+    from pipeline.models.diffusion_classifier import classifier_spec
 
     _, sources = digits
     cache = pathlib.Path(request.config.cache.mkdir("diffusion-models"))
@@ -78,14 +79,14 @@ def trained(digits, threads, request):
 
 
 def _plan():
-    from pipeline.diffusion.metrics import SamplingPlan
+    from pipeline.models.diffusion_process import SamplingPlan
 
     return SamplingPlan(per_class=50, steps=25, guidance=2.0, seed=SEED, clip=True)
 
 
 @pytest.fixture(scope="module")
 def evaluate(digits, trained):
-    from pipeline.diffusion.run import evaluate_ddpm, real_retained_pixels
+    from pipeline.metrics.diffusion import evaluate_ddpm, real_retained_pixels
     from pipeline.models import load_checkpoint
 
     _, sources = digits
@@ -99,9 +100,9 @@ def evaluate(digits, trained):
 
 
 def _unlearn(digits, trained, settings):
-    from pipeline.diffusion.model import load_diffusion_checkpoint
-    from pipeline.diffusion.run import unlearn_ddpm
     from pipeline.methods.base import UnlearnData
+    from pipeline.methods.diffusion_base import unlearn_ddpm
+    from pipeline.models.diffusion import load_diffusion_checkpoint
 
     _, sources = digits
     original = load_diffusion_checkpoint(trained[0])[0]
@@ -114,7 +115,7 @@ def _unlearn(digits, trained, settings):
 
 @pytest.fixture(scope="module")
 def original_metrics(trained, evaluate):
-    from pipeline.diffusion.model import load_diffusion_checkpoint
+    from pipeline.models.diffusion import load_diffusion_checkpoint
 
     return evaluate(load_diffusion_checkpoint(trained[0])[0])
 
@@ -165,10 +166,10 @@ def test_early_steps_switch_is_used_and_both_settings_forget(digits, trained, ev
 
 
 def test_relearning_attack_reports_each_checkpoint(digits, trained):
-    from pipeline.diffusion.model import load_diffusion_checkpoint
-    from pipeline.diffusion.metrics import SamplingPlan
-    from pipeline.diffusion.run import relearning_attack
+    from pipeline.metrics.diffusion import relearning_attack
     from pipeline.models import load_checkpoint
+    from pipeline.models.diffusion import load_diffusion_checkpoint
+    from pipeline.models.diffusion_process import SamplingPlan
 
     _, sources = digits
     model = load_diffusion_checkpoint(trained[0])[0]
@@ -180,7 +181,7 @@ def test_relearning_attack_reports_each_checkpoint(digits, trained):
 
 
 def test_frechet_distance_is_zero_for_the_same_set_and_grows_with_a_shift():
-    from pipeline.diffusion.metrics import frechet_distance
+    from pipeline.metrics.diffusion import frechet_distance
 
     a = torch.randn(400, 8, generator=torch.Generator().manual_seed(0)).numpy()
     assert abs(frechet_distance(a, a)) < 1e-6
@@ -188,7 +189,7 @@ def test_frechet_distance_is_zero_for_the_same_set_and_grows_with_a_shift():
 
 
 def test_checkpoints_round_trip_and_a_classifier_checkpoint_is_refused(trained, tmp_path):
-    from pipeline.diffusion.model import load_diffusion_checkpoint, save_diffusion_checkpoint
+    from pipeline.models.diffusion import load_diffusion_checkpoint, save_diffusion_checkpoint
 
     model, spec, _ = load_diffusion_checkpoint(trained[0])
     save_diffusion_checkpoint(model, spec, str(tmp_path / "copy.pt"))
@@ -199,9 +200,9 @@ def test_checkpoints_round_trip_and_a_classifier_checkpoint_is_refused(trained, 
 
 
 def test_sample_grid_is_a_png(trained, tmp_path):
-    from pipeline.diffusion.grid import write_sample_grid
-    from pipeline.diffusion.metrics import SamplingPlan
-    from pipeline.diffusion.model import load_diffusion_checkpoint
+    from pipeline.metrics.diffusion_grid import write_sample_grid
+    from pipeline.models.diffusion import load_diffusion_checkpoint
+    from pipeline.models.diffusion_process import SamplingPlan
 
     model = load_diffusion_checkpoint(trained[0])[0]
     uri = write_sample_grid(str(tmp_path / "grid.png"), {"before": model, "after": model}, CLASSES,
@@ -212,7 +213,7 @@ def test_sample_grid_is_a_png(trained, tmp_path):
 def test_inception_fid_needs_a_real_weights_file(tmp_path):
     import torchvision
 
-    from pipeline.diffusion.inception import InceptionFeatures
+    from pipeline.metrics.diffusion_inception import InceptionFeatures
 
     with pytest.raises(DataError, match="no such file"):
         InceptionFeatures(str(tmp_path / "missing.pt"))
@@ -224,9 +225,41 @@ def test_inception_fid_needs_a_real_weights_file(tmp_path):
     assert InceptionFeatures(str(weights))(torch.rand(2, 1, 16, 16)).shape == (2, 2048)
 
 
+# ---- the family in the layers (issue 33) --------------------------------------------------------------------------
+# DESIGN.md's floors, lowest first: a module may import its own floor and those below, never one above. Metrics know
+# nothing about methods. The diffusion family has no stack of its own (pipeline/diffusion/ is gone).
+FLOORS = {"models": 0, "data": 0, "methods": 1, "metrics": 1, "results": 1, "train": 2, "runs": 3}
+
+
+def _pipeline_imports(path: pathlib.Path) -> set[str]:
+    """The pipeline subpackages a module imports, wherever the import sits (lazy imports included)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+        names.update(m.split(".")[1] for m in modules if m.startswith("pipeline.") and m.count(".") >= 1)
+    return names
+
+
+def test_the_family_sits_in_the_floors_and_no_import_runs_up():
+    assert not (ROOT / "pipeline" / "diffusion").exists()
+    upward = {}
+    for package, floor in FLOORS.items():
+        for path in sorted((ROOT / "pipeline" / package).glob("*.py")):
+            imported = _pipeline_imports(path)
+            above = sorted(name for name in imported if FLOORS.get(name, -1) > floor)
+            if package == "metrics" and "methods" in imported:
+                above.append("methods")
+            if above:
+                upward[str(path.relative_to(ROOT))] = above
+    assert upward == {}
+
+
 # ---- bad input: clear errors before any compute -------------------------------------------------------------
 def test_a_class_that_does_not_exist_is_refused():
-    from pipeline.diffusion.driver import forget_class
+    from pipeline.runs.diffusion import forget_class
 
     with pytest.raises(ConfigError, match="class 12 does not exist"):
         forget_class("class:12", 10)
@@ -235,7 +268,7 @@ def test_a_class_that_does_not_exist_is_refused():
 
 
 def test_t_min_out_of_range_is_refused():
-    from pipeline.diffusion.driver import checked_settings
+    from pipeline.runs.diffusion import checked_settings
 
     for bad in (1000, -1, 2.5):
         with pytest.raises(ConfigError, match="t_min must be a whole timestep in 0..999"):

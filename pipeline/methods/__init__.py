@@ -108,9 +108,10 @@ def _base_defaults() -> dict:
     return UnlearningMethod.defaults
 
 
-# ---- diffusion family (issue 22): class unlearning for class-conditional DDPMs (pipeline/diffusion/) ----------
+# ---- diffusion family (issue 22): class unlearning for class-conditional DDPMs (pipeline/models/diffusion.py) --
 # A separate registry: these methods train a denoiser, not a classifier, and run through the diffusion loop
-# (pipeline/train/diffusion_loop.py); `unlearn run --family diffusion --method NAME` picks from it.
+# (pipeline/train/diffusion_loop.py); `unlearn run --family diffusion --method NAME` picks from it. Their shared
+# loss and batches are in diffusion_base.py.
 DIFFUSION_REGISTRY = {
     "safemax": "pipeline.methods.safemax:SAFEMax",
     "relabel": "pipeline.methods.diffusion_relabel:DiffusionRelabel",

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.diffusion.process import add_noise, gaussian, random_timesteps
-from pipeline.diffusion.unlearning import DiffusionUnlearning
+from pipeline.methods.diffusion_base import DiffusionUnlearning
+from pipeline.models.diffusion_process import add_noise, gaussian, random_timesteps
 
 
 class DiffusionRelabel(DiffusionUnlearning):

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.diffusion.process import add_noise, gaussian, max_entropy_target, random_timesteps
-from pipeline.diffusion.unlearning import DiffusionUnlearning
 from pipeline.errors import ConfigError
+from pipeline.methods.diffusion_base import DiffusionUnlearning
+from pipeline.models.diffusion_process import add_noise, gaussian, max_entropy_target, random_timesteps
 
 
 class SAFEMax(DiffusionUnlearning):

@@ -246,7 +246,7 @@ def _ulira_markdown(exposures: list[exposure.MethodExposure], histograms: dict[t
     return "\n".join(parts)
 
 
-DIFFUSION_GRID = "samples.png"  # written by the diffusion bench beside its records (pipeline/diffusion/bench.py)
+DIFFUSION_GRID = "samples.png"  # written by the diffusion bench beside its records (jobs/diffusion.py)
 
 
 def _diffusion_sections(records, run_uris: list[str], images: dict, pngs: dict, outputs: dict) -> list[tuple[str, str]]:

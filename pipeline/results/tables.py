@@ -282,7 +282,7 @@ def csv_text(summaries: list[MethodSummary]) -> str:
 
 # ---- diffusion family (issue 22): the poster table of class unlearning in a DDPM -----------------------------
 # Rows: methods (original and retrain as references); columns: what the SAFEMax poster reports. Values are means
-# over seeds of the records' flat metrics (pipeline/diffusion/records.py).
+# over seeds of the records' flat metrics (pipeline/metrics/diffusion.py flat_metrics).
 DIFFUSION_COLUMNS = (("Forget-class acc ↓", "gen_acc_forget", 3), ("Retain acc", "gen_acc_retain", 3),
                      ("FID proxy ↓", "fid_proxy", 1), ("Minutes", "unlearn_minutes", 2),
                      ("Peak memory (MB)", "peak_memory_mb", 0))

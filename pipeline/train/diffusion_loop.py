@@ -1,8 +1,9 @@
 """The Ray Train worker loop of the diffusion family: train a DDPM (original or retrained-without-class gold),
 train the metrics classifier, unlearn a class (safemax, relabel), evaluate from generated samples, attack.
 
-Thin glue like pipeline/train/loop.py: the work is in pipeline/diffusion (plain functions) and the methods
-(pipeline/methods/safemax.py, diffusion_relabel.py). `config["runs"]` is a list of runs done one after another
+Thin glue like pipeline/train/loop.py: the work is in plain functions below it, the model and sampling in
+pipeline/models (diffusion*.py), training and unlearning in pipeline/methods (diffusion_training.py,
+diffusion_base.py, safemax.py, diffusion_relabel.py) and evaluation in pipeline/metrics/diffusion.py. `config["runs"]` is a list of runs done one after another
 in one worker group (one Ray start-up); each run is {"kind": "ddpm" | "classifier" | "unlearn" | "evaluate",
 "name", ...}. Training and unlearning runs checkpoint every epoch; a restarted or rerun fit skips runs already
 finished (their results are stored under the run folder) and resumes the unfinished one from its newest epoch
@@ -20,14 +21,16 @@ import torch
 
 from pipeline import distributed, storage
 from pipeline.data.sources import TensorSource
-from pipeline.diffusion.classifier import classifier_spec, train_classifier
-from pipeline.diffusion.metrics import SamplingPlan
-from pipeline.diffusion.model import (DiffusionSpec, build_diffusion_model, load_diffusion_checkpoint,
-                                      save_diffusion_checkpoint)
-from pipeline.diffusion.run import evaluate_ddpm, real_retained_pixels, relearning_attack, train_ddpm, unlearn_ddpm
 from pipeline.distributed import unwrap
 from pipeline.methods.base import UnlearnData
+from pipeline.methods.diffusion_base import unlearn_ddpm
+from pipeline.methods.diffusion_training import train_classifier, train_ddpm
+from pipeline.metrics.diffusion import evaluate_ddpm, real_retained_pixels, relearning_attack
 from pipeline.models import load_checkpoint, save_checkpoint
+from pipeline.models.diffusion import (DiffusionSpec, build_diffusion_model, load_diffusion_checkpoint,
+                                       save_diffusion_checkpoint)
+from pipeline.models.diffusion_classifier import classifier_spec
+from pipeline.models.diffusion_process import SamplingPlan
 from pipeline.train.checkpoints import MODEL_FILE, STATE_FILE
 from pipeline.train.console import quiet_worker_reports
 from pipeline.train.loop import newest_first, scalars
@@ -157,7 +160,7 @@ def _gathered(*sources) -> TensorSource:
 def _inception(path: str | None):
     if not path:
         return None
-    from pipeline.diffusion.inception import InceptionFeatures
+    from pipeline.metrics.diffusion_inception import InceptionFeatures
 
     return InceptionFeatures(path)
 

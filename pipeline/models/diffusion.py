@@ -1,7 +1,7 @@
 """A small class-conditional DDPM: a UNet with time and class embeddings, its noise schedule as buffers, and
 checkpoints in the project's convention ({state_dict, spec, extra}, written atomically, read with weights_only).
 
-The classifier `ModelSpec` (pipeline/models) cannot describe a UNet (widths, timesteps, schedule), so the
+The classifier `ModelSpec` (pipeline/models/__init__.py) cannot describe a UNet (widths, timesteps, schedule), so the
 diffusion family has its own `DiffusionSpec`; its checkpoints carry `"family": "diffusion"` and are refused by
 `load_diffusion_checkpoint` otherwise, so a classifier checkpoint and a DDPM one are never confused.
 The ImageNet/CIFAR-size configuration is a spec change (image_size, channels, widths), not new code.

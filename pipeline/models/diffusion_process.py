@@ -1,4 +1,5 @@
-"""The forward process, the training objectives and a DDIM sampler: plain functions of a `DiffusionModel`.
+"""The forward process, the training objectives, a DDIM sampler and the batched sampling plan: plain functions of
+a `DiffusionModel` (pipeline/models/diffusion.py).
 
 Sampling uses DDIM with η = 0 (Song et al., 2021) over `steps` evenly spaced timesteps (default 25 of 1000):
 deterministic given the starting noise, and 40x fewer network passes than ancestral DDPM sampling, which is what
@@ -7,6 +8,8 @@ forgotten class shows exactly what the model produces (pure noise keeps its spre
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -98,3 +101,29 @@ def _guided_eps(module, x, t, labels, guidance: float) -> torch.Tensor:
         return conditional
     unconditional = module(x, t, torch.full_like(labels, module.null_class))
     return unconditional + guidance * (conditional - unconditional)
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """How many samples per class and how they are drawn: the same noise for every model compared."""
+
+    per_class: int = 100
+    steps: int = 25
+    guidance: float = 1.0
+    seed: int = 0
+    batch_size: int = 500
+    clip: bool = False  # clip DDIM's x0 predictions to the data range (see ddim_sample)
+
+
+@torch.no_grad()
+def generate(model, classes, plan: SamplingPlan, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(samples in model space, their class labels): `plan.per_class` per class, noise fixed by `plan.seed`."""
+    labels = torch.tensor([c for c in classes for _ in range(plan.per_class)], dtype=torch.long)
+    generator = torch.Generator().manual_seed(plan.seed)
+    module = unwrap(model)
+    shape = (len(labels), module.spec.channels, module.spec.image_size, module.spec.image_size)
+    noise = torch.randn(shape, generator=generator)
+    out = [ddim_sample(module, labels[i:i + plan.batch_size].to(device), plan.steps, guidance=plan.guidance,
+                       noise=noise[i:i + plan.batch_size], clip=plan.clip).cpu()
+           for i in range(0, len(labels), plan.batch_size)]
+    return torch.cat(out), labels

@@ -1,20 +1,25 @@
 """What the diffusion-family unlearning methods share: paired forget/retain batches, one forward pass per step,
 and a retain term that is the plain DDPM objective on the retained classes. A method only says what the model
-should predict for the forgotten class (`forget_targets`). Nothing here knows about Ray.
+should predict for the forgotten class (`forget_targets`). `unlearn_ddpm` runs one by name and measures its peak
+memory: the Ray Train loop (pipeline/train/diffusion_loop.py) and the tests call it alike. Nothing here knows
+about Ray.
 """
 
 from __future__ import annotations
+
+import resource
 
 import torch
 import torch.nn.functional as F
 
 from pipeline import distributed
-from pipeline.diffusion.data import PairedSource
-from pipeline.diffusion.model import to_model_space
-from pipeline.diffusion.process import add_noise, gaussian, random_timesteps
 from pipeline.distributed import unwrap
 from pipeline.errors import ConfigError
-from pipeline.methods.base import UnlearningMethod
+from pipeline.methods import create_diffusion_method
+from pipeline.methods.base import MethodReport, UnlearnData, UnlearningMethod
+from pipeline.models.diffusion import to_model_space
+from pipeline.models.diffusion_data import PairedSource
+from pipeline.models.diffusion_process import add_noise, gaussian, random_timesteps
 
 
 class DiffusionUnlearning(UnlearningMethod):
@@ -74,3 +79,34 @@ class DiffusionUnlearning(UnlearningMethod):
 def _mean(errors: torch.Tensor) -> torch.Tensor:
     """Mean, or a zero that keeps the graph when this worker's batch has no such sample."""
     return errors.mean() if len(errors) else errors.sum()
+
+
+class PeakMemory:
+    """Peak memory of a phase: CUDA's max allocated bytes on a GPU; on CPU the process's peak resident set
+    (ru_maxrss, which includes everything loaded before, so compare CPU figures only between runs in one process
+    layout)."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.megabytes, self.kind = torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda_max_allocated"
+        else:
+            self.megabytes, self.kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
+        return False
+
+
+def unlearn_ddpm(method_name: str, settings: dict | None, model, original, data: UnlearnData, device, seed: int = 0,
+                 on_epoch_end=None, resume=None, log=None) -> tuple[MethodReport, dict]:
+    """Run a diffusion-family method on `model` in place; returns (report, {peak_memory_mb, peak_memory_kind})."""
+    method = create_diffusion_method(method_name, settings, seed=seed, log=log)
+    torch.manual_seed(seed)
+    with PeakMemory(device) as peak:
+        report = method.unlearn(model, original, data, device, on_epoch_end=on_epoch_end, resume=resume)
+    return report, {"peak_memory_mb": peak.megabytes, "peak_memory_kind": peak.kind}

@@ -1,6 +1,6 @@
-"""Driver side of the diffusion family: one typed run specification (`DiffusionRun`), the loop's runs planned from
-it, the Ray Train fit (pipeline/train/diffusion_loop.py) and the result records. jobs/diffusion.py builds a
-DiffusionRun from the command line, the benchmark (pipeline/diffusion/bench.py) from its config.
+"""Diffusion-family runs: one typed run specification (`DiffusionRun`), the loop's runs planned from it, the Ray
+Train fit (pipeline/train/diffusion_loop.py) and the result records. jobs/diffusion.py builds a DiffusionRun from
+the command line, and its benchmark from a bench config.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import json
 from dataclasses import dataclass, field
 
 from pipeline import storage
-from pipeline.diffusion.records import flat_metrics
 from pipeline.errors import ConfigError
 from pipeline.methods import DIFFUSION_REGISTRY, create_diffusion_method
 from pipeline.results.records import ResultRecord, append_record, load_records, new_run_id
@@ -109,7 +108,7 @@ def forget_class(spec: str, num_classes: int) -> int:
 
 
 def unet_spec(meta, overrides: dict) -> dict:
-    from pipeline.diffusion.model import DiffusionSpec
+    from pipeline.models.diffusion import DiffusionSpec
 
     try:
         spec = DiffusionSpec(**{"num_classes": meta.num_classes, "channels": meta.channels, **overrides})
@@ -154,7 +153,7 @@ def plan_runs(run: DiffusionRun, meta) -> tuple[list[dict], int]:
         if classifier:
             runs.append(evaluate_run(f"{name}-eval", model_out, classifier, run.evaluation, run.seed))
         return runs, spec["image_size"]
-    from pipeline.diffusion.model import load_diffusion_checkpoint
+    from pipeline.models.diffusion import load_diffusion_checkpoint
 
     _, spec, _ = load_diffusion_checkpoint(run.original)
     if spec.num_classes != meta.num_classes:
@@ -190,6 +189,8 @@ def fit(run: DiffusionRun, runs: list[dict], meta, index, chosen: int, image_siz
 
 def make_record(run: DiffusionRun, dataset: str, label: str, settings: dict, evaluation: dict, trained: dict | None,
                 phases: dict, checkpoint: str | None, kind: str = "unlearn", notes: str = "") -> ResultRecord:
+    from pipeline.metrics.diffusion import flat_metrics
+
     result = ResultRecord(
         run_id=new_run_id(kind, label, run.seed), kind=kind, method=label, dataset=dataset, model="unet",
         seed=run.seed, forget_spec=run.forget,

@@ -9,8 +9,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from pipeline import storage
-from pipeline.diffusion.metrics import SamplingPlan, generate
-from pipeline.diffusion.model import to_pixels
+from pipeline.models.diffusion import to_pixels
+from pipeline.models.diffusion_process import SamplingPlan, generate
 
 SCALE, GAP, LABEL_HEIGHT = 3, 6, 14
 
