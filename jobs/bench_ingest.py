@@ -1,11 +1,17 @@
 """`unlearn bench-ingest --data URI`: images/s delivered as training batches, Ray Data vs a plain DataLoader.
 
 Both read the same Parquet row groups with the same decode (the dataset's `resize` to the model's input
-size, uint8 batches of 64): (a) the project's stream path, Ray Data feeding `--workers` Ray Train workers,
-and (b) a torch DataLoader with `--processes` worker processes (default: this machine's cores, what Ray
-Data's decode tasks get too). The DataLoader runs first, before Ray starts, so neither competes with the
-other. Prints images/s per pass, the ratio Ray / DataLoader, and peak memory of each (this process, the
-worker processes, Ray's object store). A benchmark, not a test: the figures are the result.
+size) and deliver the same shuffled uint8 training batches of 64 through the same shuffle windows: (a) the
+project's stream path, Ray Data feeding `--workers` Ray Train workers, and (b) a torch DataLoader with
+`--processes` worker processes (default: this machine's cores, what Ray Data's decode tasks get too). The
+decode-once cache is off, so every pass reads and decodes: what every epoch costs on data bigger than the
+cache (ImageNet-1k). The DataLoader runs first, before Ray starts, so neither competes with the other.
+
+Prints the work per image (read, decode; one thread), each path's start-up apart from its streaming rate
+(Ray's once per job: Ray, the Train worker, the data workers; and every pass's time to its first batch),
+images/s per pass, where a Ray Data pass's time goes (read tasks' wall and CPU time; the training worker
+waiting for blocks, fetching and formatting them), the ratios Ray / DataLoader, and peak memory (this
+process, the worker processes, Ray's object store). A benchmark, not a test: the figures are the result.
 """
 
 from __future__ import annotations
@@ -37,43 +43,79 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers reading the stream")
     p.add_argument("--processes", type=int, help="DataLoader worker processes (default: the CPU cores)")
     p.add_argument("--passes", type=int, default=3, help="passes (epochs) per path; the first is reported apart")
-    p.add_argument("--no-shuffle", action="store_true", help="read in file order (training shuffles)")
     p.add_argument("--skip-dataloader", action="store_true", help="measure the Ray path only")
     p.add_argument("--out", help="also write the figures as JSON to this URI")
     add_address_flag(p)
     return p
 
 
-def measure_dataloader(decode, processes: int, passes: int):
+def measure_dataloader(units, meta, image_size: int, processes: int, passes: int):
     from pipeline.train.ingest import IngestResult, MemorySampler, dataloader_passes
 
     with MemorySampler(ray_processes=False) as memory:
-        timings = dataloader_passes(decode, processes, passes)
+        timings = dataloader_passes(units, meta.channels, image_size, meta.resize, processes, passes)
     return memory.into(IngestResult(timings))
 
 
 def measure_ray(units, meta, image_size: int, args):
+    """The stream path, with its start-up (Ray, the Train worker, the data workers' imports) timed apart."""
+    import time
+
     from pipeline.train.datasets import DataPlan, SetPlan
     from pipeline.train.ingest import IngestResult, MemorySampler, PassTiming, ray_worker_loop
     from pipeline.train.runner import init_ray, run_trainer
 
+    started = time.time()
     init_ray(args.workers)
     plan = DataPlan({"train": SetPlan(tuple(units))}, meta.channels, image_size, meta.resize)
-    config = {"passes": args.passes, "shuffle": not args.no_shuffle, "seed": 0, "data_plan": plan}
+    config = {"passes": args.passes, "seed": 0, "data_plan": plan}
     with tempfile.TemporaryDirectory() as scratch, MemorySampler(ray_processes=True) as memory:
-        timings = run_trainer(config, scratch, "bench-ingest", workers=args.workers, loop=ray_worker_loop)
-    return memory.into(IngestResult([PassTiming(t["images"], t["seconds"]) for t in timings]))
+        figures = run_trainer(config, scratch, "bench-ingest", workers=args.workers, loop=ray_worker_loop)
+    result = IngestResult([PassTiming(**timing) for timing in figures["passes"]],
+                          startup_seconds=figures["first_pass_at"] - started)
+    return memory.into(result)
 
 
 def table(results: dict) -> list[str]:
-    lines = [f"{'path':<12}{'pass 1 img/s':>14}{'later img/s':>13}{'driver MB':>11}{'workers MB':>12}"
-             f"{'store MB':>10}{'spilled MB':>12}"]
+    lines = [f"{'path':<12}{'start-up s':>11}{'to 1st batch s':>15}{'pass 1 img/s':>13}{'streaming img/s':>16}"
+             f"{'later img/s':>12}{'CPU s/pass':>11}{'driver MB':>10}{'workers MB':>11}{'store MB':>9}{'spilled MB':>11}"]
     for name, r in results.items():
+        startup = f"{r.startup_seconds:.1f}" if r.startup_seconds is not None else "-"
         store = f"{r.peak_object_store_mb:.0f}" if r.peak_object_store_mb is not None else "-"
         spilled = f"{r.spilled_mb:.0f}" if r.spilled_mb is not None else "-"
-        lines.append(f"{name:<12}{r.passes[0].images_per_second:>14.0f}{r.steady_images_per_second:>13.0f}"
-                     f"{r.peak_driver_mb:>11.0f}{r.peak_workers_mb:>12.0f}{store:>10}{spilled:>12}")
+        to_first = sum(p.first_batch_seconds for p in r.passes) / len(r.passes)
+        cpu = sum(p.machine_cpu_seconds for p in r.passes) / len(r.passes)
+        lines.append(f"{name:<12}{startup:>11}{to_first:>15.2f}{r.passes[0].images_per_second:>13.0f}"
+                     f"{r.streaming_images_per_second:>16.0f}{r.steady_images_per_second:>12.0f}{cpu:>11.2f}"
+                     f"{r.peak_driver_mb:>10.0f}{r.peak_workers_mb:>11.0f}{store:>9}{spilled:>11}")
     return lines
+
+
+def ray_stage_lines(result, costs: dict) -> list[str]:
+    """Where a Ray Data pass's time goes (mean over passes), against the work measured in one thread here."""
+    stages = [p.stages for p in result.passes if p.stages]
+    if not stages:
+        return ["Ray Data's per-stage statistics are not available in this Ray"]
+    mean = {key: sum(s[key] for s in stages) / len(stages) for key in stages[0]}
+    images = result.passes[0].images
+    machine = sum(p.machine_cpu_seconds for p in result.passes) / len(result.passes)
+    return [f"Ray Data per pass (mean of {len(stages)}): {mean['read_tasks']:.0f} read tasks, "
+            f"{mean['read_task_wall']:.2f} s wall and {mean['read_task_cpu']:.2f} s CPU in all "
+            f"({1000 * mean['read_task_cpu'] / images:.2f} ms CPU per image, against read + decode "
+            f"{costs['read_ms'] + costs['decode_ms']:.2f} ms in one thread here; the rest of the machine's "
+            f"{machine:.2f} CPU s per pass: Ray's own processes, the training worker, anything else)",
+            f"  training worker blocked: {mean['to_first_block']:.2f} s to the first block, "
+            f"{mean['waiting_for_production']:.2f} s waiting for blocks to be produced, "
+            f"{mean['fetching_blocks']:.2f} s fetching them, {mean['formatting']:.2f} s formatting"]
+
+
+def startup_line(ray_result, rate: float) -> str:
+    """Start-up and from how many images on it is under 1 % of a job's time at the streaming rate."""
+    per_pass = sum(p.first_batch_seconds for p in ray_result.passes) / len(ray_result.passes)
+    once = ray_result.startup_seconds or 0.0
+    return (f"Ray start-up: {once:.1f} s once per job (Ray, the Train worker, the data workers) and {per_pass:.2f} s "
+            f"to a pass's first batch; under 1 % of a job from {100 * once * rate:,.0f} images on "
+            f"(under 1 % of a pass from {100 * per_pass * rate:,.0f} images per pass) at {rate:.0f} img/s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.passes < 1 or args.workers < 1 or (args.processes is not None and args.processes < 0):
         raise ConfigError("--passes and --workers must be at least 1, --processes at least 0")
     apply_endpoint(args)
-    from pipeline.train.datasets import ReadAndDecode, RowSelector, Selection, read_layout, read_units
-    from pipeline.train.ingest import cpu_count
+    from pipeline.train.datasets import RowSelector, Selection, read_layout, read_units
+    from pipeline.train.ingest import BATCH_SIZE, cpu_count, unit_costs
 
     meta = read_meta(args.data)
     image_size = args.image_size or meta.height
@@ -94,25 +136,32 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"{args.data} has no {args.split} images")
     processes = cpu_count() if args.processes is None else args.processes
     log(f"bench-ingest: {images} {args.split} images of {meta.name} in {len(units)} row groups, "
-        f"{image_size} px ({meta.resize}), {args.passes} passes; DataLoader: {processes} processes, "
-        f"Ray: {args.workers} Train worker(s)")
+        f"{image_size} px ({meta.resize}), {args.passes} passes, shuffled training batches of {BATCH_SIZE}, "
+        f"decode-once cache off (every pass reads and decodes, as every epoch on data bigger than the cache); "
+        f"DataLoader: {processes} processes, Ray: {args.workers} Train worker(s)")
+    costs = unit_costs(units, meta.channels, image_size, meta.resize)
+    log(f"work per image, one thread here: read {costs['read_ms']:.2f} ms, decode {costs['decode_ms']:.2f} ms "
+        f"({costs['images']} images)")
     results = {}
     if not args.skip_dataloader:
-        decode = ReadAndDecode(units, meta.channels, image_size, meta.resize, forget_flag=False)
-        results["dataloader"] = measure_dataloader(decode, processes, args.passes)
+        results["dataloader"] = measure_dataloader(units, meta, image_size, processes, args.passes)
     results["ray_data"] = measure_ray(units, meta, image_size, args)
-    for line in table(results):
+    for line in table(results) + ray_stage_lines(results["ray_data"], costs):
         log(line)
+    ray_result = results["ray_data"]
+    log(startup_line(ray_result, ray_result.streaming_images_per_second))
     if "dataloader" in results:
-        ray_rate, loader = results["ray_data"], results["dataloader"]
-        log(f"Ray Data / DataLoader: {ray_rate.steady_images_per_second / loader.steady_images_per_second:.2f} "
-            f"(later passes), {ray_rate.passes[0].images_per_second / loader.passes[0].images_per_second:.2f} "
-            f"(pass 1)")
+        loader = results["dataloader"]
+        log(f"Ray Data / DataLoader: {ray_result.streaming_images_per_second / loader.streaming_images_per_second:.2f}"
+            f" streaming (every pass after its first batch), "
+            f"{ray_result.passes[0].images_per_second / loader.passes[0].images_per_second:.2f} pass 1, "
+            f"{ray_result.steady_images_per_second / loader.steady_images_per_second:.2f} later passes")
     if args.out:
         body = {"data": args.data, "images": images, "image_size": image_size, "workers": args.workers,
-                "processes": processes, "passes": args.passes,
+                "processes": processes, "passes": args.passes, "work_per_image_ms": costs,
                 "results": {name: {**vars(r), "passes": [vars(p) for p in r.passes],
-                                   "steady_images_per_second": r.steady_images_per_second}
+                                   "steady_images_per_second": r.steady_images_per_second,
+                                   "streaming_images_per_second": r.streaming_images_per_second}
                             for name, r in results.items()}}
         storage.write_text(args.out, json.dumps(body, indent=2))
         log(f"figures written to {args.out}")

@@ -118,13 +118,37 @@ def test_bench_ingest_runs_end_to_end_and_writes_its_figures(ray_session, digits
     assert bench_ingest.main(["--data", digits_hard_uri, "--passes", "2", "--processes", "1",
                               "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "Ray Data / DataLoader:" in printed
+    assert "Ray Data / DataLoader:" in printed and "Ray start-up:" in printed and "read tasks" in printed
     figures = json.loads(out.read_text())
     train_images = read_meta(digits_hard_uri).counts["train"]
     for path in ("dataloader", "ray_data"):
-        passes = figures["results"][path]["passes"]
-        assert [p["images"] for p in passes] == [train_images, train_images]
-        assert figures["results"][path]["steady_images_per_second"] > 0
+        result = figures["results"][path]
+        assert [p["images"] for p in result["passes"]] == [train_images, train_images]
+        assert all(0 < p["first_batch_seconds"] < p["seconds"] and 0 < p["first_batch_images"] <= 64
+                   for p in result["passes"])
+        assert result["steady_images_per_second"] > 0 and result["streaming_images_per_second"] > 0
+    assert figures["results"]["ray_data"]["startup_seconds"] > 0
+    stages = [p["stages"] for p in figures["results"]["ray_data"]["passes"]]
+    assert all(s["read_tasks"] > 0 and s["read_task_cpu"] > 0 for s in stages)  # one Ray Dataset per pass, each read
+    assert figures["work_per_image_ms"]["decode_ms"] > 0
+
+
+def test_the_dataloader_baseline_delivers_the_same_training_batches_as_the_stream(ray_session, digits_hard_uri):
+    """bench-ingest compares who reads and decodes, so both paths must hand the worker identical batches."""
+    from pipeline.train.ingest import BATCH_SIZE, LoaderUnits
+    from pipeline.train.ray_sources import worker_sources
+
+    meta = read_meta(digits_hard_uri)
+    plan = plan_sets(digits_hard_uri, meta, None, ["train"], 32, mode="stream")
+    stream = worker_sources(plan, cache_mb=0, rank=0, world=1)[0]["train"]
+    loader = worker_sources(plan, cache_mb=0, rank=0, world=1)[0]["train"]
+    loader.reader = LoaderUnits(plan.channels, plan.size, plan.resize, processes=2)
+    for seed in (0, 1):
+        got = list(loader.batches(BATCH_SIZE, shuffle=True, seed=seed))
+        want = list(stream.batches(BATCH_SIZE, shuffle=True, seed=seed))
+        assert [list(b["sample_id"]) for b in got] == [list(b["sample_id"]) for b in want]
+        assert all(torch.equal(g["image"], w["image"]) and torch.equal(g["label"], w["label"])
+                   for g, w in zip(got, want))
 
 
 def test_bench_ingest_refuses_bad_arguments(digits_hard_uri, capsys):

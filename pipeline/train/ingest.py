@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,12 +23,22 @@ BATCH_SIZE = 64
 
 @dataclass
 class PassTiming:
+    """One pass: images and seconds in all, and how long until its first batch (start-up, apart from the rest)."""
+
     images: int
     seconds: float
+    first_batch_seconds: float = 0.0
+    first_batch_images: int = 0
+    machine_cpu_seconds: float = 0.0  # CPU time every process on this machine used during the pass
+    stages: dict | None = None  # Ray Data's own account of the pass (ray_data_stages), the Ray path only
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
+
+    @property
+    def after_first_batch(self) -> tuple[int, float]:
+        return self.images - self.first_batch_images, self.seconds - self.first_batch_seconds
 
 
 @dataclass
@@ -37,6 +48,7 @@ class IngestResult:
     peak_workers_mb: float = 0.0
     peak_object_store_mb: float | None = None
     spilled_mb: float | None = None
+    startup_seconds: float | None = None  # the job's start-up before pass 1 (Ray: Ray, the Train worker, data workers)
 
     @property
     def steady_images_per_second(self) -> float:
@@ -44,55 +56,130 @@ class IngestResult:
         later = self.passes[1:] or self.passes
         return sum(p.images for p in later) / sum(p.seconds for p in later)
 
+    @property
+    def streaming_images_per_second(self) -> float:
+        """Every pass after its first batch: the rate once data flows, with each pass's start-up left out."""
+        images, seconds = (sum(values) for values in zip(*(p.after_first_batch for p in self.passes)))
+        return images / seconds if seconds else 0.0
 
-class _UnitsForWorker(torch.utils.data.IterableDataset):
-    """The DataLoader side: DataLoader worker k decodes units k, k + n, k + 2n, ... (each unit exactly once)."""
 
-    def __init__(self, decode: ReadAndDecode, epoch: int, seed: int):
-        self.decode, self.epoch, self.seed = decode, epoch, seed
+class _UnitsInOrder(torch.utils.data.IterableDataset):
+    """DataLoader worker k of n decodes the units at positions k, k + n, ... of `units`, one block each: the
+    DataLoader's round robin over its workers then delivers the blocks in the order of `units`."""
+
+    def __init__(self, decode: ReadAndDecode):
+        self.decode = decode
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.decode.units))
-        for block in self.decode.blocks(order[worker::workers]):
-            yield {"image": torch.from_numpy(block["image"]), "label": torch.from_numpy(block["label"])}
+        for block in self.decode.blocks(range(worker, len(self.decode.units), workers)):
+            # Tensors travel through shared memory, the DataLoader's own fast path; the ids as they are.
+            yield {**block, "image": torch.from_numpy(block["image"]), "label": torch.from_numpy(block["label"])}
 
 
-def dataloader_passes(decode: ReadAndDecode, processes: int, passes: int, seed: int = 0) -> list[PassTiming]:
-    """Passes of a plain DataLoader with `processes` worker processes (batches of up to BATCH_SIZE images)."""
+class LoaderUnits:
+    """The DataLoader baseline as a unit reader: a fresh DataLoader per pass (its default, non-persistent workers)
+    with `processes` worker processes. Plugged into the same UnitSource as the Ray path, so both paths shuffle,
+    window and batch the rows in the training worker exactly alike: they differ only in who reads and decodes."""
+
+    def __init__(self, channels: int, size: int, resize: str, processes: int):
+        self.channels, self.size, self.resize, self.processes = channels, size, resize, processes
+
+    def blocks(self, units: list) -> Iterator[dict]:
+        # One block per unit (a unit is at most one row group), which the round robin's order needs.
+        decode = ReadAndDecode(units, self.channels, self.size, self.resize, forget_flag=False,
+                               block_rows=max(len(unit.rows) for unit in units))
+        return iter(torch.utils.data.DataLoader(_UnitsInOrder(decode), batch_size=None, num_workers=self.processes,
+                                                prefetch_factor=4 if self.processes else None))
+
+
+def timed_passes(source, passes: int, seed: int, barrier=lambda: None, account=lambda: None) -> list[PassTiming]:
+    """`passes` shuffled passes of training batches from `source`, each timed from its start to its first batch
+    and to its end (between `barrier`s, so that with several workers a pass ends when the slowest ends);
+    `account()` adds what the source itself knows of the pass."""
     timings = []
     for epoch in range(passes):
-        started, images = time.perf_counter(), 0
-        loader = torch.utils.data.DataLoader(_UnitsForWorker(decode, epoch, seed), batch_size=None,
-                                             num_workers=processes, prefetch_factor=4 if processes else None)
-        for batch in loader:
+        barrier()
+        started, images, first, cpu = time.perf_counter(), 0, None, machine_cpu_seconds()
+        for batch in source.batches(BATCH_SIZE, shuffle=True, seed=seed + epoch):
             images += len(batch["label"])
-        timings.append(PassTiming(images, time.perf_counter() - started))
+            if first is None:
+                first = (time.perf_counter() - started, images)
+        barrier()
+        timings.append(PassTiming(images, time.perf_counter() - started, *(first or (0.0, 0)),
+                                  machine_cpu_seconds() - cpu, account()))
     return timings
 
 
-def ray_worker_loop(config: dict) -> list[dict]:
+def dataloader_passes(units: list, channels: int, size: int, resize: str, processes: int, passes: int,
+                      seed: int = 0) -> list[PassTiming]:
+    """Passes of a plain DataLoader with `processes` worker processes, delivered as training batches."""
+    from pipeline.train.ray_sources import DecodedCache, InputStats, UnitSource, shuffle_window_rows
+
+    source = UnitSource(units, LoaderUnits(channels, size, resize, processes), DecodedCache(0), InputStats(),
+                        shuffle_window_rows(channels * size * size), channels * size * size)
+    return timed_passes(source, passes, seed)
+
+
+def ray_worker_loop(config: dict) -> dict:
     """Ray Train worker: iterate this worker's share of "train" as training does, timing each pass between barriers.
 
-    The decode-once cache is off: every pass streams, which is what this measures.
+    The decode-once cache is off: every pass streams, as every epoch does on data bigger than the cache. Pass 1
+    starts once the data workers are up (their start-up is the job's, timed apart by the driver).
     """
+    import ray
+
     from pipeline import distributed
     from pipeline.train.ray_sources import warm_up_data_workers, worker_sources
 
-    warm_up_data_workers()
+    ray.get(warm_up_data_workers())
     source = worker_sources(config["data_plan"], cache_mb=0)[0]["train"]
-    timings = []
-    for epoch in range(config["passes"]):
-        distributed.barrier()
-        started, images = time.perf_counter(), 0
-        for batch in source.batches(BATCH_SIZE, shuffle=config["shuffle"], seed=config["seed"] + epoch):
-            images += len(batch["label"])
-        distributed.barrier()
-        seconds = time.perf_counter() - started
-        timings.append({"images": int(distributed.all_reduce_sum(torch.tensor(float(images))).item()),
-                        "seconds": seconds})
-    return timings
+    first_pass_at = time.time()  # wall clock, for the driver's start-up figure (one machine: the same clock)
+    timings = timed_passes(source, config["passes"], config["seed"], distributed.barrier,
+                           lambda: ray_data_stages(source.reader.last_dataset))
+    total = distributed.all_reduce_sum(torch.tensor([float(t.images) for t in timings])).tolist()
+    return {"first_pass_at": first_pass_at,
+            "passes": [{**vars(t), "images": int(images)} for t, images in zip(timings, total)]}
+
+
+def ray_data_stages(dataset) -> dict | None:
+    """Where a streamed pass's time went, from Ray Data's own statistics (seconds): the read tasks' wall and CPU time
+    summed over tasks, and the training worker's time blocked waiting for blocks to be produced, fetching them
+    (ray.get) and formatting them. Internal Ray API: None where this Ray does not have it."""
+    try:
+        summary = dataset._get_stats_summary()  # None (no pass read) raises too
+        iterator = summary.iter_stats
+        tasks = [op for op in summary.operators_stats if op.wall_time is not None]
+        return {"read_task_wall": sum(op.wall_time.sum for op in tasks),
+                "read_task_cpu": sum(op.cpu_time.sum for op in tasks),
+                "read_tasks": sum(op.wall_time.count for op in tasks),
+                "to_first_block": iterator.initialize_time.get(),
+                "waiting_for_production": iterator.get_ref_bundles_time.get(),
+                "fetching_blocks": iterator.get_time.get(),
+                "formatting": iterator.format_time.get()}
+    except Exception:  # an internal API: its absence must not break a benchmark
+        return None
+
+
+def unit_costs(units: list, channels: int, size: int, resize: str, sample: int = 2) -> dict:
+    """Milliseconds per image to read (Parquet row group, rows taken, column to Python) and to decode, measured
+    here in one thread on the first `sample` units: the work either path must do, whoever does it."""
+    from pipeline.data.images import decode_batch
+    from pipeline.train.datasets import read_row_group
+
+    read = decode = 0.0
+    images = 0
+    for unit in units[:sample]:
+        started = time.perf_counter()
+        table = read_row_group(unit, ["sample_id", "label", "image"])
+        ids = np.asarray(table.column("sample_id").to_pylist(), dtype=object)
+        encoded = table.column("image").to_pylist()
+        read_done = time.perf_counter()
+        decode_batch(encoded, ids, channels, size, resize)
+        read, decode = read + read_done - started, decode + time.perf_counter() - read_done
+        images += len(ids)
+    return {"read_ms": 1000 * read / images, "decode_ms": 1000 * decode / images, "images": images}
 
 
 class MemorySampler:
@@ -163,6 +250,14 @@ def _object_store_stats() -> tuple[float, float] | None:
         return stats.object_store_bytes_used / 1024**2, stats.spilled_bytes_total / 1024**2
     except Exception:  # an internal API: its absence must not break a benchmark
         return None
+
+
+def machine_cpu_seconds() -> float:
+    """User and system CPU seconds all processes on this machine have used so far."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return times.user + times.system
 
 
 def cpu_count() -> int:

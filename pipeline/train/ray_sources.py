@@ -104,11 +104,12 @@ class StreamedUnits:
 
     def __init__(self, channels: int, size: int, resize: str, forget_flag: bool):
         self.channels, self.size, self.resize, self.forget_flag = channels, size, resize, forget_flag
+        self.last_dataset = None  # the latest pass's Ray Dataset: `unlearn bench-ingest` reads its statistics
 
     def blocks(self, units: list) -> Iterator[dict]:
         from pipeline.train.datasets import streamed_dataset
 
-        dataset = streamed_dataset(units, self.channels, self.size, self.resize, self.forget_flag)
+        dataset = self.last_dataset = streamed_dataset(units, self.channels, self.size, self.resize, self.forget_flag)
         batches = dataset.iter_batches(batch_size=None, batch_format="numpy")
         return per_unit(batches, [len(unit.rows) for unit in units])
 
