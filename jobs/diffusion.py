@@ -1,5 +1,6 @@
-"""The diffusion family: `unlearn run --family diffusion --method train|retrain|original|safemax|relabel ...`, and the
-diffusion benchmark (`unlearn bench --config configs/diffusion-digits.yaml`, any config with `family: diffusion`).
+"""The diffusion family: `unlearn run --family diffusion --method train|retrain|original|METHOD ...` (METHOD: safemax,
+safemax-cutoff, relabel), and the diffusion benchmark (`unlearn bench --config configs/diffusion-digits.yaml`, any
+config with `family: diffusion`).
 
 Parses the command line into a DiffusionRun (pipeline/runs/diffusion.py) and calls its run function; the
 benchmark (below) plans, per seed, one Ray Train fit that trains the original DDPM, the metrics classifier and the
@@ -43,7 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", help="the metrics classifier checkpoint (OUT/classifier.pt of --method train)")
     p.add_argument("--seed", type=int, default=3407)
     p.add_argument("--set", action="append", default=[], metavar="GROUP.KEY=VALUE",
-                   help="safemax.t_min=500, safemax.retain_weight=1, relabel.lr=1e-3, train.epochs=40, "
+                   help="safemax.decay=50, safemax.target=max_entropy, safemax-cutoff.t_min=500, "
+                        "safemax.retain_weight=1, relabel.lr=1e-3, train.epochs=40, "
                         "unet.widths=[32,64,64], unet.image_size=32 (the CIFAR-size configuration)")
     p.add_argument("--samples-per-class", type=int, default=100, help="samples generated per class for the metrics")
     p.add_argument("--sampling-steps", type=int, default=25, help="DDIM steps per sample")
@@ -86,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def bench_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unlearn bench (family: diffusion)",
-                                description="the diffusion benchmark: original, retrain gold, SAFEMax (t >= t_min and "
-                                            "all timesteps), the relabel baseline, the relearning attack, the "
-                                            "poster table and the sample grid")
+                                description="the diffusion benchmark: original, retrain gold, SAFEMax as published "
+                                            "and the project's variant (t >= t_min and all timesteps), the relabel "
+                                            "baseline, the relearning attack, the poster table and the sample grid")
     p.add_argument("--config", required=True, help="a bench config with family: diffusion (YAML, local or s3://)")
     p.add_argument("--out", help="run URI (default: the config's out/<UTC time>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a config value")

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nDiffusion family (`unlearn run --family diffusion`, class-conditional DDPMs; docs/diffusion.md):")
     for name in DIFFUSION_REGISTRY:
         method = create_diffusion_method(name, log=None)
-        print(f"{name:<11} {method.summary}")
+        print(f"{name}\n{'':<11} {method.summary}" if len(name) > 11 else f"{name:<11} {method.summary}")
         print(f"{'':<11} defaults: {', '.join(f'{k}={v}' for k, v in method.config.items())}")
     print("\nNot in the papers (every record holds the value it ran with):")
     for key, text in EXTENSIONS.items():

@@ -2,10 +2,14 @@
 
 The DDPM and the metrics classifier are trained once per module (and cached across runs while their code is
 unchanged, as tests/conftest.py caches the original classifier). Margins, measured (docs/diffusion.md):
-- forgetting: after SAFEMax the classifier's accuracy on forgotten-class samples is at most chance (0.10) + 0.15
-  (measured 0.00); the original model scores 0.98 there, so it fails this check by more than 0.5;
-- retention: accuracy on the other classes' samples within 0.08 of the original's (measured on this module's
-  30-epoch DDPM: 0.924 vs 0.976; a less trained model is more fragile than the bench's 40-epoch one);
+- forgetting: after SAFEMax (the published `safemax` and the project's `safemax-cutoff`) the classifier's accuracy
+  on forgotten-class samples is at most chance (0.10) + 0.15 (measured 0.00 for both); the original model scores
+  0.98 there, so it fails this check by more than 0.5;
+- retention, safemax-cutoff: accuracy on the other classes' samples within 0.08 of the original's (measured on
+  this module's 30-epoch DDPM: 0.924 vs 0.976; a less trained model is more fragile than the bench's 40-epoch one);
+- retention, the published safemax (λ = 1, target ε_T): within 0.15 of the original's; over unlearning seeds
+  3407, 0, 1, 2, 3 it measured 0.931, 0.933, 0.907, 0.882, 0.838 against the original's 0.976 (a drop of 0.04 to
+  0.14), so the margin covers the spread of seeds, not just this module's seed;
 - early steps: t >= 100 vs all t, measured retain 0.924 vs 0.873 and FID proxy 34.1 vs 46.5;
 - noise: forgotten-class samples have a per-pixel std within 0.15 of clipped N(0, 1)'s (0.70 after DDIM's
   shrinkage; measured 0.66) and a neighbour correlation under 0.2 (measured 0.02), where digits have ≥ 0.6.
@@ -24,7 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 FORGET, SEED, CLASSES = 3, 3407, 10
 CHANCE = 1 / CLASSES
-FORGET_MARGIN, RETAIN_MARGIN = 0.15, 0.08
+FORGET_MARGIN, RETAIN_MARGIN, PUBLISHED_RETAIN_MARGIN = 0.15, 0.08, 0.15
 TEST_SPEC = {"num_classes": 10, "channels": 1, "image_size": 16, "widths": [16, 32, 32], "schedule": "linear"}
 TRAIN_EPOCHS = 30
 
@@ -99,7 +103,7 @@ def evaluate(digits, trained):
     return run
 
 
-def _unlearn(digits, trained, settings):
+def _unlearn(digits, trained, settings, method="safemax-cutoff", seed=SEED):
     from pipeline.methods.base import UnlearnData
     from pipeline.methods.diffusion_base import unlearn_ddpm
     from pipeline.models.diffusion import load_diffusion_checkpoint
@@ -109,7 +113,7 @@ def _unlearn(digits, trained, settings):
     model = load_diffusion_checkpoint(trained[0])[0]
     data = UnlearnData(forget=sources["forget"], retain=sources["retain"], num_classes=CLASSES,
                        forget_classes=(FORGET,))
-    report, memory = unlearn_ddpm("safemax", settings, model, original, data, CPU, seed=SEED, log=None)
+    report, memory = unlearn_ddpm(method, settings, model, original, data, CPU, seed=seed, log=None)
     return model, report, memory
 
 
@@ -122,14 +126,32 @@ def original_metrics(trained, evaluate):
 
 @pytest.fixture(scope="module")
 def safemax_metrics(digits, trained, evaluate):
+    """The project's variant, safemax-cutoff (before issue 33 it was `safemax`)."""
     model, report, memory = _unlearn(digits, trained, {})
     return {**evaluate(model), "report": report, **memory}
 
 
 @pytest.mark.quality
-def test_safemax_forgets_the_class_and_keeps_the_others(original_metrics, safemax_metrics):
+def test_published_safemax_forgets_the_class_and_keeps_the_others(digits, trained, evaluate, original_metrics):
+    """The default `safemax` (ψ(t) = exp(−t/T) over all t, target ε_T): the forgotten class is gone, the others
+    hold within PUBLISHED_RETAIN_MARGIN (its spread over 5 seeds is in the module docstring)."""
+    model, report, _ = _unlearn(digits, trained, {}, method="safemax")
+    metrics = evaluate(model)
+    print(f"published safemax: forget {metrics['acc_forget_gen']:.3f} retain {metrics['acc_retain_gen']:.3f} "
+          f"FID proxy {metrics['fid_proxy']:.1f} noise {metrics['noise_forget']}")
+    assert original_metrics["acc_forget_gen"] >= CHANCE + FORGET_MARGIN + 0.5
+    assert metrics["acc_forget_gen"] <= CHANCE + FORGET_MARGIN
+    assert metrics["acc_retain_gen"] >= original_metrics["acc_retain_gen"] - PUBLISHED_RETAIN_MARGIN
+    # ε_T teaches the model to predict zero noise for the class: DDIM's x0 estimate is the starting noise scaled
+    # up, so the clipped samples sit at ±1 (pixel std 0.998 measured on all 5 seeds) with no neighbour correlation.
+    assert metrics["noise_forget"]["pixel_std"] > 0.9 and abs(metrics["noise_forget"]["neighbour_correlation"]) < 0.2
+    assert report.epochs_run == 5
+
+
+@pytest.mark.quality
+def test_safemax_cutoff_forgets_the_class_and_keeps_the_others(original_metrics, safemax_metrics):
     print(f"original: forget {original_metrics['acc_forget_gen']:.3f} retain {original_metrics['acc_retain_gen']:.3f} "
-          f"FID proxy {original_metrics['fid_proxy']:.1f}; safemax: forget {safemax_metrics['acc_forget_gen']:.3f} "
+          f"FID proxy {original_metrics['fid_proxy']:.1f}; safemax-cutoff: forget {safemax_metrics['acc_forget_gen']:.3f} "
           f"retain {safemax_metrics['acc_retain_gen']:.3f} FID proxy {safemax_metrics['fid_proxy']:.1f}")
     limit = CHANCE + FORGET_MARGIN
     assert original_metrics["acc_forget_gen"] >= limit + 0.5  # the unchanged model fails the check by far
@@ -153,7 +175,7 @@ def test_forgotten_class_samples_are_gaussian_noise(original_metrics, safemax_me
 @pytest.mark.quality
 def test_early_steps_switch_is_used_and_both_settings_forget(digits, trained, evaluate, original_metrics,
                                                              safemax_metrics):
-    """t_min changes what SAFEMax trains, and both settings forget and keep the other classes. Which keeps them
+    """t_min changes what safemax-cutoff trains, and both settings forget and keep the other classes. Which keeps them
     better is not asserted: with the tests' 30-epoch DDPM t >= 100 led by 34.1 vs 46.5 FID proxy before training
     passes folded their short last batch, and by 25.0 vs 24.0 after, on two CPUs alike (docs/diffusion.md)."""
     model, _, _ = _unlearn(digits, trained, {"t_min": 0})
@@ -271,9 +293,11 @@ def test_t_min_out_of_range_is_refused():
     from pipeline.runs.diffusion import checked_settings
 
     for bad in (1000, -1, 2.5):
-        with pytest.raises(ConfigError, match="t_min must be a whole timestep in 0..999"):
-            checked_settings("safemax", {"t_min": bad}, 1000)
-    assert checked_settings("safemax", {"t_min": 999}, 1000)["t_min"] == 999
+        with pytest.raises(ConfigError, match="safemax-cutoff.t_min must be a whole timestep in 0..999"):
+            checked_settings("safemax-cutoff", {"t_min": bad}, 1000)
+    assert checked_settings("safemax-cutoff", {"t_min": 999}, 1000)["t_min"] == 999
+    with pytest.raises(ConfigError, match="has no setting"):  # the published loss has no cutoff
+        checked_settings("safemax", {"t_min": 100}, 1000)
 
 
 def test_unknown_method_and_setting_are_refused(digits, tmp_path, capsys):
@@ -307,12 +331,13 @@ def test_safemax_runs_through_ray_train_and_records_its_result(ray_session, digi
     assert run_main(main, argv) == 0
     (record,) = load_records(out)
     assert record.method == "safemax" and record.config["family"] == "diffusion"
-    assert record.config["settings"]["t_min"] == 100 and len(record.config["history"]) == 2
+    assert record.config["settings"]["decay"] == 1.0 and record.config["settings"]["target"] == "noise"
+    assert len(record.config["history"]) == 2
     assert 0 <= record.metrics["gen_acc_forget"] <= 1 and record.metrics["fid_proxy"] > 0
     assert pathlib.Path(out, "safemax-s3407.pt").exists()
     # A rerun of the same command returns the finished run's record: nothing is trained or recorded again.
     assert run_main(main, argv) == 0
     assert [r.run_id for r in load_records(out)] == [record.run_id]
     # The same name with other settings is refused, naming what differs, unless --overwrite.
-    assert run_main(main, [*argv, "--set", "safemax.t_min=200"]) == 2
-    assert "settings.safemax.t_min: 100 there, 200 now" in capsys.readouterr().err
+    assert run_main(main, [*argv, "--set", "safemax.decay=50"]) == 2
+    assert "settings.safemax.decay: 1.0 there, 50 now" in capsys.readouterr().err

@@ -113,7 +113,8 @@ def _base_defaults() -> dict:
 # (pipeline/train/diffusion_loop.py); `unlearn run --family diffusion --method NAME` picks from it. Their shared
 # loss and batches are in diffusion_base.py.
 DIFFUSION_REGISTRY = {
-    "safemax": "pipeline.methods.safemax:SAFEMax",
+    "safemax": "pipeline.methods.safemax:SAFEMax",  # as published: exp(-λt/T) over all t, target ε_T
+    "safemax-cutoff": "pipeline.methods.safemax_cutoff:SAFEMaxCutoff",  # the project's first: t >= t_min, max entropy
     "relabel": "pipeline.methods.diffusion_relabel:DiffusionRelabel",
 }
 

@@ -52,6 +52,11 @@ class DiffusionUnlearning(UnlearningMethod):
         """(x_t, t, labels to condition on, target ε) for the forgotten samples."""
         raise NotImplementedError
 
+    def forget_weights(self, t: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample weights of the forget term at timesteps `t` (its mean is then E[w(t)·error]); None: a plain
+        mean."""
+        return None
+
     def loss(self, model, batch, device):
         x0 = to_model_space(batch["image"].to(device))
         labels = batch["label"].to(device)
@@ -64,7 +69,11 @@ class DiffusionUnlearning(UnlearningMethod):
                            torch.cat([forget_labels, retain_labels]))
         errors = F.mse_loss(prediction, torch.cat([forget_target, retain_target]), reduction="none").flatten(1).mean(1)
         forgotten = len(forget_x)
-        return _mean(errors[:forgotten]) + float(self.config["retain_weight"]) * _mean(errors[forgotten:])
+        forget_errors = errors[:forgotten]
+        weights = self.forget_weights(forget_t)
+        if weights is not None:
+            forget_errors = weights * forget_errors
+        return _mean(forget_errors) + float(self.config["retain_weight"]) * _mean(errors[forgotten:])
 
     def _retain_targets(self, x0, labels, device):
         """The DDPM objective on retained samples, every timestep, with the training's label dropout (so the

@@ -1,20 +1,31 @@
-"""safemax: class unlearning for a class-conditional DDPM by maximising the entropy of what it generates for the
-forgotten class (after Spartalis et al., "Unleashing Uncertainty: Efficient Machine Unlearning for Generative
-AI", ICML 2025 workshop; no public code, so every choice below is ours and docs/diffusion.md gives the reasons).
+"""safemax: SAFEMax as published (Spartalis et al., "Unleashing Uncertainty: Efficient Machine Unlearning for
+Generative AI", ICML 2025 workshop poster; arXiv 2508.20773). Class unlearning for a class-conditional DDPM by
+making the forgotten class c_f generate noise, with a loss weighted towards the low-noise steps:
 
-For the forgotten class c and timesteps t ≥ t_min (the early, high-noise steps of sampling, where a sample's
-class is decided), the model is trained to predict what the ideal denoiser of N(0, I) data predicts,
-ε* = √(1 − ᾱ_t) · x_t: the maximum-entropy distribution for the noise's variance, so sampling c yields
-Gaussian noise. No anchor class: c is mapped to noise, not to another digit. A retain term (the DDPM
-objective on the other classes, weight `retain_weight`) holds the rest of the model in place.
+    L_f = E_{t, ε} [ ψ(t) · ‖target − ε_θ(x_t, c_f, t)‖² ],   ψ(t) = exp(−decay · t / T),   t ~ U{0, …, T−1}
 
-Inputs x_t for c are the forgotten images noised to t, and, for a `noise_input_fraction` of them, pure N(0, I)
-draws: the states the unlearned model's own sampler visits once c generates noise. With classifier-free
-guidance at scale w, sampling uses ε_u + w(ε_c − ε_u), so the conditional target is ε_u + (ε* − ε_u) / w
-(ε_u the model's unconditional prediction, not trained through): the guided prediction is what reaches ε*.
+x_t is a forgotten image noised to t with ε. `decay` is the paper's λ (default 1; the paper ablates 0, 1, 50,
+100): 0 weights every t alike, a larger value puts the weight on the low-noise steps (ψ(0) = 1, the largest; the
+paper's "semantically rich early diffusion steps"). ψ is not renormalised, as in the formula: a large λ also
+shrinks the forget term against the retain term.
+
+`target` chooses what the model is taught to predict for c_f:
+- "noise" (default, the paper's ε_T): a fresh N(0, I) draw independent of x_t. The minimiser of
+  E‖ε_T − f‖² is f = E[ε_T] = 0: the model learns to predict zero noise for c_f, so DDIM's x0 estimate is
+  x_t / √ᾱ_t, the starting noise scaled up (and clipped to the data range): c_f draws high-contrast noise.
+- "max_entropy" (the project's, as in safemax-cutoff): √(1 − ᾱ_t) · x_t, the exact denoiser of N(0, I) data
+  (the maximum-entropy distribution for the noise's variance), so sampling c_f yields Gaussian noise.
+
+`guidance` w > 1 trains the guidance-corrected target ε_u + (target − ε_u) / w instead (ε_u the model's
+unconditional prediction, not trained through), so that the guided prediction ε_u + w(ε_c − ε_u) is what reaches
+the target's minimiser (0 for "noise", √(1 − ᾱ_t) · x_t for "max_entropy") when sampling at that w. The default,
+1, is the paper's loss (no correction). A retain term (the DDPM objective on the other classes, weight
+`retain_weight`, pipeline/methods/diffusion_base.py) holds the rest of the model in place.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -22,32 +33,50 @@ from pipeline.errors import ConfigError
 from pipeline.methods.diffusion_base import DiffusionUnlearning
 from pipeline.models.diffusion_process import add_noise, gaussian, max_entropy_target, random_timesteps
 
+TARGETS = ("noise", "max_entropy")
+
+
+def timestep_weights(t: torch.Tensor, decay: float, num_timesteps: int) -> torch.Tensor:
+    """ψ(t) = exp(−decay · t / T): 1 at t = 0, falling with t when decay > 0, 1 everywhere when decay = 0."""
+    return torch.exp(-float(decay) * t.float() / num_timesteps)
+
+
+def guidance_corrected(method: DiffusionUnlearning, x_t, t, labels, target):
+    """The conditional target that makes the guided prediction at scale `guidance` reach `target` (itself at w=1)."""
+    guidance = float(method.config["guidance"])
+    if guidance != 1.0 and len(labels):
+        with torch.no_grad():
+            unconditional = method.module(x_t, t, torch.full_like(labels, method.null_class))
+        target = unconditional + (target - unconditional) / guidance
+    return target
+
 
 class SAFEMax(DiffusionUnlearning):
     name = "safemax"
-    summary = "diffusion: the forgotten class generates Gaussian noise (max-entropy target) at t >= t_min"
-    defaults = {**DiffusionUnlearning.defaults, "t_min": 100, "noise_input_fraction": 0.5, "guidance": 2.0}
+    summary = ("diffusion: SAFEMax as published: every t weighted by ψ(t) = exp(−decay·t/T), the forgotten class "
+               "taught to predict fresh noise ε_T (target: noise) or √(1−ᾱ_t)·x_t (target: max_entropy)")
+    defaults = {**DiffusionUnlearning.defaults, "decay": 1.0, "target": "noise", "guidance": 1.0}
 
     def check(self, num_timesteps: int) -> None:
         super().check(num_timesteps)
-        t_min = self.config["t_min"]
-        if not 0 <= int(t_min) < num_timesteps or int(t_min) != float(t_min):
-            raise ConfigError(f"safemax.t_min must be a whole timestep in 0..{num_timesteps - 1}, not {t_min}")
-        if not 0 <= float(self.config["noise_input_fraction"]) <= 1:
-            raise ConfigError(f"safemax.noise_input_fraction must lie in [0, 1], not {self.config['noise_input_fraction']}")
+        decay = float(self.config["decay"])
+        if not math.isfinite(decay) or decay < 0:
+            raise ConfigError(f"{self.name}.decay (the paper's λ in ψ(t) = exp(−λ·t/T)) must be 0 or more, "
+                              f"not {self.config['decay']}")
+        if self.config["target"] not in TARGETS:
+            raise ConfigError(f"{self.name}.target must be one of {', '.join(TARGETS)} (noise: the paper's ε_T, "
+                              f"max_entropy: √(1−ᾱ_t)·x_t), not {self.config['target']!r}")
         if float(self.config["guidance"]) < 1:
-            raise ConfigError(f"safemax.guidance must be at least 1, not {self.config['guidance']}")
+            raise ConfigError(f"{self.name}.guidance must be at least 1, not {self.config['guidance']}")
 
     def forget_targets(self, model, x0, labels, device):
-        count = len(labels)
-        t = random_timesteps(count, int(self.config["t_min"]), self.num_timesteps, self.generator, device)
-        pure = torch.rand(count, generator=self.generator).to(device) < float(self.config["noise_input_fraction"])
-        x0 = torch.where(pure.view(-1, 1, 1, 1), gaussian(x0.shape, self.generator, device), x0)
+        t = random_timesteps(len(labels), 0, self.num_timesteps, self.generator, device)
         x_t = add_noise(self.module, x0, t, gaussian(x0.shape, self.generator, device))
-        target = max_entropy_target(self.module, x_t, t)
-        guidance = float(self.config["guidance"])
-        if guidance != 1.0 and count:
-            with torch.no_grad():
-                unconditional = self.module(x_t, t, torch.full_like(labels, self.null_class))
-            target = unconditional + (target - unconditional) / guidance
-        return x_t, t, labels, target
+        if self.config["target"] == "noise":
+            target = gaussian(x0.shape, self.generator, device)  # ε_T: drawn apart from the noise in x_t
+        else:
+            target = max_entropy_target(self.module, x_t, t)
+        return x_t, t, labels, guidance_corrected(self, x_t, t, labels, target)
+
+    def forget_weights(self, t: torch.Tensor) -> torch.Tensor:
+        return timestep_weights(t, self.config["decay"], self.num_timesteps)
