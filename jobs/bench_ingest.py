@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers reading the stream")
     p.add_argument("--processes", type=int, help="DataLoader worker processes (default: the CPU cores)")
     p.add_argument("--passes", type=int, default=3, help="passes (epochs) per path; the first is reported apart")
+    p.add_argument("--no-read-ahead", action="store_true",
+                   help="do not read the next pass's first units while a pass ends (to measure what that buys)")
     p.add_argument("--skip-dataloader", action="store_true", help="measure the Ray path only")
     p.add_argument("--out", help="also write the figures as JSON to this URI")
     add_address_flag(p)
@@ -68,7 +70,7 @@ def measure_ray(units, meta, image_size: int, args):
     started = time.time()
     init_ray(args.workers)
     plan = DataPlan({"train": SetPlan(tuple(units))}, meta.channels, image_size, meta.resize)
-    config = {"passes": args.passes, "seed": 0, "data_plan": plan}
+    config = {"passes": args.passes, "seed": 0, "data_plan": plan, "read_ahead": not args.no_read_ahead}
     with tempfile.TemporaryDirectory() as scratch, MemorySampler(ray_processes=True) as memory:
         figures = run_trainer(config, scratch, "bench-ingest", workers=args.workers, loop=ray_worker_loop)
     result = IngestResult([PassTiming(**timing) for timing in figures["passes"]],
@@ -104,8 +106,7 @@ def ray_stage_lines(result, costs: dict) -> list[str]:
             f"({1000 * mean['read_task_cpu'] / images:.2f} ms CPU per image, against read + decode "
             f"{costs['read_ms'] + costs['decode_ms']:.2f} ms in one thread here; the rest of the machine's "
             f"{machine:.2f} CPU s per pass: Ray's own processes, the training worker, anything else)",
-            f"  training worker blocked: {mean['to_first_block']:.2f} s to the first block, "
-            f"{mean['waiting_for_production']:.2f} s waiting for blocks to be produced, "
+            f"  training worker blocked: {mean['waiting_for_production']:.2f} s waiting for blocks to be produced, "
             f"{mean['fetching_blocks']:.2f} s fetching them, {mean['formatting']:.2f} s formatting"]
 
 

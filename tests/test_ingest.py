@@ -157,3 +157,28 @@ def test_bench_ingest_refuses_bad_arguments(digits_hard_uri, capsys):
 
     assert run_main(main, ["--data", digits_hard_uri, "--passes", "0"]) == 2
     assert "--passes" in capsys.readouterr().err
+
+
+def test_the_next_pass_is_read_ahead_and_a_pass_that_asks_for_something_else_drops_it(ray_session, digits_hard_uri):
+    from pipeline.train.ray_sources import worker_sources
+
+    meta = read_meta(digits_hard_uri)
+    plan = plan_sets(digits_hard_uri, meta, None, ["test"], 32, mode="stream")
+
+    def ids(source, **kwargs):
+        return [list(b["sample_id"]) for b in source.batches(16, **kwargs)]
+
+    source = worker_sources(plan, cache_mb=0, rank=0, world=1)[0]["test"]
+    fresh = lambda: worker_sources(plan, cache_mb=0, rank=0, world=1)[0]["test"]  # noqa: E731
+    ids(source, shuffle=True, seed=3)
+    assert source.reader.ahead is not None  # seed 4's first units are being read
+    ahead = source.reader.ahead
+    assert ids(source, shuffle=True, seed=4) == ids(fresh(), shuffle=True, seed=4)  # taken, same batches
+    assert source.reader.last_datasets[0] is ahead.dataset
+    assert ids(source, shuffle=True, seed=9) == ids(fresh(), shuffle=True, seed=9)  # seed 5 read ahead, dropped
+    assert source.reader.last_datasets[0] is not source.reader.ahead.dataset
+    assert ids(source) == ids(fresh())  # an unshuffled pass drops it too and reads in order
+    assert source.reader.ahead is None
+    source.read_ahead = False
+    ids(source, shuffle=True, seed=1)
+    assert source.reader.ahead is None

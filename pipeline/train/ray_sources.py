@@ -13,6 +13,8 @@ GPU for a GPU worker) and later passes replay them with no Ray Data pass at all.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -100,18 +102,77 @@ def held_bytes(block: dict) -> int:
 
 
 class StreamedUnits:
-    """Stream mode: units read and decoded by Ray Data tasks, delivered in the order asked for."""
+    """Stream mode: units read and decoded by Ray Data tasks, delivered in the order asked for.
+
+    `read_ahead(units)` starts reading the first units of the next pass before it is asked for (see
+    `UnitSource._read_ahead`); `blocks` takes them if the pass starts with those units, else drops them.
+    """
 
     def __init__(self, channels: int, size: int, resize: str, forget_flag: bool):
         self.channels, self.size, self.resize, self.forget_flag = channels, size, resize, forget_flag
-        self.last_dataset = None  # the latest pass's Ray Dataset: `unlearn bench-ingest` reads its statistics
+        self.last_datasets: list = []  # the latest pass's Ray Datasets: `unlearn bench-ingest` reads their statistics
+        self.ahead: _StartedRead | None = None
 
-    def blocks(self, units: list) -> Iterator[dict]:
+    def _start(self, units: list) -> "_StartedRead":
         from pipeline.train.datasets import streamed_dataset
 
-        dataset = self.last_dataset = streamed_dataset(units, self.channels, self.size, self.resize, self.forget_flag)
-        batches = dataset.iter_batches(batch_size=None, batch_format="numpy")
-        return per_unit(batches, [len(unit.rows) for unit in units])
+        return _StartedRead(units, streamed_dataset(units, self.channels, self.size, self.resize, self.forget_flag))
+
+    def read_ahead(self, units: list) -> None:
+        self.drop_ahead()
+        self.ahead = self._start(units)
+
+    def drop_ahead(self) -> None:
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None:
+            ahead.close()
+
+    def blocks(self, units: list) -> Iterator[dict]:
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None and [id(u) for u in ahead.units] != [id(u) for u in units[:len(ahead.units)]]:
+            ahead.close()
+            ahead = None
+        rest = units[len(ahead.units):] if ahead is not None else units
+        # The rest starts now, behind the read-ahead units' tasks (submitted first, so Ray runs them first).
+        started = self._start(rest) if rest else None
+        parts = [part for part in (ahead, started) if part is not None]
+        self.last_datasets = [part.dataset for part in parts]
+        return per_unit(itertools.chain.from_iterable(parts), [len(unit.rows) for unit in units])
+
+
+class _StartedRead:
+    """A Ray Data pass over `units` whose execution has started: a thread asks for its first block at once, and
+    Ray Data's executor then runs its read tasks ahead of the consumer within its object store budget."""
+
+    def __init__(self, units: list, dataset):
+        self.units, self.dataset = units, dataset
+        self._batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+        self._first: list = []
+        self._thread = threading.Thread(target=self._take_first, daemon=True)
+        self._thread.start()
+
+    def _take_first(self) -> None:
+        try:
+            self._first.append(("block", next(self._batches)))
+        except StopIteration:
+            pass
+        except BaseException as error:  # raised to the consumer, where it belongs
+            self._first.append(("error", error))
+
+    def __iter__(self) -> Iterator[dict]:
+        self._thread.join()
+        for kind, value in self._first:
+            if kind == "error":
+                raise value
+            yield value
+        yield from self._batches
+
+    def close(self) -> None:
+        """Stop the read: Ray Data shuts its executor down when the iterator is closed."""
+        self._thread.join()
+        close = getattr(self._batches, "close", None)
+        if close is not None:
+            close()
 
 
 class StoredUnits:
@@ -154,6 +215,7 @@ class UnitSource:
         self.kept: dict[int, dict] = {}  # unit position -> decoded block, while the set holds a place in the cache
         self.kept_bytes = 0  # what `kept` claims of the cache (held_bytes)
         self.cached: bool | None = None  # decided on the first pass
+        self.read_ahead = True  # off only to measure what it buys (`unlearn bench-ingest --no-read-ahead`)
 
     def __len__(self) -> int:
         return sum(len(unit.rows) for unit in self.units)
@@ -161,7 +223,9 @@ class UnitSource:
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[dict]:
         rng = np.random.default_rng([seed, self.rank]) if shuffle else None
         order = rng.permutation(len(self.units)) if shuffle else np.arange(len(self.units))
-        blocks = self._blocks(order)
+        # Training passes come with seeds seed, seed + 1, ...: the next one's first units are read while this
+        # one ends (see _read_ahead).
+        blocks = self._blocks(order, next_seed=seed + 1 if shuffle else None)
         if not shuffle:
             return self._counted(rebatch(blocks, batch_size))
         chunks = shuffled_windows(blocks, self.window_rows, rng)
@@ -177,19 +241,40 @@ class UnitSource:
             self.stats.images += len(batch["label"])
             yield batch
 
-    def _blocks(self, order: np.ndarray) -> Iterator[dict]:
+    def _blocks(self, order: np.ndarray, next_seed: int | None = None) -> Iterator[dict]:
         """The units' blocks in `order`: from memory when kept, else read (and kept if the set has a place)."""
         if self.cached is None:  # a set whose images alone exceed what is left never starts keeping
             self.cached = self.image_bytes <= self.cache.free
         missing = [self.units[position] for position in order if position not in self.kept]
         read = self.reader.blocks(missing) if missing else iter(())
-        for position in order:
+        for number, position in enumerate(order):
             block = self.kept.get(position)
             if block is None:
                 block = as_tensors(next(read))
                 if self.cached:
                     block = self._keep(position, block)
+            if number == len(order) - 1 and next_seed is not None:
+                self._read_ahead(next_seed)
             yield block
+
+    def _read_ahead(self, seed: int) -> None:
+        """Start reading the first units of the pass with `seed` (what the next epoch asks for), so that its first
+        batch does not wait for Ray Data to plan the pass and run its first tasks: this pass's last window is
+        still being batched, and the epoch's evaluation and checkpoint come before the next pass.
+
+        Only for a set that streams every pass (not kept in the decode-once cache). Only the units of two shuffle
+        windows: if the next pass asks for something else (the last epoch), that much decoding is wasted."""
+        read_ahead = getattr(self.reader, "read_ahead", None)
+        if self.cached or read_ahead is None or not self.read_ahead:
+            return
+        order = np.random.default_rng([seed, self.rank]).permutation(len(self.units))
+        units, rows = [], 0
+        for position in order:
+            if rows >= 2 * self.window_rows:
+                break
+            units.append(self.units[position])
+            rows += len(self.units[position].rows)
+        read_ahead(units)
 
     def _keep(self, position: int, block: dict) -> dict:
         """Keep a block of the first pass within the budget; a set that turns out not to fit keeps nothing."""
