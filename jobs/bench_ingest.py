@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers reading the stream")
     p.add_argument("--processes", type=int, help="DataLoader worker processes (default: the CPU cores)")
     p.add_argument("--passes", type=int, default=3, help="passes (epochs) per path; the first is reported apart")
+    p.add_argument("--between-passes", type=float, default=0.0, metavar="SECONDS",
+                   help="idle seconds after each pass, outside its time: an epoch's evaluation and checkpoint "
+                        "(default 0: passes back to back)")
     p.add_argument("--no-read-ahead", action="store_true",
                    help="do not read the next pass's first units while a pass ends (to measure what that buys)")
     p.add_argument("--skip-dataloader", action="store_true", help="measure the Ray path only")
@@ -51,11 +54,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def measure_dataloader(units, meta, image_size: int, processes: int, passes: int):
+def measure_dataloader(units, meta, image_size: int, processes: int, args):
     from pipeline.train.ingest import IngestResult, MemorySampler, dataloader_passes
 
     with MemorySampler(ray_processes=False) as memory:
-        timings = dataloader_passes(units, meta.channels, image_size, meta.resize, processes, passes)
+        timings = dataloader_passes(units, meta.channels, image_size, meta.resize, processes, args.passes,
+                                    between_passes=args.between_passes)
     return memory.into(IngestResult(timings))
 
 
@@ -70,7 +74,8 @@ def measure_ray(units, meta, image_size: int, args):
     started = time.time()
     init_ray(args.workers)
     plan = DataPlan({"train": SetPlan(tuple(units))}, meta.channels, image_size, meta.resize)
-    config = {"passes": args.passes, "seed": 0, "data_plan": plan, "read_ahead": not args.no_read_ahead}
+    config = {"passes": args.passes, "seed": 0, "data_plan": plan, "read_ahead": not args.no_read_ahead,
+              "between_passes": args.between_passes}
     with tempfile.TemporaryDirectory() as scratch, MemorySampler(ray_processes=True) as memory:
         figures = run_trainer(config, scratch, "bench-ingest", workers=args.workers, loop=ray_worker_loop)
     result = IngestResult([PassTiming(**timing) for timing in figures["passes"]],
@@ -86,9 +91,9 @@ def table(results: dict) -> list[str]:
         store = f"{r.peak_object_store_mb:.0f}" if r.peak_object_store_mb is not None else "-"
         spilled = f"{r.spilled_mb:.0f}" if r.spilled_mb is not None else "-"
         to_first = sum(p.first_batch_seconds for p in r.passes) / len(r.passes)
-        cpu = sum(p.machine_cpu_seconds for p in r.passes) / len(r.passes)
+        cpu = f"{r.machine_cpu_per_pass:.2f}" if r.machine_cpu_per_pass is not None else "-"
         lines.append(f"{name:<12}{startup:>11}{to_first:>15.2f}{r.passes[0].images_per_second:>13.0f}"
-                     f"{r.streaming_images_per_second:>16.0f}{r.steady_images_per_second:>12.0f}{cpu:>11.2f}"
+                     f"{r.streaming_images_per_second:>16.0f}{r.steady_images_per_second:>12.0f}{cpu:>11}"
                      f"{r.peak_driver_mb:>10.0f}{r.peak_workers_mb:>11.0f}{store:>9}{spilled:>11}")
     return lines
 
@@ -100,12 +105,12 @@ def ray_stage_lines(result, costs: dict) -> list[str]:
         return ["Ray Data's per-stage statistics are not available in this Ray"]
     mean = {key: sum(s[key] for s in stages) / len(stages) for key in stages[0]}
     images = result.passes[0].images
-    machine = sum(p.machine_cpu_seconds for p in result.passes) / len(result.passes)
+    machine = f"{result.machine_cpu_per_pass:.2f}" if result.machine_cpu_per_pass is not None else "?"
     return [f"Ray Data per pass (mean of {len(stages)}): {mean['read_tasks']:.0f} read tasks, "
             f"{mean['read_task_wall']:.2f} s wall and {mean['read_task_cpu']:.2f} s CPU in all "
             f"({1000 * mean['read_task_cpu'] / images:.2f} ms CPU per image, against read + decode "
             f"{costs['read_ms'] + costs['decode_ms']:.2f} ms in one thread here; the rest of the machine's "
-            f"{machine:.2f} CPU s per pass: Ray's own processes, the training worker, anything else)",
+            f"{machine} CPU s per pass: Ray's own processes, the training worker, anything else)",
             f"  training worker blocked: {mean['waiting_for_production']:.2f} s waiting for blocks to be produced, "
             f"{mean['fetching_blocks']:.2f} s fetching them, {mean['formatting']:.2f} s formatting"]
 
@@ -123,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     args = absolute_args(parser().parse_args(argv), paths=("data", "out"))
     if args.passes < 1 or args.workers < 1 or (args.processes is not None and args.processes < 0):
         raise ConfigError("--passes and --workers must be at least 1, --processes at least 0")
+    if not args.between_passes >= 0:
+        raise ConfigError(f"--between-passes must be 0 or more seconds, not {args.between_passes}")
     apply_endpoint(args)
     from pipeline.train.datasets import RowSelector, Selection, read_layout, read_units
     from pipeline.train.ingest import BATCH_SIZE, cpu_count, unit_costs
@@ -145,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({costs['images']} images)")
     results = {}
     if not args.skip_dataloader:
-        results["dataloader"] = measure_dataloader(units, meta, image_size, processes, args.passes)
+        results["dataloader"] = measure_dataloader(units, meta, image_size, processes, args)
     results["ray_data"] = measure_ray(units, meta, image_size, args)
     for line in table(results) + ray_stage_lines(results["ray_data"], costs):
         log(line)

@@ -29,7 +29,8 @@ class PassTiming:
     seconds: float
     first_batch_seconds: float = 0.0
     first_batch_images: int = 0
-    machine_cpu_seconds: float = 0.0  # CPU time every process on this machine used during the pass
+    started_at: float = 0.0  # wall clock (time.time()), so the driver can match its CPU samples to the pass
+    ended_at: float = 0.0
     stages: dict | None = None  # Ray Data's own account of the pass (ray_data_stages), the Ray path only
 
     @property
@@ -49,6 +50,7 @@ class IngestResult:
     peak_object_store_mb: float | None = None
     spilled_mb: float | None = None
     startup_seconds: float | None = None  # the job's start-up before pass 1 (Ray: Ray, the Train worker, data workers)
+    machine_cpu_per_pass: float | None = None  # CPU seconds all processes on this machine used, per pass
 
     @property
     def steady_images_per_second(self) -> float:
@@ -94,32 +96,36 @@ class LoaderUnits:
                                                 prefetch_factor=4 if self.processes else None))
 
 
-def timed_passes(source, passes: int, seed: int, barrier=lambda: None, account=lambda: None) -> list[PassTiming]:
+def timed_passes(source, passes: int, seed: int, barrier=lambda: None, account=lambda: None,
+                 between_passes: float = 0.0) -> list[PassTiming]:
     """`passes` shuffled passes of training batches from `source`, each timed from its start to its first batch
     and to its end (between `barrier`s, so that with several workers a pass ends when the slowest ends);
-    `account()` adds what the source itself knows of the pass."""
+    `account()` adds what the source itself knows of the pass. `between_passes` seconds of idle time follow
+    each pass but the last, outside its time: an epoch's evaluation and checkpoint, on the GPU or elsewhere."""
     timings = []
     for epoch in range(passes):
+        if epoch and between_passes:
+            time.sleep(between_passes)
         barrier()
-        started, images, first, cpu = time.perf_counter(), 0, None, machine_cpu_seconds()
+        started, started_at, images, first = time.perf_counter(), time.time(), 0, None
         for batch in source.batches(BATCH_SIZE, shuffle=True, seed=seed + epoch):
             images += len(batch["label"])
             if first is None:
                 first = (time.perf_counter() - started, images)
         barrier()
         timings.append(PassTiming(images, time.perf_counter() - started, *(first or (0.0, 0)),
-                                  machine_cpu_seconds() - cpu, account()))
+                                  started_at, time.time(), account()))
     return timings
 
 
 def dataloader_passes(units: list, channels: int, size: int, resize: str, processes: int, passes: int,
-                      seed: int = 0) -> list[PassTiming]:
+                      seed: int = 0, between_passes: float = 0.0) -> list[PassTiming]:
     """Passes of a plain DataLoader with `processes` worker processes, delivered as training batches."""
     from pipeline.train.ray_sources import DecodedCache, InputStats, UnitSource, shuffle_window_rows
 
     source = UnitSource(units, LoaderUnits(channels, size, resize, processes), DecodedCache(0), InputStats(),
                         shuffle_window_rows(channels * size * size), channels * size * size)
-    return timed_passes(source, passes, seed)
+    return timed_passes(source, passes, seed, between_passes=between_passes)
 
 
 def ray_worker_loop(config: dict) -> dict:
@@ -136,9 +142,9 @@ def ray_worker_loop(config: dict) -> dict:
     ray.get(warm_up_data_workers())
     source = worker_sources(config["data_plan"], cache_mb=0)[0]["train"]
     source.read_ahead = config["read_ahead"]
-    first_pass_at = time.time()  # wall clock, for the driver's start-up figure (one machine: the same clock)
+    first_pass_at = time.time()  # wall clock, for the driver's figures (one machine: the same clock)
     timings = timed_passes(source, config["passes"], config["seed"], distributed.barrier,
-                           lambda: ray_data_stages(source.reader.last_datasets))
+                           lambda: ray_data_stages(source.reader.last_datasets), config["between_passes"])
     total = distributed.all_reduce_sum(torch.tensor([float(t.images) for t in timings])).tolist()
     return {"first_pass_at": first_pass_at,
             "passes": [{**vars(t), "images": int(images)} for t, images in zip(timings, total)]}
@@ -189,11 +195,12 @@ class MemorySampler:
     store are not counted once per process that reads them); the store is reported on its own.
     """
 
-    def __init__(self, ray_processes: bool, interval: float = 1.0):
+    def __init__(self, ray_processes: bool, interval: float = 0.5):
         self.ray_processes, self.interval = ray_processes, interval
         self.peak_driver = self.peak_workers = 0.0
         self.peak_store: float | None = None
         self.spilled: float | None = None
+        self.cpu_timeline: list[tuple[float, float]] = []  # (time.time(), machine_cpu_seconds())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -213,6 +220,7 @@ class MemorySampler:
     def _sample(self) -> None:
         import psutil
 
+        self.cpu_timeline.append((time.time(), machine_cpu_seconds()))
         me = psutil.Process()
         self.peak_driver = max(self.peak_driver, _private_mb(me))
         others = me.children(recursive=True)
@@ -228,7 +236,18 @@ class MemorySampler:
     def into(self, result: IngestResult) -> IngestResult:
         result.peak_driver_mb, result.peak_workers_mb = self.peak_driver, self.peak_workers
         result.peak_object_store_mb, result.spilled_mb = self.peak_store, self.spilled
+        result.machine_cpu_per_pass = self.cpu_during(result.passes)
         return result
+
+    def cpu_during(self, passes: list[PassTiming]) -> float | None:
+        """Machine CPU seconds per pass over the passes' wall-clock spans, from this thread's samples (interpolated).
+
+        Measured here, in the driver: inside a Ray worker process the machine's CPU counters read far too low."""
+        if len(self.cpu_timeline) < 2:
+            return None
+        times, cpu = zip(*self.cpu_timeline)
+        used = sum(float(np.interp(p.ended_at, times, cpu) - np.interp(p.started_at, times, cpu)) for p in passes)
+        return used / len(passes)
 
 
 def _private_mb(process) -> float:

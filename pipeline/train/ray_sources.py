@@ -248,13 +248,15 @@ class UnitSource:
         missing = [self.units[position] for position in order if position not in self.kept]
         read = self.reader.blocks(missing) if missing else iter(())
         for number, position in enumerate(order):
+            if number == len(order) - 1 and next_seed is not None:
+                # This pass's last read tasks are running: the next pass's queue up behind them and take the
+                # CPUs as this pass's tail frees them.
+                self._read_ahead(next_seed)
             block = self.kept.get(position)
             if block is None:
                 block = as_tensors(next(read))
                 if self.cached:
                     block = self._keep(position, block)
-            if number == len(order) - 1 and next_seed is not None:
-                self._read_ahead(next_seed)
             yield block
 
     def _read_ahead(self, seed: int) -> None:
