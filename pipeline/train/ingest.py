@@ -145,6 +145,7 @@ def ray_worker_loop(config: dict) -> dict:
     first_pass_at = time.time()  # wall clock, for the driver's figures (one machine: the same clock)
     timings = timed_passes(source, config["passes"], config["seed"], distributed.barrier,
                            lambda: ray_data_stages(source.reader.last_datasets), config["between_passes"])
+    source.close()
     total = distributed.all_reduce_sum(torch.tensor([float(t.images) for t in timings])).tolist()
     return {"first_pass_at": first_pass_at,
             "passes": [{**vars(t), "images": int(images)} for t, images in zip(timings, total)]}

@@ -185,10 +185,14 @@ def worker_loop(config: dict):
         ray.get(warm_up_data_workers())
     sources, stats = worker_sources(plan, float(config.get("cache_mb", DEFAULT_CACHE_MB)), device)
     evaluator = WorkerEvaluator(sources, device)
-    if "runs" not in config:
-        return _run_one(config, sources, stats, device, evaluator, checkpointing=True)
-    return [_kept_or_run(config, position, run, sources, stats, device, evaluator)
-            for position, run in enumerate(config["runs"])]
+    try:
+        if "runs" not in config:
+            return _run_one(config, sources, stats, device, evaluator, checkpointing=True)
+        return [_kept_or_run(config, position, run, sources, stats, device, evaluator)
+                for position, run in enumerate(config["runs"])]
+    finally:
+        for source in sources.values():
+            source.close()
 
 
 def _kept_or_run(config: dict, position: int, run: dict, sources: dict, stats: InputStats, device,
