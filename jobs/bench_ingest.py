@@ -85,15 +85,14 @@ def measure_ray(units, meta, image_size: int, args):
 
 def table(results: dict) -> list[str]:
     lines = [f"{'path':<12}{'start-up s':>11}{'to 1st batch s':>15}{'pass 1 img/s':>13}{'streaming img/s':>16}"
-             f"{'later img/s':>12}{'CPU s/pass':>11}{'driver MB':>10}{'workers MB':>11}{'store MB':>9}{'spilled MB':>11}"]
+             f"{'later img/s':>12}{'driver MB':>10}{'workers MB':>11}{'store MB':>9}{'spilled MB':>11}"]
     for name, r in results.items():
         startup = f"{r.startup_seconds:.1f}" if r.startup_seconds is not None else "-"
         store = f"{r.peak_object_store_mb:.0f}" if r.peak_object_store_mb is not None else "-"
         spilled = f"{r.spilled_mb:.0f}" if r.spilled_mb is not None else "-"
         to_first = sum(p.first_batch_seconds for p in r.passes) / len(r.passes)
-        cpu = f"{r.machine_cpu_per_pass:.2f}" if r.machine_cpu_per_pass is not None else "-"
         lines.append(f"{name:<12}{startup:>11}{to_first:>15.2f}{r.passes[0].images_per_second:>13.0f}"
-                     f"{r.streaming_images_per_second:>16.0f}{r.steady_images_per_second:>12.0f}{cpu:>11}"
+                     f"{r.streaming_images_per_second:>16.0f}{r.steady_images_per_second:>12.0f}"
                      f"{r.peak_driver_mb:>10.0f}{r.peak_workers_mb:>11.0f}{store:>9}{spilled:>11}")
     return lines
 
@@ -105,12 +104,10 @@ def ray_stage_lines(result, costs: dict) -> list[str]:
         return ["Ray Data's per-stage statistics are not available in this Ray"]
     mean = {key: sum(s[key] for s in stages) / len(stages) for key in stages[0]}
     images = result.passes[0].images
-    machine = f"{result.machine_cpu_per_pass:.2f}" if result.machine_cpu_per_pass is not None else "?"
     return [f"Ray Data per pass (mean of {len(stages)}): {mean['read_tasks']:.0f} read tasks, "
             f"{mean['read_task_wall']:.2f} s wall and {mean['read_task_cpu']:.2f} s CPU in all "
             f"({1000 * mean['read_task_cpu'] / images:.2f} ms CPU per image, against read + decode "
-            f"{costs['read_ms'] + costs['decode_ms']:.2f} ms in one thread here; the rest of the machine's "
-            f"{machine} CPU s per pass: Ray's own processes, the training worker, anything else)",
+            f"{costs['read_ms'] + costs['decode_ms']:.2f} ms in one thread here)",
             f"  training worker blocked: {mean['waiting_for_production']:.2f} s waiting for blocks to be produced, "
             f"{mean['fetching_blocks']:.2f} s fetching them, {mean['formatting']:.2f} s formatting"]
 

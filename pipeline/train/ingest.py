@@ -29,8 +29,6 @@ class PassTiming:
     seconds: float
     first_batch_seconds: float = 0.0
     first_batch_images: int = 0
-    started_at: float = 0.0  # wall clock (time.time()), so the driver can match its CPU samples to the pass
-    ended_at: float = 0.0
     stages: dict | None = None  # Ray Data's own account of the pass (ray_data_stages), the Ray path only
 
     @property
@@ -50,7 +48,6 @@ class IngestResult:
     peak_object_store_mb: float | None = None
     spilled_mb: float | None = None
     startup_seconds: float | None = None  # the job's start-up before pass 1 (Ray: Ray, the Train worker, data workers)
-    machine_cpu_per_pass: float | None = None  # CPU seconds all processes on this machine used, per pass
 
     @property
     def steady_images_per_second(self) -> float:
@@ -107,14 +104,13 @@ def timed_passes(source, passes: int, seed: int, barrier=lambda: None, account=l
         if epoch and between_passes:
             time.sleep(between_passes)
         barrier()
-        started, started_at, images, first = time.perf_counter(), time.time(), 0, None
+        started, images, first = time.perf_counter(), 0, None
         for batch in source.batches(BATCH_SIZE, shuffle=True, seed=seed + epoch):
             images += len(batch["label"])
             if first is None:
                 first = (time.perf_counter() - started, images)
         barrier()
-        timings.append(PassTiming(images, time.perf_counter() - started, *(first or (0.0, 0)),
-                                  started_at, time.time(), account()))
+        timings.append(PassTiming(images, time.perf_counter() - started, *(first or (0.0, 0)), account()))
     return timings
 
 
@@ -196,12 +192,11 @@ class MemorySampler:
     store are not counted once per process that reads them); the store is reported on its own.
     """
 
-    def __init__(self, ray_processes: bool, interval: float = 0.5):
+    def __init__(self, ray_processes: bool, interval: float = 1.0):
         self.ray_processes, self.interval = ray_processes, interval
         self.peak_driver = self.peak_workers = 0.0
         self.peak_store: float | None = None
         self.spilled: float | None = None
-        self.cpu_timeline: list[tuple[float, float]] = []  # (time.time(), machine_cpu_seconds())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -221,7 +216,6 @@ class MemorySampler:
     def _sample(self) -> None:
         import psutil
 
-        self.cpu_timeline.append((time.time(), machine_cpu_seconds()))
         me = psutil.Process()
         self.peak_driver = max(self.peak_driver, _private_mb(me))
         others = me.children(recursive=True)
@@ -237,18 +231,7 @@ class MemorySampler:
     def into(self, result: IngestResult) -> IngestResult:
         result.peak_driver_mb, result.peak_workers_mb = self.peak_driver, self.peak_workers
         result.peak_object_store_mb, result.spilled_mb = self.peak_store, self.spilled
-        result.machine_cpu_per_pass = self.cpu_during(result.passes)
         return result
-
-    def cpu_during(self, passes: list[PassTiming]) -> float | None:
-        """Machine CPU seconds per pass over the passes' wall-clock spans, from this thread's samples (interpolated).
-
-        Measured here, in the driver: inside a Ray worker process the machine's CPU counters read far too low."""
-        if len(self.cpu_timeline) < 2:
-            return None
-        times, cpu = zip(*self.cpu_timeline)
-        used = sum(float(np.interp(p.ended_at, times, cpu) - np.interp(p.started_at, times, cpu)) for p in passes)
-        return used / len(passes)
 
 
 def _private_mb(process) -> float:
@@ -270,14 +253,6 @@ def _object_store_stats() -> tuple[float, float] | None:
         return stats.object_store_bytes_used / 1024**2, stats.spilled_bytes_total / 1024**2
     except Exception:  # an internal API: its absence must not break a benchmark
         return None
-
-
-def machine_cpu_seconds() -> float:
-    """User and system CPU seconds all processes on this machine have used so far."""
-    import psutil
-
-    times = psutil.cpu_times()
-    return times.user + times.system
 
 
 def cpu_count() -> int:
