@@ -35,6 +35,7 @@ from pipeline.models.diffusion import DiffusionSpec, load_diffusion_checkpoint, 
 from pipeline.models.diffusion_classifier import classifier_spec
 from pipeline.models.diffusion_data import load_diffusion_sources
 from pipeline.models.diffusion_process import SamplingPlan
+from pipeline.runs.diffusion import checked_settings
 
 CPU = torch.device("cpu")
 FORGET, SEED, CLASSES = 3, 3407, 10
@@ -79,7 +80,8 @@ def run(safemax: str, folder: pathlib.Path) -> dict:
         original = load_diffusion_checkpoint(str(folder / "ddpm.pt"))[0]
         data_sets = UnlearnData(forget=sources["forget"], retain=sources["retain"], num_classes=CLASSES,
                                 forget_classes=(FORGET,))
-        report, _ = unlearn_ddpm(method, UNLEARN, model, original, data_sets, CPU, seed=SEED, log=None)
+        settings = checked_settings(method, UNLEARN, spec.timesteps, PLAN["guidance"])  # guidance tied to PLAN's w
+        report, _ = unlearn_ddpm(method, settings, model, original, data_sets, CPU, seed=SEED, log=None)
         metrics = evaluate_ddpm(model, classifier, reference, [FORGET], CLASSES, plan, CPU)
         metrics["relearn"] = relearning_attack(model, sources["forget"].images[:8], FORGET, classifier,
                                                SamplingPlan(**{**PLAN, "seed": SEED + 1}), CPU, checkpoints=(2, 4),

@@ -196,7 +196,8 @@ def bench_runs(config: dict, run, meta, out: str) -> tuple[list[dict], dict, int
         method, settings = _method_of(label, raw)
         model_out = storage.join(out, f"{label}-s{seed}.pt")
         runs.append({"kind": "unlearn", "name": f"{label}-s{seed}", "method": method, "label": label,
-                     "settings": checked_settings(method, settings, spec["timesteps"]), "original_uri": original,
+                     "settings": checked_settings(method, settings, spec["timesteps"], evaluation.guidance),
+                     "original_uri": original,
                      "model_out": model_out})
         rows[label] = (f"{label}-s{seed}", model_out, True)
     for label, (_, model_uri, attack) in rows.items():

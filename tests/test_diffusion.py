@@ -15,6 +15,7 @@ unchanged, as tests/conftest.py caches the original classifier). Margins, measur
   shrinkage; measured 0.66) and a neighbour correlation under 0.2 (measured 0.02), where digits have ≥ 0.6.
 """
 
+import dataclasses
 import hashlib
 import pathlib
 
@@ -113,6 +114,8 @@ def _unlearn(digits, trained, settings, method="safemax-cutoff", seed=SEED):
     model = load_diffusion_checkpoint(trained[0])[0]
     data = UnlearnData(forget=sources["forget"], retain=sources["retain"], num_classes=CLASSES,
                        forget_classes=(FORGET,))
+    if method == "safemax-cutoff":  # its guidance correction tied to the evaluation's w (_plan: 2.0)
+        settings = {"guidance": _plan().guidance, **settings}
     report, memory = unlearn_ddpm(method, settings, model, original, data, CPU, seed=seed, log=None)
     return model, report, memory
 
@@ -295,7 +298,7 @@ def test_t_min_out_of_range_is_refused():
     for bad in (1000, -1, 2.5):
         with pytest.raises(ConfigError, match="safemax-cutoff.t_min must be a whole timestep in 0..999"):
             checked_settings("safemax-cutoff", {"t_min": bad}, 1000)
-    assert checked_settings("safemax-cutoff", {"t_min": 999}, 1000)["t_min"] == 999
+    assert checked_settings("safemax-cutoff", {"t_min": 999}, 1000, guidance=2.0)["t_min"] == 999
     with pytest.raises(ConfigError, match="has no setting"):  # the published loss has no cutoff
         checked_settings("safemax", {"t_min": 100}, 1000)
 
@@ -315,6 +318,28 @@ def test_unknown_method_and_setting_are_refused(digits, tmp_path, capsys):
     code = run_main(main, ["--family", "diffusion", "--method", "safemax", "--data", uri, "--out", str(tmp_path),
                            "--forget", "class:12", "--original", "x.pt", "--classifier", "y.pt"])
     assert code == 2 and "class 12 does not exist" in capsys.readouterr().err
+
+
+def test_a_guidance_correction_for_another_w_than_the_evaluations_is_refused_before_any_compute(
+        digits, trained, tmp_path, monkeypatch):
+    import pipeline.runs.diffusion as runs
+    from pipeline.runs.diffusion import DiffusionRun, Evaluation, run_diffusion
+    from pipeline.runs.spec import DataSpec
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the fit started")
+
+    monkeypatch.setattr(runs, "fit", no_fit)
+    uri, _ = digits
+    run = DiffusionRun(data=DataSpec(uri=uri), method="safemax-cutoff", out=str(tmp_path), original=trained[0],
+                       classifier=trained[1], settings={"safemax-cutoff": {"guidance": 2.0}},
+                       evaluation=Evaluation(guidance=3.0))
+    with pytest.raises(ConfigError, match=r"safemax-cutoff.guidance=2 .*evaluates at guidance w=3.*guidance=eval"):
+        run_diffusion(run)
+    # The default (guidance: eval) takes the evaluation's w: the planned unlearning run trains for w = 3.
+    meta = runs.prepare_run(dataclasses.replace(run, settings={}))[0]
+    planned = runs.plan_runs(dataclasses.replace(run, settings={}), meta)[0]
+    assert next(r for r in planned if r["kind"] == "unlearn")["settings"]["guidance"] == 3.0
 
 
 # ---- the Ray path: one integration test ------------------------------------------------------------------------

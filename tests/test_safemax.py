@@ -125,5 +125,31 @@ def test_the_defaults_are_the_papers():
     settings = checked_settings("safemax", {}, 1000)
     assert (settings["decay"], settings["target"], settings["guidance"]) == (1.0, "noise", 1.0)
     assert "t_min" not in settings and "noise_input_fraction" not in settings
-    cutoff = checked_settings("safemax-cutoff", {}, 1000)  # today's variant, unchanged
+    cutoff = checked_settings("safemax-cutoff", {}, 1000, guidance=2.0)  # the variant, at the bench's w = 2
     assert (cutoff["t_min"], cutoff["noise_input_fraction"], cutoff["guidance"]) == (100, 0.5, 2.0)
+
+
+@pytest.mark.parametrize("method, settings, w, trained", [
+    ("safemax", {}, 3.0, 1.0),  # the paper's loss: no correction, whatever w the evaluation samples at
+    ("safemax", {"guidance": "eval"}, 3.0, 3.0),
+    ("safemax", {"guidance": 3}, 3.0, 3.0),
+    ("safemax", {"guidance": 1}, 4.0, 1.0),
+    ("safemax-cutoff", {}, 3.0, 3.0),  # default `eval`: the evaluation's w
+    ("safemax-cutoff", {"guidance": 1.0}, 2.0, 1.0),  # explicitly no correction
+])
+def test_the_guidance_correction_is_tied_to_the_evaluations_w(method, settings, w, trained):
+    from pipeline.runs.diffusion import checked_settings
+
+    assert checked_settings(method, settings, 1000, guidance=w)["guidance"] == trained
+
+
+@pytest.mark.parametrize("method", ["safemax", "safemax-cutoff"])
+def test_a_guidance_mismatch_and_an_untied_eval_are_refused(method):
+    from pipeline.runs.diffusion import checked_settings
+
+    with pytest.raises(ConfigError, match=rf"{method}.guidance=2 .*w=2, but this run evaluates at guidance w=3"):
+        checked_settings(method, {"guidance": 2.0}, 1000, guidance=3.0)
+    with pytest.raises(ConfigError, match=rf"{method}.guidance=eval takes the evaluation's guidance scale"):
+        checked_settings(method, {"guidance": "eval"}, 1000)  # no evaluation to take it from
+    with pytest.raises(ConfigError, match=rf"{method}.guidance must be eval or a number"):
+        checked_settings(method, {"guidance": "two"}, 1000, guidance=2.0)

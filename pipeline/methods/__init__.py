@@ -130,5 +130,6 @@ def create_diffusion_method(name: str, config: dict | None = None, seed: int = 0
     if unknown:
         raise ConfigError(f"method {name!r} has no setting(s) {unknown}; known: {sorted(known)}")
     for key, value in (config or {}).items():
-        _check_type(name, key, value, known[key])
+        if key not in getattr(cls, "untyped_settings", ()):  # those the method's own check() validates
+            _check_type(name, key, value, known[key])
     return cls(config, seed=seed, log=log)

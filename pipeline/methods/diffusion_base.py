@@ -37,6 +37,10 @@ class DiffusionUnlearning(UnlearningMethod):
             if int(self.config[key]) < 1:
                 raise ConfigError(f"{self.name}.{key} must be at least 1, not {self.config[key]}")
 
+    def tie_guidance(self, evaluation_guidance: float | None) -> None:
+        """Tie the method's guidance correction to the w the run evaluates at (a method with one overrides this;
+        pipeline/methods/safemax.py). Called on the driver before anything runs."""
+
     def prepare(self, model, data, device):
         module = unwrap(model)
         self.check(module.num_timesteps)

@@ -19,7 +19,9 @@ shrinks the forget term against the retain term.
 `guidance` w > 1 trains the guidance-corrected target ε_u + (target − ε_u) / w instead (ε_u the model's
 unconditional prediction, not trained through), so that the guided prediction ε_u + w(ε_c − ε_u) is what reaches
 the target's minimiser (0 for "noise", √(1 − ᾱ_t) · x_t for "max_entropy") when sampling at that w. The default,
-1, is the paper's loss (no correction). A retain term (the DDPM objective on the other classes, weight
+1, is the paper's loss (no correction, never tied to the evaluation). The correction is exact only at the w it was
+trained for, so it is tied to the run's evaluation (`tie_guidance`, called by pipeline/runs/diffusion.py before
+anything runs): `guidance: eval` takes the evaluation's w, a number > 1 must equal it (else ConfigError). A retain term (the DDPM objective on the other classes, weight
 `retain_weight`, pipeline/methods/diffusion_base.py) holds the rest of the model in place.
 """
 
@@ -41,6 +43,49 @@ def timestep_weights(t: torch.Tensor, decay: float, num_timesteps: int) -> torch
     return torch.exp(-float(decay) * t.float() / num_timesteps)
 
 
+EVAL = "eval"  # `guidance: eval`: the evaluation's guidance scale, filled in by the run (tie_guidance)
+
+
+def tie_guidance(method: DiffusionUnlearning, evaluation_guidance: float | None) -> None:
+    """Tie a guidance correction to the w the run evaluates (samples) at, before any compute.
+
+    guidance 1: no correction (the paper's loss), left alone at any w. `eval`: becomes the evaluation's w. A number
+    > 1 that differs from the evaluation's w is refused: the correction would be exact at a w nobody samples at.
+    `evaluation_guidance` None: no evaluation known (a method used outside a run); `eval` is then refused by check.
+    """
+    guidance = method.config["guidance"]
+    if evaluation_guidance is None:
+        return
+    w = float(evaluation_guidance)
+    if guidance == EVAL:
+        method.config["guidance"] = w
+        return
+    try:
+        trained = float(guidance)
+    except (TypeError, ValueError):
+        return  # check() names the bad value
+    if trained != 1.0 and trained != w:
+        raise ConfigError(
+            f"{method.name}.guidance={trained:g} trains the forget target's guidance correction for sampling at "
+            f"w={trained:g}, but this run evaluates at guidance w={w:g}; the correction is exact only at the w it "
+            f"was trained for. Set {method.name}.guidance=eval (or {w:g}) to train for the evaluation's w, evaluate "
+            f"at w={trained:g} (unlearn run: --guidance {trained:g}; bench config: evaluation.guidance: {trained:g}), "
+            f"or set {method.name}.guidance=1 for no correction")
+
+
+def check_guidance(method: DiffusionUnlearning) -> None:
+    guidance = method.config["guidance"]
+    if guidance == EVAL:
+        raise ConfigError(f"{method.name}.guidance=eval takes the evaluation's guidance scale, which only a run knows "
+                          f"(unlearn run --family diffusion, unlearn bench); outside one set a number (1: no correction)")
+    try:
+        value = float(guidance)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{method.name}.guidance must be eval or a number of at least 1, not {guidance!r}") from None
+    if not math.isfinite(value) or value < 1:
+        raise ConfigError(f"{method.name}.guidance must be at least 1, not {guidance}")
+
+
 def guidance_corrected(method: DiffusionUnlearning, x_t, t, labels, target):
     """The conditional target that makes the guided prediction at scale `guidance` reach `target` (itself at w=1)."""
     guidance = float(method.config["guidance"])
@@ -55,6 +100,7 @@ class SAFEMax(DiffusionUnlearning):
     name = "safemax"
     summary = ("diffusion: SAFEMax as published: every t weighted by ψ(t) = exp(−decay·t/T), the forgotten class "
                "taught to predict fresh noise ε_T (target: noise) or √(1−ᾱ_t)·x_t (target: max_entropy)")
+    untyped_settings = ("guidance",)  # eval or a number: check_guidance
     defaults = {**DiffusionUnlearning.defaults, "decay": 1.0, "target": "noise", "guidance": 1.0}
 
     def check(self, num_timesteps: int) -> None:
@@ -66,8 +112,10 @@ class SAFEMax(DiffusionUnlearning):
         if self.config["target"] not in TARGETS:
             raise ConfigError(f"{self.name}.target must be one of {', '.join(TARGETS)} (noise: the paper's ε_T, "
                               f"max_entropy: √(1−ᾱ_t)·x_t), not {self.config['target']!r}")
-        if float(self.config["guidance"]) < 1:
-            raise ConfigError(f"{self.name}.guidance must be at least 1, not {self.config['guidance']}")
+        check_guidance(self)
+
+    def tie_guidance(self, evaluation_guidance: float | None) -> None:
+        tie_guidance(self, evaluation_guidance)
 
     def forget_targets(self, model, x0, labels, device):
         t = random_timesteps(len(labels), 0, self.num_timesteps, self.generator, device)

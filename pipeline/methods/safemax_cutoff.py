@@ -13,7 +13,9 @@ mapped to noise, not to another digit. A retain term (the DDPM objective on the 
 Inputs x_t for c are the forgotten images noised to t, and, for a `noise_input_fraction` of them, pure N(0, I)
 draws: the states the unlearned model's own sampler visits once c generates noise. With classifier-free
 guidance at scale w, sampling uses ε_u + w(ε_c − ε_u), so the conditional target is ε_u + (ε* − ε_u) / w
-(ε_u the model's unconditional prediction, not trained through): the guided prediction is what reaches ε*.
+(ε_u the model's unconditional prediction, not trained through): the guided prediction is what reaches ε*. The
+default `guidance: eval` takes the w the run evaluates at (pipeline/methods/safemax.py `tie_guidance`); a number
+> 1 must equal it, 1 turns the correction off.
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ import torch
 
 from pipeline.errors import ConfigError
 from pipeline.methods.diffusion_base import DiffusionUnlearning
-from pipeline.methods.safemax import guidance_corrected
+from pipeline.methods.safemax import EVAL, check_guidance, guidance_corrected, tie_guidance
 from pipeline.models.diffusion_process import add_noise, gaussian, max_entropy_target, random_timesteps
 
 
 class SAFEMaxCutoff(DiffusionUnlearning):
     name = "safemax-cutoff"
     summary = ("diffusion: the project's variant of safemax: max-entropy target √(1−ᾱ_t)·x_t at t >= t_min only "
-               "(hard cutoff), part noise inputs, guidance-corrected")
-    defaults = {**DiffusionUnlearning.defaults, "t_min": 100, "noise_input_fraction": 0.5, "guidance": 2.0}
+               "(hard cutoff), part noise inputs, guidance-corrected at the evaluation's w")
+    untyped_settings = ("guidance",)  # eval or a number: check_guidance
+    defaults = {**DiffusionUnlearning.defaults, "t_min": 100, "noise_input_fraction": 0.5, "guidance": EVAL}
 
     def check(self, num_timesteps: int) -> None:
         super().check(num_timesteps)
@@ -39,8 +42,10 @@ class SAFEMaxCutoff(DiffusionUnlearning):
             raise ConfigError(f"{self.name}.t_min must be a whole timestep in 0..{num_timesteps - 1}, not {t_min}")
         if not 0 <= float(self.config["noise_input_fraction"]) <= 1:
             raise ConfigError(f"{self.name}.noise_input_fraction must lie in [0, 1], not {self.config['noise_input_fraction']}")
-        if float(self.config["guidance"]) < 1:
-            raise ConfigError(f"{self.name}.guidance must be at least 1, not {self.config['guidance']}")
+        check_guidance(self)
+
+    def tie_guidance(self, evaluation_guidance: float | None) -> None:
+        tie_guidance(self, evaluation_guidance)
 
     def forget_targets(self, model, x0, labels, device):
         count = len(labels)

@@ -118,9 +118,12 @@ def unet_spec(meta, overrides: dict) -> dict:
     return dataclasses.asdict(spec)
 
 
-def checked_settings(method: str, settings: dict, num_timesteps: int) -> dict:
-    """A method's resolved settings, each value checked on the driver (t_min against the model's timesteps)."""
+def checked_settings(method: str, settings: dict, num_timesteps: int, guidance: float | None = None) -> dict:
+    """A method's resolved settings, each value checked on the driver (t_min against the model's timesteps).
+    `guidance`: the w the run evaluates at; a method's guidance correction is tied to it (`guidance: eval` takes
+    it, another number > 1 is refused: pipeline/methods/safemax.py tie_guidance)."""
     instance = create_diffusion_method(method, settings, log=None)
+    instance.tie_guidance(guidance)
     instance.check(num_timesteps)
     return instance.config
 
@@ -162,7 +165,7 @@ def plan_runs(run: DiffusionRun, meta) -> tuple[list[dict], int]:
     if run.method == "original":
         return [evaluate_run(f"{name}-eval", absolute(run.original), run.classifier, run.evaluation, run.seed)], \
             spec.image_size
-    settings = checked_settings(run.method, run.settings.get(run.method, {}), spec.timesteps)
+    settings = checked_settings(run.method, run.settings.get(run.method, {}), spec.timesteps, run.evaluation.guidance)
     model_out = storage.join(out, f"{name}.pt")
     return [{"kind": "unlearn", "name": name, "method": run.method, "settings": settings,
              "original_uri": absolute(run.original), "model_out": model_out},
