@@ -1,6 +1,7 @@
 """Issue 33 §1's measurements on the digits setting (configs/diffusion-digits.yaml's recipe, in process, no Ray):
 
     python -m benchmarks.diffusion_study guidance --work runs/study/diffusion    # forgetting/retention at w = 1..5
+    python -m benchmarks.diffusion_study leakage --work runs/study/diffusion     # null-label and SDEdit probes
 
 It prepares digits under WORK, trains (once, cached under WORK/models) the bench's original DDPM (40 epochs, Adam
 2e-3, batch 64, widths 16/32/32 at 16x16), the metrics classifier (10 epochs, with its "not a digit" class) and the
@@ -11,6 +12,9 @@ Every model is evaluated as the bench does: 100 samples per class, 25 DDIM steps
   correction) and safemax-cutoff trained for w = 2 (guidance: 2), each evaluated at w = 1, 2, 3, 4, 5. The sweep
   samples the cutoff model at w it was not trained for on purpose: that is what the tie (`guidance: eval`)
   prevents in a run.
+- leakage: the same four models at the bench's w = 2 with the leakage probes (pipeline/metrics/diffusion.py
+  `leakage`): the share of null-label samples, and of SDEdit generations from real 3s noised to T/2 (conditioned
+  on 3 / unconditional), that the metrics classifier calls a 3.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class Setting:
         from pipeline.metrics.diffusion import real_retained_pixels
         from pipeline.models.diffusion_data import load_diffusion_sources
 
-        self.work, self.seed = work, seed
+        self.work, self.seed, self.per_class = work, seed, PLAN["per_class"]
         data = work / "digits"
         if not (data / "_meta.json").exists():
             prepare("digits", str(data), seed=0)
@@ -106,7 +110,7 @@ class Setting:
         from pipeline.metrics.diffusion import evaluate_ddpm
         from pipeline.models.diffusion_process import SamplingPlan
 
-        plan = SamplingPlan(**PLAN, guidance=guidance)
+        plan = SamplingPlan(**{**PLAN, "per_class": self.per_class}, guidance=guidance)
         extra = {"forget_images": self.forget_images} if leakage else {}
         metrics = evaluate_ddpm(model, self.classifier, self.reference, [FORGET], CLASSES, plan, CPU, **extra)
         return {"forget": metrics["acc_forget_gen"], "retain": metrics["acc_retain_gen"],
@@ -118,9 +122,11 @@ GUIDANCE_MODELS = {"original": None, "retrain": None,
                    "safemax-cutoff (w=2)": ("safemax-cutoff", {"guidance": 2.0})}
 
 
-def guidance_study(setting: Setting, scales: list[float]) -> dict:
+def guidance_study(setting: Setting, scales: list[float], models: list[str]) -> dict:
     rows = {}
     for label, made in GUIDANCE_MODELS.items():
+        if label.split(" ")[0] not in models:
+            continue
         model = setting.model(label) if made is None else setting.unlearned(label.split(" ")[0], *made)
         rows[label] = {str(w): setting.evaluate(model, w) for w in scales}
         print(label, json.dumps(rows[label]), flush=True)
@@ -136,21 +142,52 @@ def guidance_table(results: dict, scales: list[float]) -> str:
     return "\n".join(lines) + "\n\n(each cell: forgotten-class accuracy / retain accuracy / FID proxy)"
 
 
+def leakage_study(setting: Setting, guidance: float, models: list[str]) -> dict:
+    rows = {}
+    for label, made in GUIDANCE_MODELS.items():
+        if label.split(" ")[0] not in models:
+            continue
+        model = setting.model(label) if made is None else setting.unlearned(label.split(" ")[0], *made)
+        rows[label] = setting.evaluate(model, guidance, leakage=True)
+        print(label, json.dumps(rows[label]), flush=True)
+    return rows
+
+
+def leakage_table(results: dict) -> str:
+    lines = ["| Model | Forget-class acc | Null-label samples called 3 | SDEdit → 3 (conditioned on 3) | "
+             "SDEdit → 3 (unconditional) |", "|---|---|---|---|---|"]
+    for label, v in results.items():
+        leak = v["leakage"]
+        lines.append(f"| {label} | {v['forget']:.2f} | {leak['null_label']:.2f} | {leak['sdedit_conditional']:.2f} | "
+                     f"{leak['sdedit_unconditional']:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("study", choices=["guidance"])
+    parser.add_argument("study", choices=["guidance", "leakage"])
     parser.add_argument("--work", default="runs/study/diffusion", help="data, cached models, results")
     parser.add_argument("--seed", type=int, default=3407, help="the models' training and unlearning seed")
     parser.add_argument("--scales", default="1,2,3,4,5", help="guidance: the w to evaluate at")
+    parser.add_argument("--guidance", type=float, default=2.0, help="leakage: the w to sample at (the bench's)")
+    parser.add_argument("--per-class", type=int, default=PLAN["per_class"], help="samples per class (the bench's 100)")
+    parser.add_argument("--models", default="original,retrain,safemax,safemax-cutoff",
+                        help="guidance, leakage: which of original, retrain, safemax, safemax-cutoff")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = pathlib.Path(args.work)
     setting = Setting(work, args.seed)
-    scales = [float(w) for w in args.scales.split(",")]
-    results = guidance_study(setting, scales)
-    table = guidance_table(results, scales)
-    (work / f"{args.study}-s{args.seed}.json").write_text(json.dumps(results, indent=1))
+    setting.per_class = args.per_class
+    models = args.models.split(",")
+    if args.study == "guidance":
+        scales = [float(w) for w in args.scales.split(",")]
+        results = guidance_study(setting, scales, models)
+        table = guidance_table(results, scales)
+    else:
+        results = leakage_study(setting, args.guidance, models)
+        table = leakage_table(results)
+    (work / f"{args.study}-s{args.seed}-{args.per_class}.json").write_text(json.dumps(results, indent=1))
     print(table)
     return 0
 

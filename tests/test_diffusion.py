@@ -32,6 +32,7 @@ CHANCE = 1 / CLASSES
 FORGET_MARGIN, RETAIN_MARGIN, PUBLISHED_RETAIN_MARGIN = 0.15, 0.08, 0.15
 TEST_SPEC = {"num_classes": 10, "channels": 1, "image_size": 16, "widths": [16, 32, 32], "schedule": "linear"}
 TRAIN_EPOCHS = 30
+LEAK_SAMPLES, LEAK_ORIGINAL_FLOOR, LEAK_GAP = 50, 0.8, 0.3
 
 
 def _code_key() -> str:
@@ -81,6 +82,21 @@ def trained(digits, threads, request):
         model, _ = train_classifier(spec, sources["train"], CPU)
         save_checkpoint(model, spec, str(classifier))
     return str(ddpm), str(classifier)
+
+
+@pytest.fixture(scope="module")
+def retrained(digits, threads, request):
+    """The gold model: the tests' DDPM recipe on D_r (never saw class 3), cached as `trained` is."""
+    from pipeline.methods.diffusion_training import train_ddpm
+    from pipeline.models.diffusion import DiffusionSpec, save_diffusion_checkpoint
+
+    _, sources = digits
+    ddpm = pathlib.Path(request.config.cache.mkdir("diffusion-models")) / f"retrain-{_code_key()}.pt"
+    if not ddpm.exists():
+        spec = DiffusionSpec(**TEST_SPEC)
+        model, _ = train_ddpm(spec, sources["retain"], CPU, seed=0, settings={"epochs": TRAIN_EPOCHS})
+        save_diffusion_checkpoint(model, spec, str(ddpm))
+    return str(ddpm)
 
 
 def _plan():
@@ -203,6 +219,41 @@ def test_relearning_attack_reports_each_checkpoint(digits, trained):
                               SamplingPlan(per_class=10, steps=10), CPU, checkpoints=(2, 4))
     assert set(curve) == {"0", "2", "4"} and all(0 <= v <= 1 for v in curve.values())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the attack works on a copy
+
+
+def test_leakage_probes_tell_the_original_from_the_retrained_model(digits, trained, retrained):
+    """SDEdit from real 3s noised to T/2: the original, asked for a 3, returns a 3 nearly always; the retrained
+    model never learnt 3 and returns one far less often. Measured (50 images, w = 2): original 1.00, retrained 0.22;
+    unconditionally 0.26 and 0.28 (what survives of the 3 at T/2); null-label samples called 3: 0.10 and 0.12 (not
+    a separating probe on this model: not asserted beyond being a share)."""
+    from pipeline.metrics.diffusion import flat_metrics, leakage
+    from pipeline.models import load_checkpoint
+    from pipeline.models.diffusion import load_diffusion_checkpoint
+    from pipeline.models.diffusion_process import SamplingPlan
+
+    _, sources = digits
+    classifier = load_checkpoint(trained[1])[0]
+    plan = SamplingPlan(per_class=LEAK_SAMPLES, steps=25, guidance=2.0, seed=SEED, clip=True)
+    images = sources["forget"].images
+    original = leakage(load_diffusion_checkpoint(trained[0])[0], classifier, images, FORGET, plan, CPU)
+    gold = leakage(load_diffusion_checkpoint(retrained)[0], classifier, images, FORGET, plan, CPU)
+    print(f"leakage original {original} retrained {gold}")
+    assert original["sdedit_t_start"] == gold["sdedit_t_start"] == 500
+    assert original["sdedit_conditional"] >= LEAK_ORIGINAL_FLOOR
+    assert gold["sdedit_conditional"] <= original["sdedit_conditional"] - LEAK_GAP
+    assert all(0 <= probe[key] <= 1 for probe in (original, gold) for key in ("null_label", "sdedit_unconditional"))
+    entries = flat_metrics({"acc_forget_gen": 0, "acc_retain_gen": 1, "fid_proxy": 0, "samples_per_class": 1,
+                            "sampling_steps": 1, "guidance": 1, "acc_gen_per_class": {}, "noise_forget": {},
+                            "noise_retain": {}, "leakage": original})
+    assert entries["leak_sdedit_conditional"] == original["sdedit_conditional"]
+
+
+def test_sdedit_starts_at_t_start_and_ends_at_zero():
+    from pipeline.metrics.diffusion import partial_timesteps
+
+    times = partial_timesteps(1000, 25, 500)
+    assert times[0] == 500 and times[-1] == 0 and times == sorted(set(times), reverse=True) and len(times) == 14
+    assert partial_timesteps(1000, 25, 1) == [1, 0]
 
 
 def test_frechet_distance_is_zero_for_the_same_set_and_grows_with_a_shift():

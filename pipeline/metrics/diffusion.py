@@ -7,7 +7,11 @@
   retained-class images (Inception weights cannot be downloaded here; `inception_fid` takes a local file);
 - noise statistics of the samples: a model that generates Gaussian noise has per-pixel std ≈ 1 (the noise
   scale, in model space), mean ≈ 0 and no correlation between neighbouring pixels;
-- the relearning attack: how fast a few real images of the forgotten class bring it back.
+- the relearning attack: how fast a few real images of the forgotten class bring it back;
+- leakage probes (`leakage`, issue 33): the share of null-label (unconditional) samples the classifier calls the
+  forgotten class, and the same share for SDEdit-style generations started from real forgotten-class images
+  noised to t_start = 0.5·T and denoised conditioned on the forgotten class and, separately, unconditionally.
+  Compare them with the retrained model's: a retrained model never saw the class.
 
 `flat_metrics` turns them into a record's flat entries (records.parquet flattens `metrics` one level deep), as
 pipeline/metrics/summary.py does for the classifiers. The metrics classifier's features and predictions are in
@@ -26,7 +30,8 @@ from scipy import linalg
 from pipeline.distributed import unwrap
 from pipeline.models.diffusion import to_model_space, to_pixels
 from pipeline.models.diffusion_classifier import features, predict
-from pipeline.models.diffusion_process import SamplingPlan, denoising_loss, generate, random_timesteps
+from pipeline.models.diffusion_process import (SamplingPlan, _guided_eps, add_noise, ddim_sample, denoising_loss,
+                                               generate, random_timesteps)
 
 ATTACK_STEPS = (10, 50, 100)
 
@@ -85,15 +90,87 @@ def evaluate_generation(model, classifier, real_retained: torch.Tensor, forget_c
     return metrics
 
 
+SDEDIT_START = 0.5  # t_start / T for the SDEdit probe
+
+
+def partial_timesteps(num_timesteps: int, steps: int, start: int) -> list[int]:
+    """Timesteps from `start` down to 0 at the spacing of `steps` over all T (at least two): SDEdit's schedule."""
+    count = max(2, round(steps * start / max(num_timesteps - 1, 1)) + 1)
+    return sorted({round(i * start / (count - 1)) for i in range(count)}, reverse=True)
+
+
+@torch.no_grad()
+def ddim_from(module, x: torch.Tensor, labels: torch.Tensor, times: list[int], guidance: float,
+              clip: bool) -> torch.Tensor:
+    """DDIM (η = 0) from x = x_{times[0]} down through `times` (descending, ending at 0), as ddim_sample does from
+    T−1 (pipeline/models/diffusion_process.py): SDEdit's second half."""
+    was_training = module.training
+    module.eval()
+    alphas = module.alphas_cumprod
+    for position, step in enumerate(times):
+        t = torch.full((len(labels),), step, device=x.device, dtype=torch.long)
+        eps = _guided_eps(module, x, t, labels, guidance)
+        a_t = alphas[step]
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        if clip:
+            x0 = x0.clamp(-1, 1)
+            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+        a_prev = alphas[times[position + 1]] if position + 1 < len(times) else torch.ones((), device=x.device)
+        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    module.train(was_training)
+    return x
+
+
+def _forget_share(classifier, samples: torch.Tensor, forget_class: int) -> float:
+    return float((predict(classifier, to_pixels(samples)) == forget_class).float().mean())
+
+
+@torch.no_grad()
+def leakage(model, classifier, forget_images: torch.Tensor, forget_class: int, plan: SamplingPlan, device,
+            start: float = SDEDIT_START) -> dict[str, float]:
+    """Does the forgotten class leak out by other routes than its label? Shares of samples the classifier calls
+    `forget_class`:
+
+    - `null_label`: `plan.per_class` samples with the null label (the unconditional model guidance uses; no
+      guidance: it is the same network pass twice), from `plan.seed`'s noise;
+    - `sdedit_conditional` / `sdedit_unconditional`: up to `plan.per_class` real forgotten-class images
+      (`forget_images`, uint8 or [0, 1]), noised to t_start = round(start·(T−1)) with seeded noise, then denoised by DDIM at
+      `plan.steps`' spacing, conditioned on `forget_class` at the plan's guidance / with the null label.
+    """
+    module = unwrap(model).to(device)
+    classifier = classifier.cpu()
+    null = torch.full((plan.per_class,), module.null_class, dtype=torch.long)
+    generator = torch.Generator().manual_seed(plan.seed)
+    shape = (plan.per_class, module.spec.channels, module.spec.image_size, module.spec.image_size)
+    unconditional = ddim_sample(module, null.to(device), plan.steps, guidance=1.0,
+                                noise=torch.randn(shape, generator=generator), clip=plan.clip).cpu()
+    x0 = to_model_space(forget_images[:plan.per_class].to(device))
+    t_start = round(start * (module.num_timesteps - 1))
+    times = partial_timesteps(module.num_timesteps, plan.steps, t_start)
+    t = torch.full((len(x0),), t_start, dtype=torch.long, device=device)
+    x_t = add_noise(module, x0, t, torch.randn(x0.shape, generator=generator).to(device))
+    labels = torch.full((len(x0),), forget_class, dtype=torch.long, device=device)
+    conditional_edit = ddim_from(module, x_t, labels, times, plan.guidance, plan.clip).cpu()
+    unconditional_edit = ddim_from(module, x_t, torch.full_like(labels, module.null_class), times, 1.0,
+                                   plan.clip).cpu()
+    return {"null_label": _forget_share(classifier, unconditional, forget_class),
+            "sdedit_conditional": _forget_share(classifier, conditional_edit, forget_class),
+            "sdedit_unconditional": _forget_share(classifier, unconditional_edit, forget_class),
+            "sdedit_t_start": t_start}
+
+
 def chance_level(num_classes: int) -> float:
     return 1.0 / num_classes
 
 
 def evaluate_ddpm(model, classifier, reference: torch.Tensor, forget_classes, num_classes: int, plan: SamplingPlan,
-                  device, inception=None) -> dict:
+                  device, inception=None, forget_images: torch.Tensor | None = None) -> dict:
+    """`forget_images`: real images (uint8 or [0, 1]) of the (first) forgotten class: adds the `leakage` probes."""
     started = time.perf_counter()
     metrics = evaluate_generation(unwrap(model), classifier, reference, forget_classes, num_classes, plan, device,
                                   inception)
+    if forget_images is not None and len(forget_images):
+        metrics["leakage"] = leakage(model, classifier, forget_images, list(forget_classes)[0], plan, device)
     metrics["eval_seconds"] = time.perf_counter() - started
     return metrics
 
@@ -152,6 +229,7 @@ def flat_metrics(evaluation: dict, run_result: dict | None = None) -> dict:
     for part in ("forget", "retain"):
         out.update({f"{part}_{key}": value for key, value in evaluation[f"noise_{part}"].items()})
     out.update({f"relearn_acc_{steps}": value for steps, value in evaluation.get("relearn", {}).items()})
+    out.update({f"leak_{key}": value for key, value in evaluation.get("leakage", {}).items()})
     if run_result:
         seconds = run_result.get("unlearn_seconds")
         out["unlearn_minutes"] = seconds / 60 if seconds is not None else None

@@ -110,8 +110,9 @@ def _evaluate_run(run: dict, sources: dict, device) -> dict:
         forget_classes = run["forget_classes"]
         reference_pixels = real_retained_pixels({"reference": reference}, forget_classes)
         inception = _inception(run.get("inception_weights"))
+        by_id = torch.from_numpy(forget.sample_ids.argsort(kind="stable"))  # the leakage probes' real images
         result = {"metrics": evaluate_ddpm(model, classifier, reference_pixels, forget_classes, run["num_classes"],
-                                           plan, device, inception)}
+                                           plan, device, inception, forget_images=forget.images[by_id])}
         if run.get("attack"):
             attack = run["attack"]
             order = torch.from_numpy(forget.sample_ids.argsort(kind="stable"))[: int(attack.get("images", 8))]
