@@ -2,6 +2,7 @@
 
     python -m benchmarks.diffusion_study guidance --work runs/study/diffusion    # forgetting/retention at w = 1..5
     python -m benchmarks.diffusion_study leakage --work runs/study/diffusion     # null-label and SDEdit probes
+    python -m benchmarks.diffusion_study decay --work runs/study/diffusion       # the λ ablation: 0, 1, 50, 100
 
 It prepares digits under WORK, trains (once, cached under WORK/models) the bench's original DDPM (40 epochs, Adam
 2e-3, batch 64, widths 16/32/32 at 16x16), the metrics classifier (10 epochs, with its "not a digit" class) and the
@@ -15,6 +16,10 @@ Every model is evaluated as the bench does: 100 samples per class, 25 DDIM steps
 - leakage: the same four models at the bench's w = 2 with the leakage probes (pipeline/metrics/diffusion.py
   `leakage`): the share of null-label samples, and of SDEdit generations from real 3s noised to T/2 (conditioned
   on 3 / unconditional), that the metrics classifier calls a 3.
+- decay: safemax as published (target ε_T, no guidance correction) with decay λ in --decays (0, 1, 50, 100), on
+  the one original, for every unlearning seed in --unlearn-seeds, evaluated at w = 2 (the bench's): forgotten-class
+  accuracy, unlearning accuracy (1 − it: how much of the class is forgotten, as the paper's table reports it),
+  retain accuracy and FID proxy.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ SPEC = {"num_classes": 10, "channels": 1, "image_size": 16, "widths": [16, 32, 3
 TRAIN = {"epochs": 40, "lr": 0.002, "batch_size": 64}  # configs/diffusion-digits.yaml `train`
 CLASSIFIER = {"epochs": 10}
 PLAN = {"per_class": 100, "steps": 25, "seed": 3407, "clip": True}
+PAPER_UA = {0.0: 100.0, 1.0: 100.0, 50.0: 98.8, 100.0: 83.8}  # the paper's λ ablation (%), issue 33
 
 
 class Setting:
@@ -88,7 +94,7 @@ class Setting:
         uri = {"original": self.original_uri, "retrain": self.retrain_uri}.get(label)
         return load_diffusion_checkpoint(uri or str(self.work / "models" / f"{label}-s{self.seed}.pt"))[0]
 
-    def unlearned(self, label: str, method: str, settings: dict):
+    def unlearned(self, label: str, method: str, settings: dict, seed: int | None = None):
         """`method` with `settings` on the original (cached under WORK/models/LABEL-sSEED.pt)."""
         from pipeline.methods.base import UnlearnData
         from pipeline.methods.diffusion_base import unlearn_ddpm
@@ -101,7 +107,7 @@ class Setting:
         data = UnlearnData(forget=self.sources["forget"], retain=self.sources["retain"], num_classes=CLASSES,
                            forget_classes=(FORGET,))
         started = time.perf_counter()
-        unlearn_ddpm(method, settings, model, original, data, CPU, seed=self.seed, log=None)
+        unlearn_ddpm(method, settings, model, original, data, CPU, seed=self.seed if seed is None else seed, log=None)
         print(f"unlearned {label} ({method} {settings}) in {time.perf_counter() - started:.0f} s", flush=True)
         save_diffusion_checkpoint(model, DiffusionSpec(**SPEC), str(uri))
         return model
@@ -163,9 +169,40 @@ def leakage_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def decay_study(setting: Setting, decays: list[float], seeds: list[int], guidance: float) -> dict:
+    rows = {}
+    for decay in decays:
+        rows[f"{decay:g}"] = {}
+        for seed in seeds:
+            label = f"safemax-decay{decay:g}-u{seed}"
+            model = setting.unlearned(label, "safemax", {"decay": decay}, seed=seed)
+            rows[f"{decay:g}"][str(seed)] = setting.evaluate(model, guidance)
+            print(label, json.dumps(rows[f"{decay:g}"][str(seed)]), flush=True)
+    return rows
+
+
+def decay_table(results: dict) -> str:
+    import statistics
+
+    def cell(values, digits):
+        mean = statistics.mean(values)
+        return f"{mean:.{digits}f}" + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
+
+    lines = ["| λ (decay) | Paper: unlearning acc. (%) | Ours: forgotten-class acc | Ours: unlearning acc. (%) = "
+             "100·(1 − it) | Retain acc | FID proxy | Seeds |", "|---|---|---|---|---|---|---|"]
+    for decay, by_seed in results.items():
+        runs = list(by_seed.values())
+        forget = [r["forget"] for r in runs]
+        paper = PAPER_UA.get(float(decay))
+        lines.append(f"| {decay} | {'—' if paper is None else f'{paper:.1f}'} | {cell(forget, 2)} | "
+                     f"{cell([100 * (1 - f) for f in forget], 1)} | {cell([r['retain'] for r in runs], 3)} | "
+                     f"{cell([r['fid_proxy'] for r in runs], 1)} | {len(runs)} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("study", choices=["guidance", "leakage"])
+    parser.add_argument("study", choices=["guidance", "leakage", "decay"])
     parser.add_argument("--work", default="runs/study/diffusion", help="data, cached models, results")
     parser.add_argument("--seed", type=int, default=3407, help="the models' training and unlearning seed")
     parser.add_argument("--scales", default="1,2,3,4,5", help="guidance: the w to evaluate at")
@@ -173,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=PLAN["per_class"], help="samples per class (the bench's 100)")
     parser.add_argument("--models", default="original,retrain,safemax,safemax-cutoff",
                         help="guidance, leakage: which of original, retrain, safemax, safemax-cutoff")
+    parser.add_argument("--decays", default="0,1,50,100", help="decay: the λ values")
+    parser.add_argument("--unlearn-seeds", default="3407", help="decay: unlearning seeds (comma-separated)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -184,9 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         scales = [float(w) for w in args.scales.split(",")]
         results = guidance_study(setting, scales, models)
         table = guidance_table(results, scales)
-    else:
+    elif args.study == "leakage":
         results = leakage_study(setting, args.guidance, models)
         table = leakage_table(results)
+    else:
+        results = decay_study(setting, [float(d) for d in args.decays.split(",")],
+                              [int(u) for u in args.unlearn_seeds.split(",")], args.guidance)
+        table = decay_table(results)
     (work / f"{args.study}-s{args.seed}-{args.per_class}.json").write_text(json.dumps(results, indent=1))
     print(table)
     return 0
