@@ -249,7 +249,7 @@ def test_leakage_probes_tell_the_original_from_the_retrained_model(digits, train
 
 
 def test_sdedit_starts_at_t_start_and_ends_at_zero():
-    from pipeline.metrics.diffusion import partial_timesteps
+    from pipeline.models.diffusion_process import partial_timesteps
 
     times = partial_timesteps(1000, 25, 500)
     assert times[0] == 500 and times[-1] == 0 and times == sorted(set(times), reverse=True) and len(times) == 14

@@ -30,8 +30,8 @@ from scipy import linalg
 from pipeline.distributed import unwrap
 from pipeline.models.diffusion import to_model_space, to_pixels
 from pipeline.models.diffusion_classifier import features, predict
-from pipeline.models.diffusion_process import (SamplingPlan, _guided_eps, add_noise, ddim_sample, denoising_loss,
-                                               generate, random_timesteps)
+from pipeline.models.diffusion_process import (SamplingPlan, add_noise, ddim_from, ddim_sample, denoising_loss,
+                                               generate, partial_timesteps, random_timesteps)
 
 ATTACK_STEPS = (10, 50, 100)
 
@@ -91,34 +91,6 @@ def evaluate_generation(model, classifier, real_retained: torch.Tensor, forget_c
 
 
 SDEDIT_START = 0.5  # t_start / T for the SDEdit probe
-
-
-def partial_timesteps(num_timesteps: int, steps: int, start: int) -> list[int]:
-    """Timesteps from `start` down to 0 at the spacing of `steps` over all T (at least two): SDEdit's schedule."""
-    count = max(2, round(steps * start / max(num_timesteps - 1, 1)) + 1)
-    return sorted({round(i * start / (count - 1)) for i in range(count)}, reverse=True)
-
-
-@torch.no_grad()
-def ddim_from(module, x: torch.Tensor, labels: torch.Tensor, times: list[int], guidance: float,
-              clip: bool) -> torch.Tensor:
-    """DDIM (η = 0) from x = x_{times[0]} down through `times` (descending, ending at 0), as ddim_sample does from
-    T−1 (pipeline/models/diffusion_process.py): SDEdit's second half."""
-    was_training = module.training
-    module.eval()
-    alphas = module.alphas_cumprod
-    for position, step in enumerate(times):
-        t = torch.full((len(labels),), step, device=x.device, dtype=torch.long)
-        eps = _guided_eps(module, x, t, labels, guidance)
-        a_t = alphas[step]
-        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-        if clip:
-            x0 = x0.clamp(-1, 1)
-            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-        a_prev = alphas[times[position + 1]] if position + 1 < len(times) else torch.ones((), device=x.device)
-        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-    module.train(was_training)
-    return x
 
 
 def _forget_share(classifier, samples: torch.Tensor, forget_class: int) -> float:

@@ -73,23 +73,36 @@ def ddim_sample(model, labels: torch.Tensor, steps: int = 25, generator: torch.G
     conditional model (one network pass per step).
     """
     module = unwrap(model)
-    was_training = module.training
-    module.eval()
     device = labels.device
     spec = module.spec
     shape = (len(labels), spec.channels, spec.image_size, spec.image_size)
     x = noise.to(device) if noise is not None else gaussian(shape, generator or torch.Generator(), device)
+    return ddim_from(module, x, labels, sampling_timesteps(module.num_timesteps, steps), guidance, clip)
+
+
+def partial_timesteps(num_timesteps: int, steps: int, start: int) -> list[int]:
+    """Timesteps from `start` down to 0 at the spacing of `steps` over all T (at least two): SDEdit's schedule."""
+    count = max(2, round(steps * start / max(num_timesteps - 1, 1)) + 1)
+    return sorted({round(i * start / (count - 1)) for i in range(count)}, reverse=True)
+
+
+@torch.no_grad()
+def ddim_from(module, x: torch.Tensor, labels: torch.Tensor, times: list[int], guidance: float,
+              clip: bool) -> torch.Tensor:
+    """DDIM (η = 0) from x = x_{times[0]} down through `times` (descending, ending at 0): all of sampling from
+    T−1 (ddim_sample), or SDEdit's second half from a noised real image."""
+    was_training = module.training
+    module.eval()
     alphas = module.alphas_cumprod
-    times = sampling_timesteps(module.num_timesteps, steps)
     for position, step in enumerate(times):
-        t = torch.full((len(labels),), step, device=device, dtype=torch.long)
+        t = torch.full((len(labels),), step, device=x.device, dtype=torch.long)
         eps = _guided_eps(module, x, t, labels, guidance)
         a_t = alphas[step]
         x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
         if clip:
             x0 = x0.clamp(-1, 1)
             eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-        a_prev = alphas[times[position + 1]] if position + 1 < len(times) else torch.ones((), device=device)
+        a_prev = alphas[times[position + 1]] if position + 1 < len(times) else torch.ones((), device=x.device)
         x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
     module.train(was_training)
     return x
