@@ -58,6 +58,18 @@ def _code_hash(*relative_paths: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def clear_env(monkeypatch, *names: str) -> None:
+    """Remove `names` from os.environ for this test, and whatever the code under test sets them to afterwards.
+
+    monkeypatch.delenv on an absent variable records nothing, so a value the code then sets directly
+    (init_ray exports RAY_ADDRESS for Tune trials and subprocesses) outlived the test and sent a later
+    test's Ray client to 10.0.0.5. Setting first makes monkeypatch record the original (absence) to restore.
+    """
+    for name in names:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def digits_hard_uri(tmp_path_factory) -> str:
     from pipeline.data.converters import prepare

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from pipeline.results.records import load_records
-from tests.conftest import ROOT
+from tests.conftest import ROOT, clear_env
 
 # What `ray[default]` adds to the `ray[train,data,tune]` the project installs: the dashboard process,
 # which hosts the job server, does not start without them (RAY_NOTES §4).
@@ -58,11 +58,13 @@ def _free_ports(count: int) -> list[int]:
 
 
 @pytest.fixture
-def ray_head():
+def ray_head(monkeypatch):
     """http://127.0.0.1:PORT of a fresh single-node Ray head with the dashboard (job server), 4 logical CPUs."""
     missing = _missing_dashboard_modules()
     if missing:
         pytest.skip(f"the job server needs ray[default]; missing modules: {', '.join(missing)}")
+    # Ray's job client prefers these to the address it is given: a value left by another test sent it elsewhere.
+    clear_env(monkeypatch, "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
     gcs, dashboard, agent_http, agent_grpc, metrics, runtime_env, client, node_manager, object_manager = \
         _free_ports(9)
     temp_dir = tempfile.mkdtemp(prefix="rjs-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes

@@ -12,6 +12,7 @@ from jobs.common import apply_endpoint
 from pipeline.errors import ConfigError
 from pipeline.train import ray_address
 from pipeline.train.ray_address import RayChoice, check_address, choose, started_line
+from tests.conftest import clear_env
 
 RUN = ["--data", "d", "--original", "m", "--method", "lotus", "--out", "o"]
 
@@ -76,8 +77,7 @@ def test_auto_joins_the_node_ray_and_only_a_live_one(node_gcs, tmp_path):
 
 def test_the_flag_is_exported_before_ray_starts_and_named_as_the_source(monkeypatch, tmp_path):
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # this machine's own `ray start`, if any, stays out of it
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv(ray_address._SOURCE_ENV, raising=False)
+    clear_env(monkeypatch, "RAY_ADDRESS", ray_address._SOURCE_ENV)
     args = unlearn_job.parser().parse_args([*RUN, "--address", "10.0.0.5:6379"])
     apply_endpoint(args)
     assert os.environ["RAY_ADDRESS"] == "10.0.0.5:6379"  # Tune trials and subprocesses inherit it
@@ -111,9 +111,8 @@ def fake_ray(monkeypatch, tmp_path):
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 48.0, "GPU": 4.0})
     monkeypatch.setattr(ray, "nodes", lambda: [{}, {}])
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
-    for name in ("RAY_ADDRESS", ray_address._SOURCE_ENV, "RAY_TRAIN_ENABLE_PRINT_PATCH", "RAY_DATA_LOG_LEVEL",
-                 "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"):
-        monkeypatch.delenv(name, raising=False)
+    clear_env(monkeypatch, "RAY_ADDRESS", ray_address._SOURCE_ENV, "RAY_TRAIN_ENABLE_PRINT_PATCH",
+              "RAY_DATA_LOG_LEVEL", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
     return calls
 
 
